@@ -1,0 +1,48 @@
+"""The ``edgepure`` command line. Each command group is its own module; heavy imports happen inside commands."""
+
+from __future__ import annotations
+
+from typing import Annotated, Optional
+
+import typer
+
+from edgepure import __version__
+from edgepure.cli import data as data_cmd
+from edgepure.cli import eval as eval_cmd
+from edgepure.cli import models as models_cmd
+from edgepure.cli import train as train_cmd
+
+app = typer.Typer(
+    name="edgepure",
+    help="Adversarial purification for robust traffic-sign recognition at the edge.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(data_cmd.app, name="data")
+app.add_typer(train_cmd.app, name="train")
+app.add_typer(eval_cmd.app, name="eval")
+app.add_typer(models_cmd.app, name="models")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"edgepure {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        Optional[bool], typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
+    ] = None,
+) -> None:
+    """edgepure: train, export and run purify → classify pipelines for traffic signs."""
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

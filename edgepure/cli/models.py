@@ -1,0 +1,32 @@
+"""``edgepure models``: what is registered and what ships trained."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from edgepure.cli.common import echo_json, user_errors
+
+app = typer.Typer(help="List registered models and their shipped weights.", no_args_is_help=True)
+
+
+@app.command("list")
+@user_errors
+def list_models(as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False) -> None:
+    """Registered classifiers, marking those with trained weights in the package."""
+    from edgepure.models.registry import DEFAULT_CLASSIFIER, _entry, list_classifiers, shipped_weights
+
+    shipped = shipped_weights()
+    rows = [
+        {"name": n, "kind": "classifier", "pretrained": n in shipped, "default": n == DEFAULT_CLASSIFIER,
+         "description": _entry(n).description}
+        for n in list_classifiers()
+    ]
+    if as_json:
+        echo_json({"models": rows})
+        return
+    for r in rows:
+        flag = "trained" if r["pretrained"] else "       "
+        star = "*" if r["default"] else " "
+        typer.echo(f"{star} {r['name']:<16} {r['kind']:<11} {flag}  {r['description']}")

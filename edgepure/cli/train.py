@@ -1,0 +1,46 @@
+"""``edgepure train``: train models (classifiers now; purifier priors join as they land)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from edgepure.cli.common import echo_json, user_errors
+
+app = typer.Typer(help="Train classifiers.", no_args_is_help=True)
+
+
+@app.command("classifier")
+@user_errors
+def classifier(
+    data: Annotated[str, typer.Option("--data", help="GTSRB folder/zip, CIFAR-10 folder/archive, or 'synth'.")],
+    out: Annotated[Path, typer.Option("--out", help="Run folder: checkpoints (safetensors + JSON) go here.")],
+    model: Annotated[str, typer.Option(help="Registered classifier architecture.")] = "signnet_s",
+    epochs: Annotated[int, typer.Option(help="Number of epochs.")] = 20,
+    batch_size: Annotated[int, typer.Option(help="Batch size.")] = 128,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (SGD, Nesterov, cosine after warm-up).")] = 0.05,
+    weight_decay: Annotated[float, typer.Option(help="Weight decay of conv/linear weights.")] = 5e-4,
+    seed: Annotated[int, typer.Option(help="Seed of initialisation, shuffling and augmentation.")] = 0,
+    synth: Annotated[int, typer.Option(help="Synthetic renders mixed into every epoch (0: real data only).")] = 0,
+    augment: Annotated[bool, typer.Option(help="Geometric, photometric, blur, occlusion and noise augmentation.")] = True,
+    val_fraction: Annotated[float, typer.Option(help="Fraction of tracks held out for validation.")] = 0.1,
+    resume: Annotated[bool, typer.Option(help="Continue from the run folder's last checkpoint.")] = False,
+    max_steps: Annotated[int, typer.Option(help="Stop after this many optimiser steps (0: no limit).")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the final record as JSON.")] = False,
+) -> None:
+    """Train a classifier with validation on a held-out track split; resumable with --resume."""
+    from edgepure.training.classifier import TrainConfig, train_classifier
+
+    cfg = TrainConfig(
+        data=data, out=str(out), model=model, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
+        seed=seed, synth=synth, augment=augment, val_fraction=val_fraction, max_steps=max_steps or None,
+    )
+    record = train_classifier(cfg, resume=resume, log=lambda s: typer.echo(s, err=True))
+    summary = {"out": str(out), "epochs_done": record["epoch"] + 1, "best_val_accuracy": record["best_val_accuracy"],
+               "last": record["history"][-1]}
+    if as_json:
+        echo_json(summary)
+    else:
+        typer.echo(f"best validation accuracy {summary['best_val_accuracy']:.4f}; checkpoints in {out}")

@@ -1,0 +1,175 @@
+"""The classifier registry (timm-style): ``@register_classifier`` on a factory, then ``create_classifier``.
+
+Shipped weights live in ``edgepure/models/weights/<tag>.safetensors`` with ``<tag>.json`` beside them
+(the model's name, constructor arguments, preprocessing and class names). Weights are safetensors only:
+nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from edgepure.runtime.errors import ModelError
+
+__all__ = [
+    "ClassifierEntry",
+    "DEFAULT_CLASSIFIER",
+    "create_classifier",
+    "list_classifiers",
+    "load_classifier",
+    "load_weights_file",
+    "register_classifier",
+    "shipped_weights",
+]
+
+DEFAULT_CLASSIFIER = "signnet_s"
+
+
+@dataclass
+class ClassifierEntry:
+    name: str
+    factory: Callable[..., nn.Module]
+    description: str
+    defaults: dict[str, Any] = field(default_factory=dict)
+    pretrained_tag: str | None = None  # file stem under weights/
+
+
+_REGISTRY: dict[str, ClassifierEntry] = {}
+
+
+def register_classifier(
+    name: str | None = None, *, pretrained_tag: str | None = None, **defaults: Any
+) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator: register a factory ``fn(**kw) -> nn.Module`` under ``name`` (default: the function's name)."""
+
+    def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        key = name or fn.__name__
+        if key in _REGISTRY:
+            raise RuntimeError(f"classifier {key!r} registered twice")
+        doc = (fn.__doc__ or "").strip().splitlines()
+        _REGISTRY[key] = ClassifierEntry(key, fn, doc[0] if doc else "", dict(defaults), pretrained_tag)
+        return fn
+
+    return wrap
+
+
+def _ensure_builtin() -> None:
+    import edgepure.models.classifiers  # noqa: F401  (registers the built-in architectures)
+
+
+def list_classifiers(pretrained: bool = False) -> list[str]:
+    """Names of the registered classifiers (only those with shipped weights when ``pretrained``)."""
+    _ensure_builtin()
+    return sorted(n for n, e in _REGISTRY.items() if not pretrained or _weights_path(e) is not None)
+
+
+def _entry(name: str) -> ClassifierEntry:
+    _ensure_builtin()
+    if name not in _REGISTRY:
+        raise ModelError(f"unknown classifier {name!r} (registered: {', '.join(sorted(_REGISTRY))})")
+    return _REGISTRY[name]
+
+
+def _weights_dir() -> Path:
+    return Path(str(resources.files("edgepure.models") / "weights"))
+
+
+def _weights_path(entry: ClassifierEntry) -> Path | None:
+    if entry.pretrained_tag is None:
+        return None
+    path = _weights_dir() / f"{entry.pretrained_tag}.safetensors"
+    return path if path.is_file() else None
+
+
+def shipped_weights() -> dict[str, Path]:
+    """Registered classifier names mapped to their shipped safetensors file."""
+    _ensure_builtin()
+    return {n: p for n, e in _REGISTRY.items() if (p := _weights_path(e)) is not None}
+
+
+def load_weights_file(model: nn.Module, path: str | Path) -> None:
+    """Load a safetensors file into ``model``; names and shapes must match exactly."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    p = Path(path)
+    if not p.is_file():
+        raise ModelError(f"{p}: weight file not found")
+    try:
+        state = load_file(str(p))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelError(f"{p}: not a readable safetensors file ({exc})") from None
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise ModelError(
+            f"{p}: weights do not match the model (missing {missing[:5]}{'…' if len(missing) > 5 else ''}, "
+            f"unexpected {unexpected[:5]}{'…' if len(unexpected) > 5 else ''})"
+        )
+    for k, v in state.items():
+        if own[k].shape != v.shape:
+            raise ModelError(f"{p}: tensor {k} has shape {tuple(v.shape)}, the model expects {tuple(own[k].shape)}")
+    model.load_state_dict(state)
+
+
+def create_classifier(name: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """Build a registered classifier: float RGB NCHW in [0, 1] → logits (normalisation is inside the model).
+
+    ``pretrained=True`` loads the weights shipped in the package (an error for a name that has none);
+    ``kwargs`` override the architecture's defaults (with pretrained weights they must match them).
+    """
+    entry = _entry(name)
+    config = dict(entry.defaults)
+    if pretrained:
+        path = _weights_path(entry)
+        if path is None:
+            have = ", ".join(list_classifiers(pretrained=True)) or "none"
+            raise ModelError(f"classifier {name!r} has no shipped weights (shipped: {have})")
+        meta = json.loads(path.with_suffix(".json").read_text())
+        config.update(meta.get("config", {}))
+        clash = {k: v for k, v in kwargs.items() if k in config and config[k] != v}
+        if clash:
+            raise ModelError(
+                f"classifier {name!r}: the shipped weights were trained with "
+                f"{ {k: config[k] for k in clash} }, cannot build them with {clash}"
+            )
+    config.update(kwargs)
+    model = entry.factory(**config)
+    model.edgepure_name = name  # type: ignore[attr-defined]
+    model.edgepure_config = config  # type: ignore[attr-defined]
+    if pretrained:
+        load_weights_file(model, path)  # type: ignore[arg-type]
+        model.eval()
+    return model
+
+
+def load_classifier(name: str | None = None) -> nn.Module:
+    """The shipped, trained classifier (``name`` defaults to the GTSRB classifier), in eval mode."""
+    model = create_classifier(name or DEFAULT_CLASSIFIER, pretrained=True)
+    return model.eval()
+
+
+def model_metadata(name: str) -> dict[str, Any]:
+    """The JSON that ships beside a classifier's weights (preprocessing, class names, training record)."""
+    entry = _entry(name)
+    path = _weights_path(entry)
+    if path is None:
+        raise ModelError(f"classifier {name!r} has no shipped weights")
+    return json.loads(path.with_suffix(".json").read_text())
+
+
+def _frozen_copy(model: nn.Module) -> nn.Module:
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+_ = torch  # torch is the registry's hard dependency: importing this module without it fails clearly

@@ -1,0 +1,182 @@
+"""Training a classifier: seeded, resumable (safetensors checkpoints), with progress and validation."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from edgepure.data import open_dataset
+from edgepure.data.base import ImageSet
+from edgepure.evaluation.clean import evaluate_clean
+from edgepure.models.registry import create_classifier
+from edgepure.runtime.errors import ConfigError, ModelError
+from edgepure.training.augment import AugmentConfig, augment_batch
+from edgepure.training.checkpoint import load_checkpoint, save_checkpoint
+
+__all__ = ["TrainConfig", "train_classifier"]
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    out: str
+    model: str = "signnet_s"
+    epochs: int = 20
+    batch_size: int = 128
+    lr: float = 0.05
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.1
+    warmup_epochs: float = 1.0
+    seed: int = 0
+    val_fraction: float = 0.1
+    split_seed: int = 0
+    synth: int = 0  # synthetic renders mixed into each epoch
+    synth_pool: int = 8600  # distinct synthetic renders drawn from
+    augment: bool = True
+    max_steps: int | None = None  # stop early (smoke tests); None = full epochs
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+def _lr_at(step: int, total: int, warmup: int, base: float) -> float:
+    if step < warmup:
+        return base * (step + 1) / warmup
+    t = (step - warmup) / max(1, total - warmup)
+    return base * 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
+
+
+def _to_tensor(images: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()
+
+
+def _load_data(cfg: TrainConfig, size: int) -> tuple[ImageSet, ImageSet, ImageSet | None]:
+    common = dict(size=size, val_fraction=cfg.val_fraction, split_seed=cfg.split_seed, progress=True)
+    train = open_dataset(cfg.data, "train", **common)
+    val = open_dataset(cfg.data, "val", **common)
+    synth = None
+    if cfg.synth > 0:
+        synth = open_dataset("synth", "train", n=cfg.synth_pool, seed=cfg.seed, size=size)
+    return train, val, synth
+
+
+def train_classifier(cfg: TrainConfig, resume: bool = False, log: Any = print) -> dict[str, Any]:
+    """Train ``cfg.model`` on ``cfg.data``; write ``last``/``best`` checkpoints into ``cfg.out``.
+
+    Shuffling, augmentation and dropout draw from generators seeded by ``(seed, epoch)``, so a run resumed
+    from the checkpoint of epoch e continues exactly as the uninterrupted run would have.
+    """
+    from tqdm import tqdm
+
+    if cfg.epochs <= 0 or cfg.batch_size <= 0:
+        raise ConfigError(f"epochs and batch size must be positive, got {cfg.epochs} and {cfg.batch_size}")
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(cfg.seed)
+    model = create_classifier(cfg.model, **cfg.model_kwargs)
+    size = int(getattr(model, "input_size", 32))
+    train, val, synth = _load_data(cfg, size)
+    n_classes = int(getattr(model, "num_classes", 0))
+    if n_classes and int(train.labels.max()) >= n_classes:
+        raise ConfigError(f"the data has labels up to {int(train.labels.max())}, the model has {n_classes} classes")
+
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.ndim <= 1 else decay).append(p)
+    opt = torch.optim.SGD(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr, momentum=0.9, nesterov=True,
+    )
+    start_epoch, history, best = 0, [], -1.0
+    if resume:
+        record = load_checkpoint(out, "last", model, opt)
+        saved = record.get("config", {})
+        for key in ("data", "model", "seed", "batch_size", "val_fraction", "split_seed"):
+            if key in saved and saved[key] != getattr(cfg, key):
+                raise ModelError(f"{out}: checkpoint was trained with {key}={saved[key]!r}, asked to resume with {getattr(cfg, key)!r}")
+        start_epoch = int(record["epoch"]) + 1
+        history = list(record.get("history", []))
+        best = float(record.get("best_val_accuracy", -1.0))
+        log(f"resuming from epoch {start_epoch} of {cfg.epochs} ({out})")
+
+    x_real = _to_tensor(train.images)
+    y_real = torch.from_numpy(train.labels)
+    x_syn = _to_tensor(synth.images) if synth is not None else None
+    y_syn = torch.from_numpy(synth.labels) if synth is not None else None
+    n_per_epoch = len(x_real) + (cfg.synth if synth is not None else 0)
+    steps_per_epoch = math.ceil(n_per_epoch / cfg.batch_size)
+    total = steps_per_epoch * cfg.epochs
+    warmup = int(cfg.warmup_epochs * steps_per_epoch)
+    aug_cfg = AugmentConfig() if cfg.augment else AugmentConfig.none()
+    result: dict[str, Any] = {}
+    steps_done = 0
+
+    for epoch in range(start_epoch, cfg.epochs):
+        g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+        torch.manual_seed(cfg.seed * 100_003 + epoch)
+        xs, ys = x_real, y_real
+        if x_syn is not None:
+            pick = torch.randperm(len(x_syn), generator=g)[: cfg.synth]
+            xs, ys = torch.cat([x_real, x_syn[pick]]), torch.cat([y_real, y_syn[pick]])  # type: ignore[index]
+        order = torch.randperm(len(xs), generator=g)
+        model.train()
+        t0, seen, loss_sum, correct = time.time(), 0, 0.0, 0
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step", leave=False)
+        for i in bar:
+            step = epoch * steps_per_epoch + i
+            for group in opt.param_groups:
+                group["lr"] = _lr_at(step, total, warmup, cfg.lr)
+            idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
+            x = xs[idx].float() / 255.0
+            if cfg.augment:
+                x = augment_batch(x, aug_cfg, g)
+            y = ys[idx]
+            logits = model(x)
+            loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            seen += len(y)
+            loss_sum += loss.item() * len(y)
+            correct += int((logits.argmax(1) == y).sum())
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+            steps_done += 1
+            if cfg.max_steps is not None and steps_done >= cfg.max_steps:
+                break
+        metrics = evaluate_clean(model, val)
+        entry = {
+            "epoch": epoch,
+            "train_loss": loss_sum / max(seen, 1),
+            "train_accuracy": correct / max(seen, 1),
+            "val_accuracy": metrics["accuracy"],
+            "val_n": metrics["n"],
+            "seconds": round(time.time() - t0, 1),
+        }
+        history.append(entry)
+        record = {
+            "name": cfg.model,
+            "config": asdict(cfg),
+            "model_config": getattr(model, "edgepure_config", {}),
+            "epoch": epoch,
+            "history": history,
+            "best_val_accuracy": max(best, metrics["accuracy"]),
+            "input_size": size,
+            "class_names": list(train.class_names),
+        }
+        if metrics["accuracy"] > best:
+            best = metrics["accuracy"]
+            save_checkpoint(out, "best", model, None, record)
+        save_checkpoint(out, "last", model, opt, record)
+        result = record
+        log(
+            f"epoch {epoch + 1}/{cfg.epochs}: loss {entry['train_loss']:.4f} train {entry['train_accuracy']:.4f} "
+            f"val {entry['val_accuracy']:.4f} (n={entry['val_n']}) {entry['seconds']}s"
+        )
+        if cfg.max_steps is not None and steps_done >= cfg.max_steps:
+            break
+    return result

@@ -1,0 +1,72 @@
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from conftest import FIXTURE_CLASSES
+from edgepure import __version__
+from edgepure.cli.main import app
+
+runner = CliRunner()
+
+
+def test_version() -> None:
+    r = runner.invoke(app, ["--version"])
+    assert r.exit_code == 0 and r.stdout.strip() == f"edgepure {__version__}"
+
+
+def test_data_info_json(gtsrb_dir: Path) -> None:
+    r = runner.invoke(app, ["data", "info", "--data", str(gtsrb_dir), "--val-fraction", "0.25", "--json"])
+    assert r.exit_code == 0, r.output
+    info = json.loads(r.stdout)
+    assert info["kind"] == "gtsrb" and info["trainval"] == info["train"] + info["val"] == 48
+    assert info["classes"] == len(FIXTURE_CLASSES) and info["test"] == 8
+
+
+def test_data_render(tmp_path: Path) -> None:
+    out = tmp_path / "signs"
+    r = runner.invoke(app, ["data", "render", str(out), "--n", "12", "--seed", "3"])
+    assert r.exit_code == 0, r.output
+    lines = (out / "labels.csv").read_text().splitlines()
+    assert lines[0] == "filename,class_id,class_name" and len(lines) == 13
+    assert len(list(out.glob("*.ppm"))) == 12
+
+
+def test_train_then_eval_a_checkpoint(gtsrb_dir: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    r = runner.invoke(app, ["train", "classifier", "--data", str(gtsrb_dir), "--out", str(run), "--model", "signnet_xs",
+                            "--epochs", "1", "--batch-size", "8", "--max-steps", "2", "--val-fraction", "0.25", "--json"])
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout)
+    assert summary["epochs_done"] == 1 and 0.0 <= summary["best_val_accuracy"] <= 1.0
+    r = runner.invoke(app, ["eval", "clean", "--data", str(gtsrb_dir), "--split", "test", "--model", str(run), "--json"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)
+    assert res["n"] == 8 and 0.0 <= res["accuracy"] <= 1.0 and res["split"] == "test"
+
+
+def test_user_errors_print_without_traceback(tmp_path: Path) -> None:
+    r = runner.invoke(app, ["data", "info", "--data", str(tmp_path / "missing")])
+    assert r.exit_code == 1
+    assert "error:" in r.stderr and "no such file or directory" in r.stderr
+    assert "Traceback" not in r.output
+
+
+def test_bad_model_file_is_a_user_error(gtsrb_dir: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "model.safetensors"
+    bad.write_bytes(b"garbage")
+    (tmp_path / "model.json").write_text(json.dumps({"name": "signnet_xs"}))
+    r = runner.invoke(app, ["eval", "clean", "--data", str(gtsrb_dir), "--model", str(bad)])
+    assert r.exit_code == 1 and "not a readable safetensors file" in r.stderr
+
+
+def test_invalid_choice_is_rejected() -> None:
+    r = runner.invoke(app, ["eval", "clean", "--data", "synth", "--split", "dev"])
+    assert r.exit_code == 2
+
+
+def test_models_list_json() -> None:
+    r = runner.invoke(app, ["models", "list", "--json"])
+    assert r.exit_code == 0
+    names = {m["name"] for m in json.loads(r.stdout)["models"]}
+    assert "signnet_s" in names

@@ -1,0 +1,87 @@
+from pathlib import Path
+
+import pytest
+import torch
+
+from edgepure.models.loading import resolve_classifier
+from edgepure.runtime.errors import ModelError
+from edgepure.training.augment import AugmentConfig, augment_batch, gaussian_blur
+from edgepure.training.classifier import TrainConfig, train_classifier
+
+
+def _cfg(data: Path, out: Path, **kw: object) -> TrainConfig:
+    base = dict(data=str(data), out=str(out), model="signnet_xs", epochs=1, batch_size=8, val_fraction=0.25, lr=0.05)
+    base.update(kw)
+    return TrainConfig(**base)  # type: ignore[arg-type]
+
+
+def _weights(out: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(out / "last.safetensors"))
+
+
+def test_one_training_step_changes_weights_and_writes_checkpoints(gtsrb_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    record = train_classifier(_cfg(gtsrb_dir, out, max_steps=1), log=lambda s: None)
+    assert record["epoch"] == 0 and len(record["history"]) == 1
+    for name in ("last.safetensors", "last.optim.safetensors", "last.json", "best.safetensors", "best.json"):
+        assert (out / name).is_file(), name
+    assert not list(out.glob("*.tmp"))
+    torch.manual_seed(0)  # the trainer's own initialisation seed
+    from edgepure.models.registry import create_classifier
+
+    fresh = create_classifier("signnet_xs").state_dict()
+    trained = _weights(out)
+    assert any(not torch.equal(fresh[k], trained[k]) for k in fresh if fresh[k].is_floating_point())
+    model = resolve_classifier(str(out))  # a run folder loads as a --model
+    assert model(torch.rand(1, 3, 32, 32)).shape == (1, 43)
+
+
+def test_same_seed_same_weights(gtsrb_dir: Path, tmp_path: Path) -> None:
+    train_classifier(_cfg(gtsrb_dir, tmp_path / "a", max_steps=3), log=lambda s: None)
+    train_classifier(_cfg(gtsrb_dir, tmp_path / "b", max_steps=3), log=lambda s: None)
+    a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_continues_exactly(gtsrb_dir: Path, tmp_path: Path) -> None:
+    train_classifier(_cfg(gtsrb_dir, tmp_path / "full", epochs=2), log=lambda s: None)
+
+    def crash_after_first_epoch(msg: str) -> None:
+        if msg.startswith("epoch 1/2"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_classifier(_cfg(gtsrb_dir, tmp_path / "cut", epochs=2), log=crash_after_first_epoch)
+    logs: list[str] = []
+    record = train_classifier(_cfg(gtsrb_dir, tmp_path / "cut", epochs=2), resume=True, log=logs.append)
+    assert logs[0].startswith("resuming from epoch 1") and record["epoch"] == 1
+    a, b = _weights(tmp_path / "full"), _weights(tmp_path / "cut")
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_resume_refuses_other_settings(gtsrb_dir: Path, tmp_path: Path) -> None:
+    train_classifier(_cfg(gtsrb_dir, tmp_path / "r", max_steps=1), log=lambda s: None)
+    with pytest.raises(ModelError, match="trained with seed=0, asked to resume with 1"):
+        train_classifier(_cfg(gtsrb_dir, tmp_path / "r", seed=1), resume=True, log=lambda s: None)
+    with pytest.raises(ModelError, match="no checkpoint to resume from"):
+        train_classifier(_cfg(gtsrb_dir, tmp_path / "empty"), resume=True, log=lambda s: None)
+
+
+def test_augmentation_is_seeded_and_in_range() -> None:
+    x = torch.rand(16, 3, 32, 32)
+    a = augment_batch(x, AugmentConfig(), torch.Generator().manual_seed(1))
+    b = augment_batch(x, AugmentConfig(), torch.Generator().manual_seed(1))
+    c = augment_batch(x, AugmentConfig(), torch.Generator().manual_seed(2))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert a.min() >= 0 and a.max() <= 1 and a.shape == x.shape
+    same = augment_batch(x, AugmentConfig.none(), torch.Generator().manual_seed(1))
+    assert torch.allclose(same, x, atol=1e-5)
+
+
+def test_gaussian_blur_preserves_constants_and_smooths() -> None:
+    const = torch.full((2, 3, 16, 16), 0.4)
+    torch.testing.assert_close(gaussian_blur(const, torch.tensor([0.5, 1.5])), const)
+    noise = torch.rand(1, 3, 16, 16)
+    assert gaussian_blur(noise, torch.tensor([1.5])).std() < noise.std() * 0.6
