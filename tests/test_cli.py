@@ -70,3 +70,29 @@ def test_models_list_json() -> None:
     assert r.exit_code == 0
     names = {m["name"] for m in json.loads(r.stdout)["models"]}
     assert "signnet_s" in names
+
+
+def test_eval_robust_writes_its_report(gtsrb_dir: Path, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    r = runner.invoke(app, ["train", "classifier", "--data", str(gtsrb_dir), "--out", str(run), "--model", "signnet_xs",
+                            "--epochs", "1", "--batch-size", "16", "--max-steps", "1", "--val-fraction", "0.25"])
+    assert r.exit_code == 0, r.output
+    out = tmp_path / "report"
+    r = runner.invoke(app, ["eval", "robust", "--data", "synth", "--n", "6", "--model", str(run), "--defense", "median",
+                            "--attack", "additive,patch", "--threat", "blind,bpda", "--steps", "2", "--out", str(out),
+                            "--examples", "2", "--json"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)
+    assert set(res["robust_accuracy"]) == {"additive", "patch"}
+    assert set(res["robust_accuracy"]["patch"]) == {"blind", "bpda", "worst"}
+    for name in ("results.json", "results.csv", "robust_accuracy.png", "examples.png"):
+        assert (out / name).stat().st_size > 0
+    assert json.loads((out / "results.json").read_text())["n"] == 6
+    assert len((out / "results.csv").read_text().splitlines()) == 1 + 2 * 3
+
+
+def test_eval_robust_rejects_unknown_names() -> None:
+    r = runner.invoke(app, ["eval", "robust", "--data", "synth", "--attack", "rain"])
+    assert r.exit_code == 1 and "--attack: unknown rain" in r.stderr
+    r = runner.invoke(app, ["eval", "robust", "--data", "synth", "--n", "2", "--defense", "magic", "--model", "signnet_xs"])
+    assert r.exit_code == 1

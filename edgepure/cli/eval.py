@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from enum import Enum
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -37,7 +38,7 @@ def clean(
     import time
 
     from edgepure.data import open_dataset
-    from edgepure.evaluation.clean import evaluate_clean
+    from edgepure.evaluate.clean import evaluate_clean
     from edgepure.models.loading import resolve_classifier
 
     net = resolve_classifier(model)
@@ -62,3 +63,66 @@ def clean(
     else:
         typer.echo(f"{result['model']} on {data} [{split.value}]: top-1 {result['accuracy']:.4f} "
                    f"top-5 {result['top5_accuracy']:.4f} (n={result['n']}, {result['errors']} errors)")
+
+
+class Method(str, Enum):
+    apgd = "apgd"
+    pgd = "pgd"
+
+
+def _csv_list(value: str, allowed: tuple[str, ...], what: str) -> list[str]:
+    from edgepure.runtime.errors import ConfigError
+
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    bad = [v for v in items if v not in allowed]
+    if bad or not items:
+        raise ConfigError(f"--{what}: unknown {', '.join(bad) or 'empty list'} (expected a comma list of {', '.join(allowed)})")
+    return items
+
+
+@app.command("robust")
+@user_errors
+def robust(
+    data: Annotated[str, typer.Option("--data", help="GTSRB folder/zip, CIFAR-10 folder/archive, or 'synth'.")],
+    split: Annotated[Split, typer.Option(help="Data split (val = held-out tracks).")] = Split.val,
+    n: Annotated[int, typer.Option("--n", help="Number of images (seeded subset).")] = 512,
+    seed: Annotated[int, typer.Option(help="Seed of the subset, the attacks' restarts and the purifiers' noise.")] = 0,
+    defense: Annotated[str, typer.Option(help="A registered purifier, or 'none'.")] = "none",
+    attack: Annotated[str, typer.Option(help="Comma list of conv, patch, flow, additive, all.")] = "conv,patch,flow,additive,all",
+    threat: Annotated[str, typer.Option(help="Comma list of blind, adaptive, bpda.")] = "blind,adaptive",
+    eot: Annotated[int, typer.Option(help="Expectation over transformation: gradient samples per step.")] = 1,
+    steps: Annotated[int, typer.Option(help="Attack iterations.")] = 100,
+    method: Annotated[Method, typer.Option(help="Attack algorithm.")] = Method.apgd,
+    restarts: Annotated[int, typer.Option(help="Random restarts per attack.")] = 1,
+    model: Annotated[Optional[str], typer.Option(help="Classifier: registered name or checkpoint (default: shipped).")] = None,
+    batch_size: Annotated[int, typer.Option(help="Attack batch size.")] = 128,
+    examples: Annotated[int, typer.Option(help="Images per attack in the examples figure.")] = 4,
+    out: Annotated[Optional[Path], typer.Option(help="Write results.json, results.csv and figures here.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of the table.")] = False,
+) -> None:
+    """Clean and robust accuracy per attack and threat model (APGD-CE over each perturbation family)."""
+    from edgepure.data import dataset_kind, open_dataset
+    from edgepure.evaluate.report import format_table, write_report
+    from edgepure.evaluate.robust import benchmark
+    from edgepure.models.loading import resolve_classifier
+    from edgepure.perturb import PERTURBATIONS
+
+    attacks = _csv_list(attack, PERTURBATIONS, "attack")
+    threats = _csv_list(threat, ("blind", "adaptive", "bpda"), "threat")
+    net = resolve_classifier(model)
+    ds = open_dataset(data, split.value, n=n, seed=seed, size=int(getattr(net, "input_size", 32)), progress=True)
+    budgets = "cifar10" if dataset_kind(data) == "cifar10" else "gtsrb"
+    result = benchmark(
+        net, ds, None if defense == "none" else defense, attacks, threats, method=method.value, steps=steps, eot=eot,
+        restarts=restarts, seed=seed, batch_size=batch_size, dataset=budgets, progress=True,
+        keep_examples=examples if out is not None else 0,
+    )
+    result.update(data=data, split=split.value, model=model or "signnet_s")
+    if out is not None:
+        for p in write_report(result, out):
+            typer.echo(f"wrote {p}", err=True)
+    plain = {k: v for k, v in result.items() if k != "examples"}
+    if as_json:
+        echo_json(plain)
+    else:
+        typer.echo(format_table(plain))

@@ -24,6 +24,7 @@ def classifier(
     weight_decay: Annotated[float, typer.Option(help="Weight decay of conv/linear weights.")] = 5e-4,
     seed: Annotated[int, typer.Option(help="Seed of initialisation, shuffling and augmentation.")] = 0,
     synth: Annotated[int, typer.Option(help="Synthetic renders mixed into every epoch (0: real data only).")] = 0,
+    synth_pool: Annotated[int, typer.Option(help="Distinct synthetic renders the per-epoch draw comes from.")] = 8600,
     augment: Annotated[bool, typer.Option(help="Geometric, photometric, blur, occlusion and noise augmentation.")] = True,
     val_fraction: Annotated[float, typer.Option(help="Fraction of tracks held out for validation.")] = 0.1,
     resume: Annotated[bool, typer.Option(help="Continue from the run folder's last checkpoint.")] = False,
@@ -35,7 +36,7 @@ def classifier(
 
     cfg = TrainConfig(
         data=data, out=str(out), model=model, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
-        seed=seed, synth=synth, augment=augment, val_fraction=val_fraction, max_steps=max_steps or None,
+        seed=seed, synth=synth, synth_pool=synth_pool, augment=augment, val_fraction=val_fraction, max_steps=max_steps or None,
     )
     record = train_classifier(cfg, resume=resume, log=lambda s: typer.echo(s, err=True))
     summary = {"out": str(out), "epochs_done": record["epoch"] + 1, "best_val_accuracy": record["best_val_accuracy"],

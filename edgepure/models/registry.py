@@ -13,7 +13,6 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
 from torch import nn
 
 from edgepure.runtime.errors import ModelError
@@ -146,9 +145,23 @@ def create_classifier(name: str, pretrained: bool = False, **kwargs: Any) -> nn.
     model.edgepure_name = name  # type: ignore[attr-defined]
     model.edgepure_config = config  # type: ignore[attr-defined]
     if pretrained:
+        _check_sha256(path, meta)  # type: ignore[arg-type]
         load_weights_file(model, path)  # type: ignore[arg-type]
+        model.pretrained_cfg = {k: meta[k] for k in ("dataset", "class_names", "preprocessing") if k in meta}  # type: ignore[attr-defined]
         model.eval()
     return model
+
+
+def _check_sha256(path: Path, meta: dict[str, Any]) -> None:
+    import hashlib
+
+    expected = meta.get("sha256")
+    if expected is None:
+        raise ModelError(f"{path.with_suffix('.json')}: no sha256 recorded for the shipped weights")
+    found = hashlib.sha256(path.read_bytes()).hexdigest()
+    if found != expected:
+        raise ModelError(f"{path}: sha256 mismatch (expected {expected[:16]}…, found {found[:16]}…); "
+                         "the weight file was modified or is corrupt — reinstall edgepure")
 
 
 def load_classifier(name: str | None = None) -> nn.Module:
@@ -166,10 +179,3 @@ def model_metadata(name: str) -> dict[str, Any]:
     return json.loads(path.with_suffix(".json").read_text())
 
 
-def _frozen_copy(model: nn.Module) -> nn.Module:
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
-
-
-_ = torch  # torch is the registry's hard dependency: importing this module without it fails clearly

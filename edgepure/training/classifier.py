@@ -14,7 +14,7 @@ import torch.nn.functional as F
 
 from edgepure.data import open_dataset
 from edgepure.data.base import ImageSet
-from edgepure.evaluation.clean import evaluate_clean
+from edgepure.evaluate.clean import evaluate_clean
 from edgepure.models.registry import create_classifier
 from edgepure.runtime.errors import ConfigError, ModelError
 from edgepure.training.augment import AugmentConfig, augment_batch

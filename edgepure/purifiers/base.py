@@ -1,0 +1,38 @@
+"""The purifier interface: an ``nn.Module`` mapping [0, 1] images to [0, 1] images of the same shape.
+
+All randomness comes from an explicit ``noise`` input, so that a purification is reproducible and the
+exported graph is static: ``forward(x, noise=None)`` draws fresh noise only when none is given, and
+``sample_noise(x, generator)`` draws it from a seeded generator.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+from torch import nn
+
+__all__ = ["Purifier"]
+
+
+class Purifier(nn.Module):
+    """Base class. Deterministic purifiers leave ``noise_shape`` returning None."""
+
+    stochastic: bool = False
+
+    def noise_shape(self, x: torch.Tensor) -> Optional[tuple[int, ...]]:
+        """The shape of the noise input for a batch like ``x`` (None: the purifier is deterministic)."""
+        return None
+
+    def sample_noise(self, x: torch.Tensor, generator: Optional[torch.Generator] = None) -> Optional[torch.Tensor]:
+        shape = self.noise_shape(x)
+        if shape is None:
+            return None
+        return torch.randn(shape, generator=generator, dtype=x.dtype)
+
+    def forward(self, x: torch.Tensor, noise: Optional[torch.Tensor] = None) -> torch.Tensor:  # type: ignore[override]
+        raise NotImplementedError
+
+    def config(self) -> dict[str, object]:
+        """The settings that define this purifier (recorded in results and manifests)."""
+        return {}

@@ -1,0 +1,126 @@
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from edgepure.attacks import APGD, PGD, DefendedModel, Threat, attack_target
+from edgepure.data.base import ImageSet
+from edgepure.evaluate.robust import benchmark
+from edgepure.perturb import create_perturbation
+from edgepure.purifiers import create_purifier
+from edgepure.runtime.errors import ConfigError
+
+
+class Templates(nn.Module):
+    """A classifier with known margins: logits = −‖x − template_c‖² / 50 for 3 smooth colour templates."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(0)
+        base = torch.rand(3, 3, 4, 4, generator=g)
+        self.register_buffer("t", nn.functional.interpolate(base, size=32, mode="bilinear", align_corners=False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return -((x[:, None] - self.t[None]) ** 2).flatten(2).sum(2) / 50.0
+
+
+def _batch(n: int = 12) -> tuple[torch.Tensor, torch.Tensor, Templates]:
+    m = Templates()
+    g = torch.Generator().manual_seed(1)
+    y = torch.arange(n) % 3
+    x = (m.t[y] + 0.05 * torch.randn(n, 3, 32, 32, generator=g)).clamp(0, 1)
+    return x, y, m
+
+
+def _acc(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    with torch.no_grad():
+        return float((model(x).argmax(1) == y).float().mean())
+
+
+@pytest.mark.parametrize("family", ["conv", "patch", "flow", "additive", "all"])
+def test_attack_output_respects_budget_and_gradients_are_finite(family: str) -> None:
+    x, y, m = _batch()
+    atk = APGD(m, family, steps=6)
+    x_adv = atk(x, y)
+    assert x_adv.shape == x.shape and x_adv.min() >= 0 and x_adv.max() <= 1
+    p = atk.perturbation
+    projected = p.project({k: v.clone() for k, v in atk.params.items()}, x)
+    for k, v in atk.params.items():
+        torch.testing.assert_close(v, projected[k])  # already inside the budget
+    _, grads, _ = atk.loss_and_grad(x, y, atk.params)
+    assert all(torch.isfinite(gk).all() for gk in grads.values())
+
+
+def test_additive_attack_breaks_the_template_model() -> None:
+    x, y, m = _batch()
+    assert _acc(m, x, y) == 1.0
+    x_adv = APGD(m, create_perturbation("additive", eps=0.3), steps=20)(x, y)
+    assert (x_adv - x).abs().max() <= 0.3 + 1e-6
+    assert _acc(m, x_adv, y) < 0.5
+
+
+def test_same_seed_same_result() -> None:
+    x, y, m = _batch()
+    a = APGD(m, "flow", steps=5, seed=3)(x, y)
+    b = APGD(m, "flow", steps=5, seed=3)(x, y)
+    c = APGD(m, "flow", steps=5, seed=4)(x, y)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+@pytest.mark.parametrize("method", [APGD, PGD])
+def test_larger_budget_never_helps_the_defender(method: type) -> None:
+    x, y, m = _batch(24)
+    accs = []
+    for eps in (0.02, 0.08, 0.16, 0.3):
+        x_adv = method(m, create_perturbation("additive", eps=eps), steps=20)(x, y)
+        accs.append(_acc(m, x_adv, y))
+    assert accs == sorted(accs, reverse=True), accs
+    assert accs[0] > accs[-1]
+
+
+def test_eot_calls_the_model_k_times_per_step() -> None:
+    x, y, m = _batch(3)
+    calls = []
+
+    def counting(z: torch.Tensor) -> torch.Tensor:
+        calls.append(1)
+        return m(z)
+
+    APGD(counting, "additive", steps=4, eot=3)(x, y)
+    assert len(calls) == 3 * (4 + 1)
+
+
+def test_bpda_gets_through_a_gradient_masking_purifier() -> None:
+    x, y, m = _batch()
+    squeeze = create_purifier("bitdepth", bits=3)
+    perturbation = create_perturbation("additive", eps=0.3)
+    full = APGD(attack_target(Threat.adaptive, squeeze, m), perturbation, steps=15, random_init=False)
+    bpda = APGD(attack_target(Threat.bpda, squeeze, m), perturbation, steps=15, random_init=False)
+    defended = DefendedModel(squeeze, m)
+    # the quantiser's gradient is zero: the full-gradient attack cannot move, BPDA can
+    assert torch.equal(full(x, y), x)
+    assert _acc(defended, bpda(x, y), y) < _acc(defended, x, y)
+
+
+def test_eot_over_a_stochastic_purifier_is_reproducible() -> None:
+    x, y, m = _batch(6)
+    noisy = create_purifier("gaussian", sigma=0.8, noise_std=0.1)
+    assert noisy.stochastic
+    runs = [APGD(attack_target(Threat.adaptive, noisy, m, seed=5), "additive", steps=4, eot=2)(x, y) for _ in range(2)]
+    assert torch.equal(runs[0], runs[1])
+
+
+def test_benchmark_numbers_are_consistent() -> None:
+    x, y, m = _batch(12)
+    data = ImageSet((x.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8), y.numpy(), [str(i) for i in range(12)],
+                    ("a", "b", "c"))
+    r = benchmark(m, data, "gaussian", ["additive", "flow"], ["blind", "adaptive"], steps=5, batch_size=5,
+                  budgets={"additive": {"eps": 0.3}})
+    assert r["n"] == 12 and r["threats"] == ["blind", "adaptive"]
+    for row in r["robust_accuracy"].values():
+        assert row["worst"] <= min(row["blind"], row["adaptive"]) <= r["clean_accuracy"]
+    assert r["average"]["worst"] == pytest.approx(np.mean([row["worst"] for row in r["robust_accuracy"].values()]))
+    none = benchmark(m, data, None, ["additive"], ["blind", "adaptive"], steps=5, budgets={"additive": {"eps": 0.3}})
+    assert none["threats"] == ["blind"]  # without a defense the threats coincide
+    with pytest.raises(ConfigError, match="unknown attack"):
+        benchmark(m, data, None, ["rain"])

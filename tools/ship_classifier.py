@@ -1,0 +1,65 @@
+"""Copy a trained classifier into the package: weights (safetensors) + the JSON that travels with them.
+
+    python tools/ship_classifier.py RUN_DIR --tag signnet_s_gtsrb --command "edgepure train classifier ..." \
+        [--metrics bench.json]
+
+The JSON records the architecture and its arguments, preprocessing, class names, the training command
+and configuration, per-epoch history, the measured metrics, the sha256 of the weights and the versions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+import edgepure
+
+WEIGHTS = Path(__file__).resolve().parents[1] / "edgepure" / "models" / "weights"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run", type=Path)
+    ap.add_argument("--tag", required=True)
+    ap.add_argument("--command", required=True, help="the exact training command")
+    ap.add_argument("--metrics", type=Path, help="JSON printed by benchmarks/classifier.py")
+    args = ap.parse_args()
+    record = json.loads((args.run / "best.json").read_text())
+    src = args.run / "best.safetensors"
+    WEIGHTS.mkdir(parents=True, exist_ok=True)
+    dest = WEIGHTS / f"{args.tag}.safetensors"
+    shutil.copyfile(src, dest)
+    digest = hashlib.sha256(dest.read_bytes()).hexdigest()
+    meta = {
+        "name": record["name"],
+        "config": record.get("model_config", {}),
+        "dataset": "GTSRB",
+        "class_names": record["class_names"],
+        "preprocessing": {
+            "input": "float32 RGB NCHW in [0, 1]",
+            "size": [record["input_size"], record["input_size"]],
+            "resize": "antialiased bilinear (triangle filter) of the whole frame",
+            "roi_crop": False,
+            "normalisation": "inside the model (mean/std buffers)",
+        },
+        "training": {
+            "command": args.command,
+            "config": record["config"],
+            "best_epoch": record["epoch"],
+            "history": record["history"],
+        },
+        "metrics": json.loads(args.metrics.read_text()) if args.metrics else {},
+        "sha256": digest,
+        "versions": {"edgepure": edgepure.__version__, "torch": torch.__version__},
+    }
+    (WEIGHTS / f"{args.tag}.json").write_text(json.dumps(meta, indent=2) + "\n")
+    print(f"shipped {dest} ({dest.stat().st_size / 1e6:.2f} MB, sha256 {digest[:16]}…)")
+
+
+if __name__ == "__main__":
+    main()
