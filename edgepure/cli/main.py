@@ -9,6 +9,7 @@ import typer
 from edgepure import __version__
 from edgepure.cli import data as data_cmd
 from edgepure.cli import eval as eval_cmd
+from edgepure.cli import export as export_cmd
 from edgepure.cli import models as models_cmd
 from edgepure.cli import train as train_cmd
 
@@ -23,6 +24,8 @@ app.add_typer(data_cmd.app, name="data")
 app.add_typer(train_cmd.app, name="train")
 app.add_typer(eval_cmd.app, name="eval")
 app.add_typer(models_cmd.app, name="models")
+app.command("export")(export_cmd.export_cmd)
+app.command("inspect")(export_cmd.inspect_cmd)
 
 
 def _version(value: bool) -> None:

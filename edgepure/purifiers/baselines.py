@@ -58,7 +58,8 @@ class MedianFilter(Purifier):
         r = self.kernel_size // 2
         xp = F.pad(x, (r, r, r, r), mode="replicate")
         patches = F.unfold(xp, self.kernel_size).view(n, c, self.kernel_size**2, h, w)
-        return patches.median(dim=2).values
+        # the (k²+1)/2-th largest value of each window; TopK exports to ONNX (and TensorRT), median does not
+        return patches.topk(self.kernel_size**2 // 2 + 1, dim=2, sorted=True).values[:, :, -1]
 
     def config(self) -> dict[str, object]:
         return {"kernel_size": self.kernel_size}

@@ -1,0 +1,158 @@
+"""``edgepure export`` and ``edgepure inspect``: model directories of static ONNX graphs."""
+
+from __future__ import annotations
+
+import json
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from edgepure.cli.common import echo_json, user_errors
+
+
+class Noise(str, Enum):
+    input = "input"
+    graph = "graph"
+
+
+def _parse_kv(items: list[str]) -> dict[str, Any]:
+    """``key=value`` pairs; values are JSON literals (numbers, true/false, quoted strings) or plain strings."""
+    from edgepure.runtime.errors import ConfigError
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--purifier-arg expects key=value, got {item!r}")
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw
+    return out
+
+
+def _load_classifier(spec: str) -> tuple[Any, dict[str, Any]]:
+    """A registered name / checkpoint, or ``module:callable`` returning a torch module that takes [0, 1] images."""
+    import importlib
+
+    from torch import nn
+
+    from edgepure.models.loading import resolve_classifier
+    from edgepure.runtime.errors import ModelError
+
+    if ":" in spec and not Path(spec).exists():
+        mod_name, _, attr = spec.partition(":")
+        try:
+            factory = getattr(importlib.import_module(mod_name), attr)
+        except (ImportError, AttributeError) as exc:
+            raise ModelError(f"--classifier {spec}: cannot import {attr!r} from {mod_name!r} ({exc})") from None
+        model = factory() if callable(factory) and not isinstance(factory, nn.Module) else factory
+        if not isinstance(model, nn.Module):
+            raise ModelError(f"--classifier {spec}: expected a torch nn.Module, got {type(model).__name__}")
+        return model.eval(), {"name": spec, "source": "module:callable"}
+    model = resolve_classifier(spec)
+    return model, {"name": getattr(model, "edgepure_name", spec), "source": spec}
+
+
+def export(
+    out: Annotated[Path, typer.Option("--out", help="Model directory to write (ONNX files + manifest.json).")],
+    classifier: Annotated[str, typer.Option(help="Registered name, checkpoint, or module:callable.")] = "signnet_s",
+    purifier: Annotated[Optional[str], typer.Option(help="A registered purifier (none: classifier only).")] = None,
+    purifier_arg: Annotated[Optional[list[str]], typer.Option(help="Purifier setting key=value (repeatable).")] = None,
+    batch: Annotated[int, typer.Option(help="Static batch size of the graphs.")] = 1,
+    noise: Annotated[Noise, typer.Option(help="A stochastic purifier's noise: an input, or drawn inside the graph.")] = Noise.input,
+    data: Annotated[str, typer.Option(help="Images for the parity check (GTSRB path or 'synth').")] = "synth",
+    n: Annotated[int, typer.Option("--n", help="Parity images.")] = 64,
+    atol: Annotated[float, typer.Option(help="Largest allowed |ONNX Runtime − PyTorch| on any output.")] = 1e-3,
+    force: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
+) -> None:
+    """Export the classifier, the purifier and the fused purify → classify pipeline as static ONNX graphs."""
+    from edgepure.data import open_dataset
+    from edgepure.export.pipeline import export_pipeline
+    from edgepure.purifiers import create_purifier
+    from edgepure.runtime.classes import GTSRB_CLASSES
+
+    net, info = _load_classifier(classifier)
+    pur = create_purifier(purifier, **_parse_kv(purifier_arg or [])) if purifier else None
+    size = int(getattr(net, "input_size", 32))
+    images = open_dataset(data, "val", n=max(n, batch), size=size).as_float_nchw()
+    cfg = getattr(net, "pretrained_cfg", {})
+    manifest = export_pipeline(
+        pur, net, out, images, batch=batch, noise=noise.value, class_names=cfg.get("class_names", GTSRB_CLASSES),
+        preprocessing=cfg.get("preprocessing"), classifier_info=info,
+        purifier_info={"name": purifier, "config": pur.config()} if pur is not None else None,
+        atol=atol, overwrite=force,
+    )
+    if as_json:
+        echo_json(manifest)
+    else:
+        typer.echo(_summary(manifest, out))
+
+
+def _summary(manifest: dict[str, Any], where: Path) -> str:
+    lines = [f"{where}: opset {manifest['opset']}, batch {manifest['batch']}, {manifest['precision']}"]
+    for role, m in manifest["models"].items():
+        ins = ", ".join(f"{i['name']}{i['shape']}" for i in m["inputs"])
+        p = m["parity"]
+        par = f"max|Δ| {p['max_abs_diff']:.2e}" + (f", top-1 agreement {p['top1_agreement']:.3f}" if "top1_agreement" in p else "")
+        lint = m["lint"]
+        lines.append(f"  {role:<10} {m['file']:<16} {m['nodes']:>5} nodes {m['bytes'] / 1e6:6.2f} MB  in: {ins}  {par}  "
+                     f"lint ({lint['target']}): {lint['errors']} errors")
+        for issue in lint["issues"]:
+            lines.append(f"      {issue['severity']}: [{issue['code']}] {issue['node']}: {issue['message']}")
+    return "\n".join(lines)
+
+
+def inspect(
+    path: Annotated[Path, typer.Argument(help="A model directory or an ONNX file.")],
+    target: Annotated[str, typer.Option(help="TensorRT line to lint for: 10.3 (JetPack 6), 10.15 or 11.")] = "10.3",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Print a model directory's manifest (checking every file's sha256) and the TensorRT lint."""
+    from edgepure.runtime.errors import ModelError
+    from edgepure.runtime.manifest import MANIFEST_NAME, load_manifest
+
+    if not path.exists():
+        raise ModelError(f"{path}: no such file or directory")
+    if path.is_dir():
+        manifest = load_manifest(path)
+        for m in manifest["models"].values():
+            m["lint"] = _lint_file(path / m["file"], target)
+        if as_json:
+            echo_json(manifest)
+        else:
+            typer.echo(_summary(manifest, path))
+        return
+    lint = _lint_file(path, target)
+    entry = None
+    if (path.parent / MANIFEST_NAME).is_file():
+        manifest = load_manifest(path.parent)
+        entry = next((m for m in manifest["models"].values() if m["file"] == path.name), None)
+    result = {"file": str(path), "manifest_entry": entry, "lint": lint}
+    if as_json:
+        echo_json(result)
+    else:
+        typer.echo(f"{path}: {'in manifest' if entry else 'no manifest entry'}; lint ({lint['target']}): {lint['errors']} errors")
+        for issue in lint["issues"]:
+            typer.echo(f"  {issue['severity']}: [{issue['code']}] {issue['node']}: {issue['message']}")
+
+
+def _lint_file(path: Path, target: str) -> dict[str, Any]:
+    import onnx
+
+    from edgepure.export.lint import lint_model
+    from edgepure.runtime.errors import ModelError
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - onnx raises DecodeError and friends for a bad file
+        raise ModelError(f"{path}: not a readable ONNX model ({type(exc).__name__})") from None
+    issues = [i.as_dict() for i in lint_model(model, target)]
+    return {"target": f"TensorRT {target}", "errors": sum(i["severity"] == "error" for i in issues), "issues": issues}
+
+
+export_cmd = user_errors(export)
+inspect_cmd = user_errors(inspect)

@@ -1,0 +1,65 @@
+"""The model directory's ``manifest.json``: the contract between export and the runtime.
+
+A model directory holds single-file ONNX models (and later TensorRT engines) and one ``manifest.json``
+describing each: file, sha256, inputs and outputs (names, shapes, dtypes), plus the preprocessing, class
+names, purifier configuration, parity figures, lint result and the versions used. Loading verifies every
+file's sha256, so a tampered or swapped model is refused before anything runs it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+from edgepure.runtime.errors import ModelError
+
+__all__ = ["MANIFEST_NAME", "SCHEMA_VERSION", "load_manifest", "sha256_file", "verify_files"]
+
+MANIFEST_NAME = "manifest.json"
+SCHEMA_VERSION = 1
+_REQUIRED = ("schema", "models", "preprocessing", "class_names")
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def load_manifest(directory: str | Path, verify: bool = True) -> dict[str, Any]:
+    """Read and check ``directory/manifest.json``; with ``verify`` also every model file's sha256."""
+    d = Path(directory)
+    path = d / MANIFEST_NAME if d.is_dir() else d
+    if not path.is_file():
+        raise ModelError(f"{path}: no manifest (expected a model directory written by 'edgepure export')")
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ModelError(f"{path}: corrupt manifest ({exc})") from None
+    if not isinstance(manifest, dict):
+        raise ModelError(f"{path}: expected a JSON object")
+    missing = [k for k in _REQUIRED if k not in manifest]
+    if missing:
+        raise ModelError(f"{path}: manifest lacks {', '.join(missing)}")
+    if manifest["schema"] != SCHEMA_VERSION:
+        raise ModelError(f"{path}: manifest schema {manifest['schema']}, this edgepure reads schema {SCHEMA_VERSION}")
+    if verify:
+        verify_files(manifest, path.parent)
+    return manifest
+
+
+def verify_files(manifest: dict[str, Any], directory: Path) -> None:
+    for role, entry in manifest["models"].items():
+        file = directory / entry["file"]
+        if not file.is_file():
+            raise ModelError(f"{file}: the manifest's {role} model file is missing")
+        found = sha256_file(file)
+        if found != entry["sha256"]:
+            raise ModelError(
+                f"{file}: sha256 mismatch (manifest {entry['sha256'][:16]}…, file {found[:16]}…): "
+                "the model was modified or replaced after export"
+            )

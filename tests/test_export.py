@@ -1,0 +1,212 @@
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+import torch.nn.functional as F
+from onnx import TensorProto, helper, numpy_helper
+from typer.testing import CliRunner
+
+import edgepure
+from edgepure.cli.main import app
+from edgepure.data import open_dataset
+from edgepure.export.decompositions import _conv_backward
+from edgepure.export.errors import ParityError
+from edgepure.export.lint import lint_model
+from edgepure.export.pipeline import export_pipeline
+from edgepure.runtime.backends import ort_session
+from edgepure.runtime.errors import ModelError
+from edgepure.runtime.manifest import load_manifest
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def images() -> np.ndarray:
+    return open_dataset("synth", "val", n=8).as_float_nchw()
+
+
+@pytest.fixture(scope="module")
+def classifier() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return edgepure.create_classifier("signnet_xs").eval()
+
+
+def _run(path: Path, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    return ort_session(path).run(None, feeds)[0]
+
+
+@pytest.mark.parametrize(("name", "kw", "noise"), [
+    ("median", {}, "input"), ("bitdepth", {"bits": 5}, "input"), ("gaussian", {"noise_std": 0.05}, "input"),
+    ("gaussian", {"noise_std": 0.05}, "graph"),
+])
+def test_every_purifier_exports_and_matches_torch(tmp_path: Path, images: np.ndarray, classifier: torch.nn.Module,
+                                                  name: str, kw: dict, noise: str) -> None:
+    pur = edgepure.create_purifier(name, **kw)
+    out = tmp_path / "model"
+    m = export_pipeline(pur, classifier, out, images, batch=2, noise=noise, class_names=["c"] * 43)
+    assert set(m["models"]) == {"classifier", "purifier", "pipeline"}
+    for entry in m["models"].values():
+        model = onnx.load(str(out / entry["file"]))
+        assert model.opset_import[0].version == 18 and not list(out.glob("*.data"))
+        assert entry["lint"]["errors"] == 0
+        assert entry["parity"]["max_abs_diff"] <= 1e-3 or noise == "graph"
+    x = images[:2]
+    with torch.no_grad():
+        if noise == "input" and pur.stochastic:
+            nz = pur.sample_noise(torch.from_numpy(x), torch.Generator().manual_seed(3))
+            ref = classifier(pur(torch.from_numpy(x), nz)).numpy()
+            got = _run(out / "pipeline.onnx", {"image": x, "noise": nz.numpy()})
+        else:
+            got = _run(out / "pipeline.onnx", {"image": x})
+            ref = classifier(pur(torch.from_numpy(x), pur.sample_noise(torch.from_numpy(x)))).numpy()
+    if noise == "graph":
+        assert [i.name for i in ort_session(out / "pipeline.onnx").get_inputs()] == ["image"]
+        assert np.abs(got - ref).max() < 0.5  # different noise draws, same model
+    else:
+        np.testing.assert_allclose(got, ref, atol=1e-4)
+    assert load_manifest(out)["purifier"]["noise"] == (noise if pur.stochastic else None)
+
+
+def test_classifier_only_export(tmp_path: Path, images: np.ndarray, classifier: torch.nn.Module) -> None:
+    m = export_pipeline(None, classifier, tmp_path / "c", images, batch=4)
+    assert list(m["models"]) == ["classifier"]
+    e = m["models"]["classifier"]
+    assert e["inputs"] == [{"name": "image", "shape": [4, 3, 32, 32], "dtype": "float32"}]
+    assert e["outputs"][0]["shape"] == [4, 43] and e["parity"]["top1_agreement"] == 1.0
+
+
+class _Leaky(torch.nn.Module):
+    """Draws hidden noise: its ONNX graph cannot match PyTorch."""
+
+    def forward(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        return (x + 0.1 * torch.randn_like(x)).clamp(0, 1)
+
+
+def test_missed_tolerance_writes_nothing(tmp_path: Path, images: np.ndarray, classifier: torch.nn.Module) -> None:
+    out = tmp_path / "bad"
+    with pytest.raises(ParityError, match="does not match PyTorch"):
+        export_pipeline(_Leaky(), classifier, out, images, batch=2)
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_existing_directory_needs_force(tmp_path: Path, images: np.ndarray, classifier: torch.nn.Module) -> None:
+    out = tmp_path / "m"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(edgepure.EdgepureError, match="exists; pass --force"):
+        export_pipeline(None, classifier, out, images, batch=2)
+    assert (out / "keep.txt").read_text() == "mine"
+
+
+class _GuidedStep(torch.nn.Module):
+    """Two steps of classifier-confidence guidance: a gradient inside the forward, as COUP/NAPPure need."""
+
+    def __init__(self, classifier: torch.nn.Module) -> None:
+        super().__init__()
+        self.classifier = classifier
+        self.needs_autograd = True
+
+    def forward(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        for _ in range(2):
+            with torch.enable_grad():
+                z = x.detach().requires_grad_(True)
+                conf = torch.logsumexp(self.classifier(z), 1).sum()
+                (g,) = torch.autograd.grad(conf, z)
+            x = (x + 0.01 * g).clamp(0, 1)
+        return x
+
+
+def test_gradient_steps_export_into_the_graph(tmp_path: Path, images: np.ndarray, classifier: torch.nn.Module) -> None:
+    m = export_pipeline(_GuidedStep(classifier), classifier, tmp_path / "g", images, batch=2)
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "g" / "purifier.onnx")).graph.node}
+    assert "ConvTranspose" in ops  # the convolution's backward, now a forward op
+    assert m["models"]["purifier"]["parity"]["max_abs_diff"] < 1e-5
+
+
+@pytest.mark.parametrize(("groups", "stride", "pad"), [(1, 1, 1), (1, 2, 1), (3, 1, 2), (2, 2, 0)])
+def test_conv_backward_decomposition_matches_native(groups: int, stride: int, pad: int) -> None:
+    torch.manual_seed(0)
+    cin, cout = 6, 6
+    x = torch.randn(2, cin, 9, 9, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(cout, cin // groups, 3, 3, dtype=torch.float64, requires_grad=True)
+    y = F.conv2d(x, w, None, stride, pad, 1, groups)
+    go = torch.randn_like(y)
+    gx, gw = torch.autograd.grad(y, (x, w), go)
+    dx, dw, db = _conv_backward(go, x.detach(), w.detach(), None, [stride] * 2, [pad] * 2, [1, 1], False, [0, 0],
+                                groups, [True, True, True])
+    assert (dx - gx).abs().max() < 1e-12 and (dw - gw).abs().max() < 1e-12
+    torch.testing.assert_close(db, go.sum((0, 2, 3)))
+
+
+# --- the TensorRT lint on purpose-made bad graphs -------------------------------------------------------
+
+def _graph(nodes: list, inits: list | None = None, opset: int = 18, inputs: list | None = None) -> onnx.ModelProto:
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, None)
+    g = helper.make_graph(nodes, "g", inputs or [x], [y], initializer=inits or [])
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)])
+
+
+def _codes(model: onnx.ModelProto) -> set[str]:
+    return {i.code for i in lint_model(model)}
+
+
+def test_lint_clean_graph() -> None:
+    assert _codes(_graph([helper.make_node("Relu", ["x"], ["y"])])) == set()
+
+
+def test_lint_flags_each_hazard() -> None:
+    grid = numpy_helper.from_array(np.zeros((1, 8, 8, 2), np.float32), "grid")
+    assert "gridsample-mode" in _codes(_graph([helper.make_node("GridSample", ["x", "grid"], ["y"], mode="linear")], [grid]))
+    assert "gridsample-mode" not in _codes(_graph([helper.make_node("GridSample", ["x", "grid"], ["y"], mode="bilinear")], [grid]))
+    assert "maxpool-indices" in _codes(_graph([helper.make_node("MaxPool", ["x"], ["y", "idx"], kernel_shape=[2, 2])]))
+    idx = numpy_helper.from_array(np.zeros((1, 4), np.int64), "idx")
+    upd = numpy_helper.from_array(np.zeros((1,), np.float32), "upd")
+    assert "scatternd-reduction" in _codes(_graph([helper.make_node("ScatterND", ["x", "idx", "upd"], ["y"], reduction="add")], [idx, upd]))
+    scale = numpy_helper.from_array(np.array(0.1, np.float32), "s")
+    zp = numpy_helper.from_array(np.array(3, np.int8), "zp")
+    assert "qdq-zero-point" in _codes(_graph([helper.make_node("QuantizeLinear", ["x", "s", "zp"], ["q"]),
+                                              helper.make_node("DequantizeLinear", ["q", "s", "zp"], ["y"])], [scale, zp]))
+    assert "opset" in _codes(_graph([helper.make_node("Relu", ["x"], ["y"])], opset=21))
+    assert "unsupported-op" in _codes(_graph([helper.make_node("Unique", ["x"], ["y"])]))
+    w = numpy_helper.from_array(np.zeros((3, 3, 3, 3), np.int8), "w")
+    ws = numpy_helper.from_array(np.full((3,), 0.1, np.float32), "ws")
+    wz = numpy_helper.from_array(np.zeros((3,), np.int8), "wz")
+    assert "convtranspose-axis" in _codes(_graph([helper.make_node("DequantizeLinear", ["w", "ws", "wz"], ["wf"], axis=1),
+                                                  helper.make_node("ConvTranspose", ["x", "wf"], ["y"])], [w, ws, wz]))
+    assert "convtranspose-axis" not in _codes(_graph([helper.make_node("DequantizeLinear", ["w", "ws", "wz"], ["wf"], axis=0),
+                                                      helper.make_node("ConvTranspose", ["x", "wf"], ["y"])], [w, ws, wz]))
+    ext = numpy_helper.from_array(np.zeros((1,), np.float32), "e")
+    ext.data_location = TensorProto.EXTERNAL
+    assert "external-data" in _codes(_graph([helper.make_node("Add", ["x", "e"], ["y"])], [ext]))
+
+
+# --- CLI -------------------------------------------------------------------------------------------------
+
+def test_cli_export_inspect_and_tamper(tmp_path: Path, gtsrb_dir: Path) -> None:
+    run = tmp_path / "run"
+    r = runner.invoke(app, ["train", "classifier", "--data", str(gtsrb_dir), "--out", str(run), "--model", "signnet_xs",
+                            "--epochs", "1", "--batch-size", "8", "--max-steps", "1", "--val-fraction", "0.25"])
+    assert r.exit_code == 0, r.output
+    out = tmp_path / "exported"
+    r = runner.invoke(app, ["export", "--classifier", str(run), "--purifier", "gaussian", "--purifier-arg", "sigma=0.7",
+                            "--n", "4", "--out", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    manifest = json.loads(r.stdout)
+    assert manifest["purifier"]["config"]["sigma"] == 0.7
+    r = runner.invoke(app, ["inspect", str(out)])
+    assert r.exit_code == 0 and "pipeline" in r.stdout and "0 errors" in r.stdout
+    r = runner.invoke(app, ["export", "--classifier", str(run), "--n", "4", "--out", str(out)])
+    assert r.exit_code == 1 and "pass --force" in r.stderr
+    data = bytearray((out / "classifier.onnx").read_bytes())
+    data[-1] ^= 1
+    (out / "classifier.onnx").write_bytes(bytes(data))
+    r = runner.invoke(app, ["inspect", str(out)])
+    assert r.exit_code == 1 and "sha256 mismatch" in r.stderr
+    with pytest.raises(ModelError, match="sha256 mismatch"):
+        load_manifest(out)
+    r = runner.invoke(app, ["export", "--classifier", str(run), "--purifier-arg", "oops", "--purifier", "median", "--out", str(tmp_path / "x")])
+    assert r.exit_code == 1 and "key=value" in r.stderr
