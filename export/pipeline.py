@@ -9,6 +9,7 @@ nothing behind and never half-overwrites an earlier one.
 
 from __future__ import annotations
 
+import copy
 import datetime as _dt
 import os
 import shutil
@@ -26,7 +27,12 @@ from edgepure.export.lint import lint_model
 from edgepure.runtime.errors import ConfigError
 from edgepure.runtime.manifest import MANIFEST_NAME, SCHEMA_VERSION, sha256_file
 
-__all__ = ["FusedPipeline", "GraphNoise", "export_pipeline"]
+__all__ = ["FusedPipeline", "GraphNoise", "HalfPrecision", "PRECISIONS", "export_pipeline"]
+
+PRECISIONS = ("fp32", "fp16")
+# parity tolerance on any output when none is given: float32 graphs reproduce PyTorch to rounding,
+# float16 graphs are compared with the float32 PyTorch model
+DEFAULT_ATOL = {"fp32": 1e-3, "fp16": 5e-2}
 
 
 class FusedPipeline(nn.Module):
@@ -51,6 +57,17 @@ class GraphNoise(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         return self.inner(image, torch.randn(self.noise_shape, dtype=image.dtype))
+
+
+class HalfPrecision(nn.Module):
+    """A copy of ``inner`` computing in float16, with float32 inputs and outputs (casts at the edges)."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = copy.deepcopy(inner).half()
+
+    def forward(self, *args: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return self.inner(*(a.half() if a is not None else None for a in args)).float()
 
 
 class _ImageOnly(nn.Module):
@@ -93,8 +110,10 @@ def _export_one(
     min_top1: Optional[float],
     directory: Path,
     lint_target: str,
+    reference: Optional[nn.Module] = None,
 ) -> dict[str, Any]:
-    """Export one model into ``directory`` and return its manifest entry."""
+    """Export one model into ``directory`` and return its manifest entry. Parity compares the graph with
+    ``reference`` (default: ``module`` itself; the float32 original of a float16 export)."""
     names = ["image"] + (["noise"] if noise_fn is not None else [])
     example = [torch.from_numpy(image_batches[0])]
     if noise_fn is not None:
@@ -110,15 +129,17 @@ def _export_one(
             feed["noise"] = noise_fn(b, i)
         feeds.append(feed)
 
+    ref_module = reference if reference is not None else module
+
     @torch.no_grad()
-    def reference(feed: Mapping[str, np.ndarray]) -> np.ndarray:
+    def run_reference(feed: Mapping[str, np.ndarray]) -> np.ndarray:
         args = [torch.from_numpy(feed[n]) for n in names]
         if trace_autograd:
             with torch.enable_grad():
-                return module(*args).detach().numpy()
-        return module(*args).numpy()
+                return ref_module(*args).detach().numpy()
+        return ref_module(*args).numpy()
 
-    report = parity(model, reference, feeds, atol=atol, min_top1=min_top1)
+    report = parity(model, run_reference, feeds, atol=atol, min_top1=min_top1)
     issues = [i.as_dict() for i in lint_model(model, lint_target)]
     path = directory / f"{role}.onnx"
     path.write_bytes(model.SerializeToString())
@@ -167,6 +188,7 @@ def export_pipeline(
     images: np.ndarray,
     batch: int = 1,
     noise: str = "input",
+    precision: str = "fp32",
     class_names: Sequence[str] = (),
     preprocessing: Optional[dict[str, Any]] = None,
     classifier_info: Optional[dict[str, Any]] = None,
@@ -185,6 +207,8 @@ def export_pipeline(
     (its parity is then checked on the noise-input twin, and by top-1 agreement on the graph itself).
     Returns the manifest, also written to ``out/manifest.json``.
     """
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if noise not in ("input", "graph"):
         raise ConfigError(f"noise must be 'input' or 'graph', got {noise!r}")
     if batch < 1:
@@ -197,15 +221,16 @@ def export_pipeline(
         raise ConfigError(f"{out}: exists; pass --force to replace it")
     batches = _batches(images, batch, parity_batches)
     classifier = classifier.eval()
-    tol = atol if atol is not None else 1e-3
+    tol = atol if atol is not None else DEFAULT_ATOL[precision]
+    cast: Callable[[nn.Module], nn.Module] = HalfPrecision if precision == "fp16" else (lambda m: m)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would make the shipped directory private
     try:
-        models = {"classifier": _export_one("classifier", _ImageOnly(classifier), batches, None, False, tol, min_top1,
-                                            tmp, lint_target)}
+        models = {"classifier": _export_one("classifier", cast(_ImageOnly(classifier)), batches, None, False, tol,
+                                            min_top1, tmp, lint_target, reference=_ImageOnly(classifier))}
         stochastic = bool(purifier is not None and getattr(purifier, "stochastic", False))
         noise_mode = (noise if stochastic else None)
         if purifier is not None:
@@ -219,25 +244,28 @@ def export_pipeline(
             fused = FusedPipeline(purifier, classifier)
             if noise_mode == "graph":
                 # exact parity on the noise-input twin, then the graph-noise model itself
-                _export_one("purifier", purifier, batches, noise_fn, trace, tol, None, tmp, lint_target)
-                twin = _export_one("pipeline", fused, batches, noise_fn, trace, tol, min_top1, tmp, lint_target)
+                _export_one("purifier", cast(purifier), batches, noise_fn, trace, tol, None, tmp, lint_target,
+                            reference=purifier)
+                twin = _export_one("pipeline", cast(fused), batches, noise_fn, trace, tol, min_top1, tmp, lint_target,
+                                   reference=fused)
                 shape = purifier.sample_noise(torch.from_numpy(batches[0]))  # type: ignore[union-attr]
                 assert shape is not None
-                models["purifier"] = _export_one("purifier", GraphNoise(purifier, shape.shape), batches, None, trace,
-                                                 float("inf"), None, tmp, lint_target)
-                models["pipeline"] = _export_one("pipeline", GraphNoise(fused, shape.shape), batches, None, trace,
+                models["purifier"] = _export_one("purifier", cast(GraphNoise(purifier, shape.shape)), batches, None,
+                                                 trace, float("inf"), None, tmp, lint_target)
+                models["pipeline"] = _export_one("pipeline", cast(GraphNoise(fused, shape.shape)), batches, None, trace,
                                                  float("inf"), 0.9, tmp, lint_target)
                 models["pipeline"]["parity"]["noise_input_twin"] = twin["parity"]
             else:
-                models["purifier"] = _export_one("purifier", purifier, batches, noise_fn, trace, tol, None, tmp, lint_target)
-                models["pipeline"] = _export_one("pipeline", fused, batches, noise_fn, trace, tol, min_top1, tmp,
-                                                 lint_target)
+                models["purifier"] = _export_one("purifier", cast(purifier), batches, noise_fn, trace, tol, None, tmp,
+                                                 lint_target, reference=purifier)
+                models["pipeline"] = _export_one("pipeline", cast(fused), batches, noise_fn, trace, tol, min_top1, tmp,
+                                                 lint_target, reference=fused)
         manifest = {
             "schema": SCHEMA_VERSION,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
             "opset": OPSET,
             "batch": batch,
-            "precision": "fp32",
+            "precision": precision,
             "models": models,
             "preprocessing": preprocessing or {"input": "float32 RGB NCHW in [0, 1]", "size": list(images.shape[2:])},
             "class_names": list(class_names),

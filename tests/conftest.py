@@ -105,3 +105,16 @@ def real_gtsrb() -> Path:
     if not SHARED_GTSRB.exists():
         pytest.skip(f"real GTSRB data not found at {SHARED_GTSRB}")
     return SHARED_GTSRB
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A training run folder of signnet_xs after two steps on the fixture data (a valid --model checkpoint)."""
+    from edgepure.training.classifier import TrainConfig, train_classifier
+
+    base = tmp_path_factory.mktemp("tiny")
+    data = make_gtsrb(base / "data", with_test=False)
+    cfg = TrainConfig(data=str(data), out=str(base / "run"), model="signnet_xs", epochs=1, batch_size=8,
+                      val_fraction=0.25, max_steps=2)
+    train_classifier(cfg, log=lambda s: None)
+    return base / "run"

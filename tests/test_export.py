@@ -78,6 +78,18 @@ def test_classifier_only_export(tmp_path: Path, images: np.ndarray, classifier: 
     assert e["outputs"][0]["shape"] == [4, 43] and e["parity"]["top1_agreement"] == 1.0
 
 
+def test_fp16_export_keeps_float32_io(tmp_path: Path, images: np.ndarray, classifier: torch.nn.Module) -> None:
+    m = export_pipeline(edgepure.create_purifier("median"), classifier, tmp_path / "h", images, batch=2, precision="fp16")
+    assert m["precision"] == "fp16"
+    model = onnx.load(str(tmp_path / "h" / "pipeline.onnx"))
+    assert {i.type.tensor_type.elem_type for i in model.graph.input} == {TensorProto.FLOAT}
+    assert {o.type.tensor_type.elem_type for o in model.graph.output} == {TensorProto.FLOAT}
+    assert any(t.data_type == TensorProto.FLOAT16 for t in model.graph.initializer)
+    p = m["models"]["pipeline"]["parity"]
+    assert p["atol"] == 5e-2 and p["top1_agreement"] >= 0.99 and 0 < p["max_abs_diff"] <= 5e-2
+    assert all(p.dtype == torch.float32 for p in classifier.parameters())  # the caller's module is untouched
+
+
 class _Leaky(torch.nn.Module):
     """Draws hidden noise: its ONNX graph cannot match PyTorch."""
 
@@ -186,11 +198,8 @@ def test_lint_flags_each_hazard() -> None:
 
 # --- CLI -------------------------------------------------------------------------------------------------
 
-def test_cli_export_inspect_and_tamper(tmp_path: Path, gtsrb_dir: Path) -> None:
-    run = tmp_path / "run"
-    r = runner.invoke(app, ["train", "classifier", "--data", str(gtsrb_dir), "--out", str(run), "--model", "signnet_xs",
-                            "--epochs", "1", "--batch-size", "8", "--max-steps", "1", "--val-fraction", "0.25"])
-    assert r.exit_code == 0, r.output
+def test_cli_export_inspect_and_tamper(tmp_path: Path, tiny_run: Path) -> None:
+    run = tiny_run
     out = tmp_path / "exported"
     r = runner.invoke(app, ["export", "--classifier", str(run), "--purifier", "gaussian", "--purifier-arg", "sigma=0.7",
                             "--n", "4", "--out", str(out), "--json"])
@@ -210,3 +219,25 @@ def test_cli_export_inspect_and_tamper(tmp_path: Path, gtsrb_dir: Path) -> None:
         load_manifest(out)
     r = runner.invoke(app, ["export", "--classifier", str(run), "--purifier-arg", "oops", "--purifier", "median", "--out", str(tmp_path / "x")])
     assert r.exit_code == 1 and "key=value" in r.stderr
+
+
+def test_eval_robust_scores_the_exported_graph(tmp_path: Path) -> None:
+    from edgepure.evaluate import benchmark
+
+    out = tmp_path / "exported"
+    r = runner.invoke(app, ["export", "--classifier", "signnet_s", "--purifier", "gaussian", "--purifier-arg",
+                            "noise_std=0.05", "--batch", "4", "--n", "8", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["eval", "robust", "--data", "synth", "--n", "10", "--attack", "additive,flow", "--threat",
+                            "blind,adaptive", "--steps", "3", "--batch-size", "5", "--model", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    onnx_scored = json.loads(r.stdout)
+    assert onnx_scored["scored_by"].endswith("pipeline.onnx") and onnx_scored["defense"] == "gaussian"
+    data = open_dataset("synth", "val", n=10, seed=0)
+    torch_scored = benchmark(edgepure.load_classifier(), data, edgepure.create_purifier("gaussian", noise_std=0.05),
+                             ["additive", "flow"], ["blind", "adaptive"], steps=3, batch_size=5)
+    # same attacks on the same twin, same noise: the graph reproduces PyTorch, so every number agrees
+    assert torch_scored["clean_accuracy"] == onnx_scored["clean_accuracy"] > 0.5
+    assert torch_scored["robust_accuracy"] == onnx_scored["robust_accuracy"]
+    r = runner.invoke(app, ["eval", "robust", "--data", "synth", "--n", "2", "--model", str(out), "--defense", "median"])
+    assert r.exit_code == 1 and "carries its own purifier" in r.stderr

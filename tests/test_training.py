@@ -85,3 +85,19 @@ def test_gaussian_blur_preserves_constants_and_smooths() -> None:
     torch.testing.assert_close(gaussian_blur(const, torch.tensor([0.5, 1.5])), const)
     noise = torch.rand(1, 3, 16, 16)
     assert gaussian_blur(noise, torch.tensor([1.5])).std() < noise.std() * 0.6
+
+
+def test_ema_is_validated_saved_and_resumed(gtsrb_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ema"
+    train_classifier(_cfg(gtsrb_dir, out, epochs=1, ema=0.9), log=lambda s: None)
+    best, last, last_ema = (_load(out / f"{t}.safetensors") for t in ("best", "last", "last_ema"))
+    assert any(not torch.equal(last[k], last_ema[k]) for k in last if last[k].is_floating_point())
+    assert all(torch.equal(best[k], last_ema[k]) for k in best)  # the EMA is what gets validated and kept
+    with pytest.raises(Exception, match="ema decay must be in"):
+        train_classifier(_cfg(gtsrb_dir, tmp_path / "bad", ema=1.5), log=lambda s: None)
+
+
+def _load(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))

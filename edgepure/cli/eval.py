@@ -94,7 +94,9 @@ def robust(
     steps: Annotated[int, typer.Option(help="Attack iterations.")] = 100,
     method: Annotated[Method, typer.Option(help="Attack algorithm.")] = Method.apgd,
     restarts: Annotated[int, typer.Option(help="Random restarts per attack.")] = 1,
-    model: Annotated[Optional[str], typer.Option(help="Classifier: registered name or checkpoint (default: shipped).")] = None,
+    model: Annotated[Optional[str], typer.Option(
+        help="Classifier (registered name or checkpoint; default: shipped), or an exported model directory: "
+             "attacks run on its PyTorch twin and ONNX Runtime scores every image.")] = None,
     batch_size: Annotated[int, typer.Option(help="Attack batch size.")] = 128,
     examples: Annotated[int, typer.Option(help="Images per attack in the examples figure.")] = 4,
     out: Annotated[Optional[Path], typer.Option(help="Write results.json, results.csv and figures here.")] = None,
@@ -109,14 +111,28 @@ def robust(
 
     attacks = _csv_list(attack, PERTURBATIONS, "attack")
     threats = _csv_list(threat, ("blind", "adaptive", "bpda"), "threat")
-    net = resolve_classifier(model)
+    scorer = None
+    purifier: object = None if defense == "none" else defense
+    if model is not None and (Path(model) / "manifest.json").is_file():
+        from edgepure.evaluate.exported import OnnxScorer, load_twin
+        from edgepure.runtime.errors import ConfigError
+        from edgepure.runtime.manifest import load_manifest
+
+        if defense != "none":
+            raise ConfigError(f"--defense {defense}: an exported model directory carries its own purifier")
+        net, purifier = load_twin(load_manifest(model))
+        scorer = OnnxScorer(model, purifier)  # type: ignore[arg-type]
+    else:
+        net = resolve_classifier(model)
     ds = open_dataset(data, split.value, n=n, seed=seed, size=int(getattr(net, "input_size", 32)), progress=True)
     budgets = "cifar10" if dataset_kind(data) == "cifar10" else "gtsrb"
     result = benchmark(
-        net, ds, None if defense == "none" else defense, attacks, threats, method=method.value, steps=steps, eot=eot,
+        net, ds, purifier, attacks, threats, method=method.value, steps=steps, eot=eot,  # type: ignore[arg-type]
         restarts=restarts, seed=seed, batch_size=batch_size, dataset=budgets, progress=True,
-        keep_examples=examples if out is not None else 0,
+        keep_examples=examples if out is not None else 0, scorer=scorer,
     )
+    if scorer is not None:
+        result["scored_by"] = f"onnxruntime: {Path(model) / scorer.entry['file']}"  # type: ignore[arg-type]
     result.update(data=data, split=split.value, model=model or "signnet_s")
     if out is not None:
         for p in write_report(result, out):

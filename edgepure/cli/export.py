@@ -12,6 +12,11 @@ import typer
 from edgepure.cli.common import echo_json, user_errors
 
 
+class Precision(str, Enum):
+    fp32 = "fp32"
+    fp16 = "fp16"
+
+
 class Noise(str, Enum):
     input = "input"
     graph = "graph"
@@ -62,10 +67,12 @@ def export(
     purifier: Annotated[Optional[str], typer.Option(help="A registered purifier (none: classifier only).")] = None,
     purifier_arg: Annotated[Optional[list[str]], typer.Option(help="Purifier setting key=value (repeatable).")] = None,
     batch: Annotated[int, typer.Option(help="Static batch size of the graphs.")] = 1,
+    precision: Annotated[Precision, typer.Option(help="Precision baked into the graphs (inputs/outputs stay float32).")] = Precision.fp32,
     noise: Annotated[Noise, typer.Option(help="A stochastic purifier's noise: an input, or drawn inside the graph.")] = Noise.input,
     data: Annotated[str, typer.Option(help="Images for the parity check (GTSRB path or 'synth').")] = "synth",
     n: Annotated[int, typer.Option("--n", help="Parity images.")] = 64,
-    atol: Annotated[float, typer.Option(help="Largest allowed |ONNX Runtime − PyTorch| on any output.")] = 1e-3,
+    atol: Annotated[Optional[float], typer.Option(
+        help="Largest allowed |ONNX Runtime − PyTorch| on any output (default 1e-3 for fp32, 5e-2 for fp16).")] = None,
     force: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
 ) -> None:
@@ -81,7 +88,7 @@ def export(
     images = open_dataset(data, "val", n=max(n, batch), size=size).as_float_nchw()
     cfg = getattr(net, "pretrained_cfg", {})
     manifest = export_pipeline(
-        pur, net, out, images, batch=batch, noise=noise.value, class_names=cfg.get("class_names", GTSRB_CLASSES),
+        pur, net, out, images, batch=batch, noise=noise.value, precision=precision.value, class_names=cfg.get("class_names", GTSRB_CLASSES),
         preprocessing=cfg.get("preprocessing"), classifier_info=info,
         purifier_info={"name": purifier, "config": pur.config()} if pur is not None else None,
         atol=atol, overwrite=force,

@@ -9,7 +9,7 @@ over every threat model that was run.
 from __future__ import annotations
 
 import time
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 import torch
@@ -59,9 +59,14 @@ def benchmark(
     budgets: Optional[dict[str, dict[str, Any]]] = None,
     progress: bool = False,
     keep_examples: int = 0,
+    scorer: Optional[Callable[[torch.Tensor, int], np.ndarray]] = None,
 ) -> dict[str, Any]:
     """Evaluate ``classifier`` behind ``defense`` (a registered purifier name, a Purifier, or None) on
-    ``data`` under each attack family and threat model. Returns a dict of plain numbers."""
+    ``data`` under each attack family and threat model. Returns a dict of plain numbers.
+
+    ``scorer(x, seed) -> predictions`` replaces PyTorch for scoring clean and attacked images (an exported
+    graph in ONNX Runtime, :class:`edgepure.evaluate.exported.OnnxScorer`); the attacks still differentiate
+    the PyTorch modules."""
     unknown = [a for a in attacks if a not in PERTURBATIONS]
     if unknown:
         raise ConfigError(f"unknown attack(s) {', '.join(unknown)} (expected {', '.join(PERTURBATIONS)})")
@@ -85,7 +90,11 @@ def benchmark(
     starts = list(range(0, n, batch_size))
     t0 = time.perf_counter()
 
-    clean_pred = np.concatenate([_defended_predict(classifier, purifier, x_all[s : s + batch_size], seed + s)[0] for s in starts])
+    def predict(x: torch.Tensor, s: int) -> tuple[np.ndarray, torch.Tensor]:
+        pred, purified = _defended_predict(classifier, purifier, x, seed + s)
+        return (scorer(x, seed + s) if scorer is not None else pred), purified
+
+    clean_pred = np.concatenate([predict(x_all[s : s + batch_size], s)[0] for s in starts])
     with torch.no_grad():
         bare_pred = np.concatenate([classifier(x_all[s : s + batch_size]).argmax(1).numpy() for s in starts])
     clean_ok = clean_pred == data.labels
@@ -111,7 +120,7 @@ def benchmark(
                 target = attack_target(threat, purifier, classifier, seed=seed + s)
                 atk = ATTACK_METHODS[method](target, perturbation, steps=steps, eot=eot, restarts=restarts, seed=seed + s)
                 x_adv = atk(x, y)
-                pred, purified = _defended_predict(classifier, purifier, x_adv, seed + s)
+                pred, purified = predict(x_adv, s)
                 ok[s : s + len(y)] = pred == y.numpy()
                 if keep_examples and s == 0:
                     k = min(keep_examples, len(y))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -40,6 +41,9 @@ class TrainConfig:
     synth: int = 0  # synthetic renders mixed into each epoch
     synth_pool: int = 8600  # distinct synthetic renders drawn from
     augment: bool = True
+    occlude: float = 0.25  # probability of an occluding patch per image
+    occlude_max: int = 11  # largest patch side (pixels)
+    ema: float = 0.0  # decay of an exponential moving average of the weights (0: off); evaluated and shipped
     max_steps: int | None = None  # stop early (smoke tests); None = full epochs
     model_kwargs: dict[str, Any] = field(default_factory=dict)
 
@@ -63,6 +67,14 @@ def _load_data(cfg: TrainConfig, size: int) -> tuple[ImageSet, ImageSet, ImageSe
     if cfg.synth > 0:
         synth = open_dataset("synth", "train", n=cfg.synth_pool, seed=cfg.seed, size=size)
     return train, val, synth
+
+
+@torch.no_grad()
+def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    for pe, p in zip(ema.parameters(), model.parameters()):
+        pe.mul_(decay).add_(p.detach(), alpha=1.0 - decay)
+    for be, b in zip(ema.buffers(), model.buffers()):
+        be.copy_(b)
 
 
 def train_classifier(cfg: TrainConfig, resume: bool = False, log: Any = print) -> dict[str, Any]:
@@ -92,9 +104,18 @@ def train_classifier(cfg: TrainConfig, resume: bool = False, log: Any = print) -
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=cfg.lr, momentum=0.9, nesterov=True,
     )
+    ema_model = None
+    if cfg.ema > 0:
+        if not 0 < cfg.ema < 1:
+            raise ConfigError(f"ema decay must be in (0, 1), got {cfg.ema}")
+        ema_model = copy.deepcopy(model).eval()
+        for p in ema_model.parameters():
+            p.requires_grad_(False)
     start_epoch, history, best = 0, [], -1.0
     if resume:
         record = load_checkpoint(out, "last", model, opt)
+        if ema_model is not None:
+            load_checkpoint(out, "last_ema", ema_model)
         saved = record.get("config", {})
         for key in ("data", "model", "seed", "batch_size", "val_fraction", "split_seed"):
             if key in saved and saved[key] != getattr(cfg, key):
@@ -112,7 +133,8 @@ def train_classifier(cfg: TrainConfig, resume: bool = False, log: Any = print) -
     steps_per_epoch = math.ceil(n_per_epoch / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
     warmup = int(cfg.warmup_epochs * steps_per_epoch)
-    aug_cfg = AugmentConfig() if cfg.augment else AugmentConfig.none()
+    aug_cfg = (AugmentConfig(p_occlude=cfg.occlude, occlude_px=(4, cfg.occlude_max)) if cfg.augment
+               else AugmentConfig.none())
     result: dict[str, Any] = {}
     steps_done = 0
 
@@ -141,6 +163,8 @@ def train_classifier(cfg: TrainConfig, resume: bool = False, log: Any = print) -
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if ema_model is not None:
+                _ema_update(ema_model, model, min(cfg.ema, (1 + step) / (10 + step)))
             seen += len(y)
             loss_sum += loss.item() * len(y)
             correct += int((logits.argmax(1) == y).sum())
@@ -148,7 +172,8 @@ def train_classifier(cfg: TrainConfig, resume: bool = False, log: Any = print) -
             steps_done += 1
             if cfg.max_steps is not None and steps_done >= cfg.max_steps:
                 break
-        metrics = evaluate_clean(model, val)
+        shipped = ema_model if ema_model is not None else model
+        metrics = evaluate_clean(shipped, val)
         entry = {
             "epoch": epoch,
             "train_loss": loss_sum / max(seen, 1),
@@ -170,7 +195,9 @@ def train_classifier(cfg: TrainConfig, resume: bool = False, log: Any = print) -
         }
         if metrics["accuracy"] > best:
             best = metrics["accuracy"]
-            save_checkpoint(out, "best", model, None, record)
+            save_checkpoint(out, "best", shipped, None, record)
+        if ema_model is not None:
+            save_checkpoint(out, "last_ema", ema_model, None, record)
         save_checkpoint(out, "last", model, opt, record)
         result = record
         log(

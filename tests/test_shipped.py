@@ -1,0 +1,61 @@
+"""The trained GTSRB classifier that ships in the package."""
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import edgepure
+from edgepure.data import open_dataset
+from edgepure.evaluate.clean import evaluate_clean
+from edgepure.models import registry
+from edgepure.runtime.errors import ModelError
+
+WEIGHTS = Path(registry.__file__).parent / "weights"
+
+
+def test_weights_ship_small_with_their_record() -> None:
+    files = sorted(p.name for p in WEIGHTS.iterdir())
+    assert "signnet_s_gtsrb.safetensors" in files and "signnet_s_gtsrb.json" in files
+    total = sum(p.stat().st_size for p in WEIGHTS.glob("*.safetensors"))
+    assert total < 5_000_000
+    assert edgepure.list_classifiers(pretrained=True) == ["signnet_s"]
+
+
+def test_load_classifier_classifies_rendered_signs() -> None:
+    model = edgepure.load_classifier()
+    assert not model.training
+    assert model.pretrained_cfg["class_names"][14] == "Stop"
+    assert model.pretrained_cfg["preprocessing"]["size"] == [32, 32]
+    data = open_dataset("synth", "test", n=430, seed=1)
+    metrics = evaluate_clean(model, data)
+    assert metrics["accuracy"] >= 0.9, metrics["accuracy"]
+
+
+def test_tampered_weights_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    copy = tmp_path / "weights"
+    shutil.copytree(WEIGHTS, copy)
+    target = copy / "signnet_s_gtsrb.safetensors"
+    raw = bytearray(target.read_bytes())
+    raw[-10] ^= 0xFF  # flip one byte inside a tensor
+    target.write_bytes(bytes(raw))
+    monkeypatch.setattr(registry, "_weights_dir", lambda: copy)
+    with pytest.raises(ModelError, match="sha256 mismatch"):
+        edgepure.load_classifier()
+
+
+def test_predictions_are_deterministic() -> None:
+    model = edgepure.load_classifier()
+    data = open_dataset("synth", "val", n=16)
+    a = evaluate_clean(model, data)
+    b = evaluate_clean(model, data)
+    assert a == b and np.isfinite(a["accuracy"])
+
+
+@pytest.mark.gtsrb
+def test_track_validation_accuracy(real_gtsrb: Path) -> None:
+    val = open_dataset(str(real_gtsrb), "val")
+    metrics = evaluate_clean(edgepure.load_classifier(), val)
+    assert metrics["n"] == 4410
+    assert metrics["accuracy"] >= 0.99, metrics["accuracy"]
