@@ -15,14 +15,9 @@ app = typer.Typer(help="List registered models and their shipped weights.", no_a
 @user_errors
 def list_models(as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False) -> None:
     """Registered classifiers, marking those with trained weights in the package."""
-    from edgepure.models.registry import DEFAULT_CLASSIFIER, _entry, list_classifiers, shipped_weights
+    from edgepure.models.registry import classifier_info, list_classifiers
 
-    shipped = shipped_weights()
-    rows = [
-        {"name": n, "kind": "classifier", "pretrained": n in shipped, "default": n == DEFAULT_CLASSIFIER,
-         "description": _entry(n).description}
-        for n in list_classifiers()
-    ]
+    rows = [{**classifier_info(n), "kind": "classifier"} for n in list_classifiers()]
     if as_json:
         echo_json({"models": rows})
         return

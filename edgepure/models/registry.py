@@ -19,6 +19,7 @@ from edgepure.runtime.errors import ModelError
 
 __all__ = [
     "ClassifierEntry",
+    "classifier_info",
     "DEFAULT_CLASSIFIER",
     "create_classifier",
     "list_classifiers",
@@ -170,12 +171,8 @@ def load_classifier(name: str | None = None) -> nn.Module:
     return model.eval()
 
 
-def model_metadata(name: str) -> dict[str, Any]:
-    """The JSON that ships beside a classifier's weights (preprocessing, class names, training record)."""
+def classifier_info(name: str) -> dict[str, Any]:
+    """Name, one-line description, whether weights ship, and whether it is the default classifier."""
     entry = _entry(name)
-    path = _weights_path(entry)
-    if path is None:
-        raise ModelError(f"classifier {name!r} has no shipped weights")
-    return json.loads(path.with_suffix(".json").read_text())
-
-
+    return {"name": name, "description": entry.description, "pretrained": _weights_path(entry) is not None,
+            "default": name == DEFAULT_CLASSIFIER}
