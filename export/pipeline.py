@@ -100,6 +100,45 @@ def _batches(images: np.ndarray, batch: int, max_batches: int) -> list[np.ndarra
     return [images[i : i + batch] for i in range(0, n, batch)][:max_batches]
 
 
+def _feeds(image_batches: list[np.ndarray], noise_fn: Optional[Callable[[np.ndarray, int], np.ndarray]]) -> list[dict[str, np.ndarray]]:
+    feeds = []
+    for i, b in enumerate(image_batches):
+        feed = {"image": b}
+        if noise_fn is not None:
+            feed["noise"] = noise_fn(b, i)
+        feeds.append(feed)
+    return feeds
+
+
+def _finish(role: str, model: Any, reference: Callable[[Mapping[str, np.ndarray]], np.ndarray],
+            feeds: list[dict[str, np.ndarray]], atol: float, min_top1: Optional[float], directory: Path,
+            lint_target: str, slim_report: dict[str, Any]) -> dict[str, Any]:
+    """Parity, lint and writing of one checked model; returns its manifest entry."""
+    report = parity(model, reference, feeds, atol=atol, min_top1=min_top1)
+    issues = [i.as_dict() for i in lint_model(model, lint_target)]
+    path = directory / f"{role}.onnx"
+    path.write_bytes(model.SerializeToString())
+    inputs, outputs = _io(model)
+    return {
+        "file": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size, "nodes": len(model.graph.node),
+        "inputs": inputs, "outputs": outputs, "parity": report, "simplify": slim_report,
+        "lint": {"target": f"TensorRT {lint_target}", "errors": sum(i["severity"] == "error" for i in issues),
+                 "issues": issues},
+    }
+
+
+def _torch_reference(module: nn.Module, names: Sequence[str], trace_autograd: bool) -> Callable[[Mapping[str, np.ndarray]], np.ndarray]:
+    @torch.no_grad()
+    def run(feed: Mapping[str, np.ndarray]) -> np.ndarray:
+        args = [torch.from_numpy(feed[n]) for n in names]
+        if trace_autograd:
+            with torch.enable_grad():
+                return module(*args).detach().numpy()
+        return module(*args).numpy()
+
+    return run
+
+
 def _export_one(
     role: str,
     module: nn.Module,
@@ -122,34 +161,70 @@ def _export_one(
     model = check_model(to_onnx(module, example, names, [output], trace_autograd=trace_autograd))
     model, slim_report = simplify(model)
     model = check_model(model)
-    feeds = []
-    for i, b in enumerate(image_batches):
-        feed = {"image": b}
-        if noise_fn is not None:
-            feed["noise"] = noise_fn(b, i)
-        feeds.append(feed)
+    ref = _torch_reference(reference if reference is not None else module, names, trace_autograd)
+    return _finish(role, model, ref, _feeds(image_batches, noise_fn), atol, min_top1, directory, lint_target,
+                   slim_report)
 
-    ref_module = reference if reference is not None else module
 
-    @torch.no_grad()
-    def run_reference(feed: Mapping[str, np.ndarray]) -> np.ndarray:
-        args = [torch.from_numpy(feed[n]) for n in names]
-        if trace_autograd:
-            with torch.enable_grad():
-                return ref_module(*args).detach().numpy()
-        return ref_module(*args).numpy()
+def _merged_pipeline(
+    purifier: nn.Module, purifier_file: Path, classifier_model: Any, image_batches: list[np.ndarray],
+    noise_fn: Optional[Callable[[np.ndarray, int], np.ndarray]], graph_noise: bool, atol: float, min_top1: float,
+    directory: Path, lint_target: str,
+) -> dict[str, Any]:
+    """The pipeline of an edgepure purifier graph and a user's ONNX classifier, merged into one graph; its
+    parity reference is the classifier graph in ONNX Runtime on the PyTorch purifier's output."""
+    import onnx
 
-    report = parity(model, run_reference, feeds, atol=atol, min_top1=min_top1)
+    from edgepure.export.merge import merge_graphs
+    from edgepure.runtime.backends import ort_session
+
+    merged = check_model(merge_graphs(onnx.load(str(purifier_file)), classifier_model))
+    sess = ort_session(classifier_model.SerializeToString())
+    cls_input = sess.get_inputs()[0].name
+    purify = _torch_reference(purifier, ["image", "noise"] if noise_fn is not None else ["image"],
+                              bool(getattr(purifier, "needs_autograd", False)))
+    if graph_noise:
+        def purify_fresh(feed: Mapping[str, np.ndarray]) -> np.ndarray:
+            x = torch.from_numpy(feed["image"])
+            return purifier(x, purifier.sample_noise(x)).detach().numpy()  # type: ignore[operator]
+        purify = purify_fresh
+
+    def reference(feed: Mapping[str, np.ndarray]) -> np.ndarray:
+        return sess.run(None, {cls_input: purify(feed).astype(np.float32)})[0]
+
+    tol, top1 = (float("inf"), 0.9) if graph_noise else (atol, min_top1)
+    return _finish("pipeline", merged, reference, _feeds(image_batches, None if graph_noise else noise_fn), tol, top1,
+                   directory, lint_target, {"merged": True})
+
+
+def _adopt_classifier(model: Any, directory: Path, lint_target: str) -> dict[str, Any]:
+    """A user's ONNX classifier, checked and linted, copied in as it is."""
+    model = check_model(model)
     issues = [i.as_dict() for i in lint_model(model, lint_target)]
-    path = directory / f"{role}.onnx"
+    path = directory / "classifier.onnx"
     path.write_bytes(model.SerializeToString())
     inputs, outputs = _io(model)
     return {
         "file": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size, "nodes": len(model.graph.node),
-        "inputs": inputs, "outputs": outputs, "parity": report, "simplify": slim_report,
-        "lint": {"target": f"TensorRT {lint_target}", "errors": sum(i["severity"] == "error" for i in issues),
-                 "issues": issues},
+        "inputs": inputs, "outputs": outputs, "parity": {"note": "given as ONNX: used as it is, no PyTorch reference"},
+        "simplify": {}, "lint": {"target": f"TensorRT {lint_target}",
+                                 "errors": sum(i["severity"] == "error" for i in issues), "issues": issues},
     }
+
+
+def _purifier_and_merged(purifier: nn.Module, classifier_model: Any, batches: list[np.ndarray],
+                         noise_fn: Optional[Callable[[np.ndarray, int], np.ndarray]], graph_noise: bool, trace: bool,
+                         tol: float, min_top1: float, directory: Path, lint_target: str) -> dict[str, Any]:
+    if graph_noise:
+        shape = purifier.sample_noise(torch.from_numpy(batches[0]))  # type: ignore[operator]
+        _export_one("purifier", purifier, batches, noise_fn, trace, tol, None, directory, lint_target)  # exact twin
+        entry = _export_one("purifier", GraphNoise(purifier, shape.shape), batches, None, trace, float("inf"), None,
+                            directory, lint_target)
+    else:
+        entry = _export_one("purifier", purifier, batches, noise_fn, trace, tol, None, directory, lint_target)
+    pipeline = _merged_pipeline(purifier, directory / "purifier.onnx", classifier_model, batches, noise_fn, graph_noise,
+                                tol, min_top1, directory, lint_target)
+    return {"purifier": entry, "pipeline": pipeline}
 
 
 def _versions() -> dict[str, str]:
@@ -183,7 +258,7 @@ def _replace_dir(tmp: Path, out: Path, overwrite: bool) -> None:
 
 def export_pipeline(
     purifier: Optional[nn.Module],
-    classifier: nn.Module,
+    classifier: nn.Module | str | Path,
     out: str | Path,
     images: np.ndarray,
     batch: int = 1,
@@ -201,7 +276,9 @@ def export_pipeline(
 ) -> dict[str, Any]:
     """Export ``classifier`` (and ``purifier`` and the fused pipeline) to the model directory ``out``.
 
-    ``classifier`` is any torch module mapping float RGB NCHW in [0, 1] to logits; ``purifier`` any
+    ``classifier`` is any torch module mapping float RGB NCHW in [0, 1] to logits, or the path of such a
+    classifier as an ONNX file (static input ``[batch, 3, H, W]``; the purifier graph is then merged in front
+    of it, and the pipeline's parity reference is that file in ONNX Runtime); ``purifier`` any
     module ``(image, noise=None) -> image`` (an edgepure Purifier, or None). ``images`` (float32 NCHW in
     [0, 1]) feed the parity check. ``noise='graph'`` draws a stochastic purifier's noise inside the graph
     (its parity is then checked on the noise-input twin, and by top-1 agreement on the graph itself).
@@ -220,7 +297,15 @@ def export_pipeline(
     if out.exists() and not overwrite:
         raise ConfigError(f"{out}: exists; pass --force to replace it")
     batches = _batches(images, batch, parity_batches)
-    classifier = classifier.eval()
+    onnx_classifier = None
+    if isinstance(classifier, (str, Path)):
+        from edgepure.export.merge import load_onnx_classifier
+
+        if precision != "fp32":
+            raise ConfigError("a classifier given as ONNX is used as it is: export it in the precision you want")
+        onnx_classifier = load_onnx_classifier(classifier, batch, (images.shape[2], images.shape[3]))
+    else:
+        classifier = classifier.eval()
     tol = atol if atol is not None else DEFAULT_ATOL[precision]
     cast: Callable[[nn.Module], nn.Module] = HalfPrecision if precision == "fp16" else (lambda m: m)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -229,8 +314,11 @@ def export_pipeline(
     os.umask(umask)
     os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would make the shipped directory private
     try:
-        models = {"classifier": _export_one("classifier", cast(_ImageOnly(classifier)), batches, None, False, tol,
-                                            min_top1, tmp, lint_target, reference=_ImageOnly(classifier))}
+        if onnx_classifier is not None:
+            models = {"classifier": _adopt_classifier(onnx_classifier, tmp, lint_target)}
+        else:
+            models = {"classifier": _export_one("classifier", cast(_ImageOnly(classifier)), batches, None, False, tol,
+                                                min_top1, tmp, lint_target, reference=_ImageOnly(classifier))}
         stochastic = bool(purifier is not None and getattr(purifier, "stochastic", False))
         noise_mode = (noise if stochastic else None)
         if purifier is not None:
@@ -241,8 +329,11 @@ def export_pipeline(
                 def noise_fn(b: np.ndarray, i: int) -> np.ndarray:
                     g = torch.Generator().manual_seed(1000 + i)
                     return purifier.sample_noise(torch.from_numpy(b), g).numpy()  # type: ignore[union-attr]
-            fused = FusedPipeline(purifier, classifier)
-            if noise_mode == "graph":
+            if onnx_classifier is not None:
+                models.update(_purifier_and_merged(purifier, onnx_classifier, batches, noise_fn, noise_mode == "graph",
+                                                   trace, tol, min_top1, tmp, lint_target))
+            elif noise_mode == "graph":
+                fused = FusedPipeline(purifier, classifier)  # type: ignore[arg-type]
                 # exact parity on the noise-input twin, then the graph-noise model itself
                 _export_one("purifier", cast(purifier), batches, noise_fn, trace, tol, None, tmp, lint_target,
                             reference=purifier)
@@ -256,6 +347,7 @@ def export_pipeline(
                                                  float("inf"), 0.9, tmp, lint_target)
                 models["pipeline"]["parity"]["noise_input_twin"] = twin["parity"]
             else:
+                fused = FusedPipeline(purifier, classifier)  # type: ignore[arg-type]
                 models["purifier"] = _export_one("purifier", cast(purifier), batches, noise_fn, trace, tol, None, tmp,
                                                  lint_target, reference=purifier)
                 models["pipeline"] = _export_one("pipeline", cast(fused), batches, noise_fn, trace, tol, min_top1, tmp,

@@ -241,3 +241,60 @@ def test_eval_robust_scores_the_exported_graph(tmp_path: Path) -> None:
     assert torch_scored["robust_accuracy"] == onnx_scored["robust_accuracy"]
     r = runner.invoke(app, ["eval", "robust", "--data", "synth", "--n", "2", "--model", str(out), "--defense", "median"])
     assert r.exit_code == 1 and "carries its own purifier" in r.stderr
+
+
+def _onnx_classifier(tmp_path: Path, classifier: torch.nn.Module, batch: int = 2, opset: int = 18) -> Path:
+    from edgepure.export.graph import to_onnx
+
+    if opset == 18:
+        model = to_onnx(classifier, [torch.rand(batch, 3, 32, 32)], ["input_0"], ["output_0"])
+    else:  # an older linear classifier made by hand, as another toolchain would hand it over
+        w = numpy_helper.from_array(np.random.default_rng(0).normal(0, 0.01, (3072, 43)).astype(np.float32), "w")
+        x = helper.make_tensor_value_info("input_0", TensorProto.FLOAT, [batch, 3, 32, 32])
+        y = helper.make_tensor_value_info("output_0", TensorProto.FLOAT, [batch, 43])
+        g = helper.make_graph([helper.make_node("Flatten", ["input_0"], ["f"]), helper.make_node("MatMul", ["f", "w"], ["output_0"])],
+                              "linear", [x], [y], initializer=[w])
+        model = helper.make_model(g, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
+    path = tmp_path / f"byo{opset}.onnx"
+    path.write_bytes(model.SerializeToString())
+    return path
+
+
+@pytest.mark.parametrize("opset", [18, 17])
+def test_bring_your_own_onnx_classifier(tmp_path: Path, images: np.ndarray, classifier: torch.nn.Module, opset: int) -> None:
+    byo = _onnx_classifier(tmp_path, classifier, opset=opset)
+    pur = edgepure.create_purifier("gaussian", noise_std=0.05)
+    out = tmp_path / "merged"
+    m = export_pipeline(pur, byo, out, images, batch=2, classifier_info={"source": str(byo), "format": "onnx"})
+    pipe = ort_session(out / "pipeline.onnx")
+    assert [i.name for i in pipe.get_inputs()] == ["image", "noise"] and pipe.get_outputs()[0].name == "logits"
+    x = images[:2]
+    nz = pur.sample_noise(torch.from_numpy(x), torch.Generator().manual_seed(0))
+    purified = pur(torch.from_numpy(x), nz).numpy()
+    expected = ort_session(byo).run(None, {"input_0": purified})[0]
+    got = pipe.run(None, {"image": x, "noise": nz.numpy()})[0]
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    assert m["models"]["pipeline"]["lint"]["errors"] == 0
+    assert onnx.load(str(out / "classifier.onnx")).opset_import[0].version == 18
+
+
+def test_onnx_classifier_with_the_wrong_shape_is_refused(tmp_path: Path, images: np.ndarray,
+                                                         classifier: torch.nn.Module) -> None:
+    byo = _onnx_classifier(tmp_path, classifier, batch=1)
+    with pytest.raises(ModelError, match=r"has shape \[1, 3, 32, 32\], expected the static shape \[2, 3, 32, 32\]"):
+        export_pipeline(edgepure.create_purifier("median"), byo, tmp_path / "x", images, batch=2)
+    assert not (tmp_path / "x").exists()
+
+
+def test_module_callable_classifier(tmp_path: Path) -> None:
+    r = runner.invoke(app, ["export", "--classifier", "edgepure.models.classifiers:signnet_xs", "--purifier", "bitdepth",
+                            "--n", "2", "--out", str(tmp_path / "mc"), "--json"])
+    assert r.exit_code == 0, r.output
+    info = json.loads(r.stdout)["classifier"]
+    assert info["format"] == "module:callable" and info["source"] == "edgepure.models.classifiers:signnet_xs"
+    from edgepure.evaluate.exported import load_twin
+
+    twin, purifier = load_twin(load_manifest(tmp_path / "mc"))  # the twin is rebuilt from the same callable
+    assert type(twin).__name__ == "SignNet" and purifier is not None and purifier.config() == {"bits": 4}
+    r = runner.invoke(app, ["export", "--classifier", "edgepure.nothing:here", "--out", str(tmp_path / "no")])
+    assert r.exit_code == 1 and "cannot import" in r.stderr

@@ -47,6 +47,10 @@ def _load_classifier(spec: str) -> tuple[Any, dict[str, Any]]:
     from edgepure.models.loading import resolve_classifier
     from edgepure.runtime.errors import ModelError
 
+    if spec.lower().endswith(".onnx"):
+        if not Path(spec).is_file():
+            raise ModelError(f"{spec}: no such ONNX classifier file")
+        return Path(spec), {"name": Path(spec).name, "source": str(Path(spec).resolve()), "format": "onnx"}
     if ":" in spec and not Path(spec).exists():
         mod_name, _, attr = spec.partition(":")
         try:
@@ -56,14 +60,15 @@ def _load_classifier(spec: str) -> tuple[Any, dict[str, Any]]:
         model = factory() if callable(factory) and not isinstance(factory, nn.Module) else factory
         if not isinstance(model, nn.Module):
             raise ModelError(f"--classifier {spec}: expected a torch nn.Module, got {type(model).__name__}")
-        return model.eval(), {"name": spec, "source": "module:callable"}
+        return model.eval(), {"name": spec, "source": spec, "format": "module:callable"}
     model = resolve_classifier(spec)
     return model, {"name": getattr(model, "edgepure_name", spec), "source": spec}
 
 
 def export(
     out: Annotated[Path, typer.Option("--out", help="Model directory to write (ONNX files + manifest.json).")],
-    classifier: Annotated[str, typer.Option(help="Registered name, checkpoint, or module:callable.")] = "signnet_s",
+    classifier: Annotated[str, typer.Option(
+        help="Registered name, checkpoint, module:callable, or an ONNX file (the purifier graph is merged in front).")] = "signnet_s",
     purifier: Annotated[Optional[str], typer.Option(help="A registered purifier (none: classifier only).")] = None,
     purifier_arg: Annotated[Optional[list[str]], typer.Option(help="Purifier setting key=value (repeatable).")] = None,
     batch: Annotated[int, typer.Option(help="Static batch size of the graphs.")] = 1,
@@ -84,7 +89,7 @@ def export(
 
     net, info = _load_classifier(classifier)
     pur = create_purifier(purifier, **_parse_kv(purifier_arg or [])) if purifier else None
-    size = int(getattr(net, "input_size", 32))
+    size = 32 if isinstance(net, Path) else int(getattr(net, "input_size", 32))
     images = open_dataset(data, "val", n=max(n, batch), size=size).as_float_nchw()
     cfg = getattr(net, "pretrained_cfg", {})
     manifest = export_pipeline(
@@ -104,7 +109,11 @@ def _summary(manifest: dict[str, Any], where: Path) -> str:
     for role, m in manifest["models"].items():
         ins = ", ".join(f"{i['name']}{i['shape']}" for i in m["inputs"])
         p = m["parity"]
-        par = f"max|Δ| {p['max_abs_diff']:.2e}" + (f", top-1 agreement {p['top1_agreement']:.3f}" if "top1_agreement" in p else "")
+        if "max_abs_diff" in p:
+            par = f"max|Δ| {p['max_abs_diff']:.2e}" + (f", top-1 agreement {p['top1_agreement']:.3f}"
+                                                       if "top1_agreement" in p else "")
+        else:
+            par = p.get("note", "")
         lint = m["lint"]
         lines.append(f"  {role:<10} {m['file']:<16} {m['nodes']:>5} nodes {m['bytes'] / 1e6:6.2f} MB  in: {ins}  {par}  "
                      f"lint ({lint['target']}): {lint['errors']} errors")

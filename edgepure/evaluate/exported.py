@@ -62,10 +62,14 @@ def load_twin(manifest: dict[str, Any]) -> tuple[nn.Module, Optional[nn.Module]]
     from edgepure.cli.export import _load_classifier
     from edgepure.purifiers import create_purifier
 
-    source = (manifest.get("classifier") or {}).get("source")
+    info = manifest.get("classifier") or {}
+    source = info.get("source")
     if not source:
         raise ModelError("the manifest does not say which classifier it was exported from")
+    if info.get("format") == "onnx":
+        raise ModelError(f"the classifier was given as ONNX ({source}): the attacks need a PyTorch twin to "
+                         "differentiate; export from the PyTorch classifier to evaluate robustness")
     classifier, _ = _load_classifier(source)
-    info = manifest.get("purifier")
-    purifier = create_purifier(info["name"], **info.get("config", {})) if info else None
+    pinfo = manifest.get("purifier")
+    purifier = create_purifier(pinfo["name"], **pinfo.get("config", {})) if pinfo else None
     return classifier, purifier
