@@ -298,3 +298,8 @@ def test_module_callable_classifier(tmp_path: Path) -> None:
     assert type(twin).__name__ == "SignNet" and purifier is not None and purifier.config() == {"bits": 4}
     r = runner.invoke(app, ["export", "--classifier", "edgepure.nothing:here", "--out", str(tmp_path / "no")])
     assert r.exit_code == 1 and "cannot import" in r.stderr
+    r = runner.invoke(app, ["export", "--classifier", "signnet_s", "--purifier", "median", "--steps", "4", "--out", str(tmp_path / "no")])
+    assert r.exit_code == 1 and "purifier 'median'" in r.stderr  # median has no steps: refused, not ignored
+    r = runner.invoke(app, ["export", "--classifier", "signnet_s", "--steps", "4", "--out", str(tmp_path / "no")])
+    assert r.exit_code == 1 and "without --purifier" in r.stderr
+    assert not (tmp_path / "no").exists()

@@ -70,6 +70,8 @@ def export(
     classifier: Annotated[str, typer.Option(
         help="Registered name, checkpoint, module:callable, or an ONNX file (the purifier graph is merged in front).")] = "signnet_s",
     purifier: Annotated[Optional[str], typer.Option(help="A registered purifier (none: classifier only).")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Purifier steps K (for fixed-step purifiers; same as --purifier-arg steps=K).")] = None,
+    kind: Annotated[Optional[str], typer.Option(help="Purifier kind (e.g. NAPPure's perturbation type; same as --purifier-arg kind=...).")] = None,
     purifier_arg: Annotated[Optional[list[str]], typer.Option(help="Purifier setting key=value (repeatable).")] = None,
     batch: Annotated[int, typer.Option(help="Static batch size of the graphs.")] = 1,
     precision: Annotated[Precision, typer.Option(help="Precision baked into the graphs (inputs/outputs stay float32).")] = Precision.fp32,
@@ -88,7 +90,13 @@ def export(
     from edgepure.runtime.classes import GTSRB_CLASSES
 
     net, info = _load_classifier(classifier)
-    pur = create_purifier(purifier, **_parse_kv(purifier_arg or [])) if purifier else None
+    settings = _parse_kv(purifier_arg or [])
+    settings.update({k: v for k, v in (("steps", steps), ("kind", kind)) if v is not None})
+    if settings and not purifier:
+        from edgepure.runtime.errors import ConfigError
+
+        raise ConfigError(f"purifier settings {sorted(settings)} given without --purifier")
+    pur = create_purifier(purifier, **settings) if purifier else None
     size = 32 if isinstance(net, Path) else int(getattr(net, "input_size", 32))
     images = open_dataset(data, "val", n=max(n, batch), size=size).as_float_nchw()
     cfg = getattr(net, "pretrained_cfg", {})
