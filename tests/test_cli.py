@@ -93,3 +93,8 @@ def test_eval_robust_rejects_unknown_names() -> None:
     assert r.exit_code == 1 and "--attack: unknown rain" in r.stderr
     r = runner.invoke(app, ["eval", "robust", "--data", "synth", "--n", "2", "--defense", "magic", "--model", "signnet_xs"])
     assert r.exit_code == 1
+
+
+def test_eval_clean_refuses_a_class_count_mismatch(cifar_dir: Path) -> None:
+    r = runner.invoke(app, ["eval", "clean", "--data", str(cifar_dir), "--split", "test"])
+    assert r.exit_code == 1 and "the model has 43 classes, the data set 10" in r.stderr

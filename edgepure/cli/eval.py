@@ -20,6 +20,15 @@ class Split(str, Enum):
     test = "test"
 
 
+def _check_classes(net: object, ds: object) -> None:
+    from edgepure.runtime.errors import ModelError
+
+    n_classes = int(getattr(net, "num_classes", 0))
+    found = len(getattr(ds, "class_names"))
+    if n_classes and found != n_classes:
+        raise ModelError(f"the model has {n_classes} classes, the data set {found}")
+
+
 @app.command("clean")
 @user_errors
 def clean(
@@ -44,14 +53,10 @@ def clean(
     net = resolve_classifier(model)
     size = int(getattr(net, "input_size", 32))
     ds = open_dataset(data, split.value, n=n, seed=seed, size=size, roi=roi, progress=True)
+    _check_classes(net, ds)
     t0 = time.perf_counter()
     metrics = evaluate_clean(net, ds, batch_size=batch_size, progress=True)
     elapsed = time.perf_counter() - t0
-    n_classes = int(getattr(net, "num_classes", 0))
-    if n_classes and len(ds.class_names) != n_classes:
-        from edgepure.runtime.errors import ModelError
-
-        raise ModelError(f"the model has {n_classes} classes, the data set {len(ds.class_names)}")
     result = {
         "model": model or "signnet_s", "data": data, "split": split.value, "n": metrics["n"],
         "accuracy": metrics["accuracy"], "top5_accuracy": metrics["top5_accuracy"], "errors": metrics["errors"],
@@ -125,6 +130,7 @@ def robust(
     else:
         net = resolve_classifier(model)
     ds = open_dataset(data, split.value, n=n, seed=seed, size=int(getattr(net, "input_size", 32)), progress=True)
+    _check_classes(net, ds)
     budgets = "cifar10" if dataset_kind(data) == "cifar10" else "gtsrb"
     result = benchmark(
         net, ds, purifier, attacks, threats, method=method.value, steps=steps, eot=eot,  # type: ignore[arg-type]
