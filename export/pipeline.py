@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import datetime as _dt
+import json
 import os
 import shutil
 import tempfile
@@ -334,9 +335,7 @@ def export_pipeline(
                                                    trace, tol, min_top1, tmp, lint_target))
             elif noise_mode == "graph":
                 fused = FusedPipeline(purifier, classifier)  # type: ignore[arg-type]
-                # exact parity on the noise-input twin, then the graph-noise model itself
-                _export_one("purifier", cast(purifier), batches, noise_fn, trace, tol, None, tmp, lint_target,
-                            reference=purifier)
+                # exact parity on the noise-input twin of the pipeline, then the graph-noise models themselves
                 twin = _export_one("pipeline", cast(fused), batches, noise_fn, trace, tol, min_top1, tmp, lint_target,
                                    reference=fused)
                 shape = purifier.sample_noise(torch.from_numpy(batches[0]))  # type: ignore[union-attr]
@@ -366,8 +365,6 @@ def export_pipeline(
                          if purifier is not None else None),
             "versions": _versions(),
         }
-        import json
-
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
         _replace_dir(tmp, out, overwrite)
     except BaseException:

@@ -38,33 +38,6 @@ def _parse_kv(items: list[str]) -> dict[str, Any]:
     return out
 
 
-def _load_classifier(spec: str) -> tuple[Any, dict[str, Any]]:
-    """A registered name / checkpoint, or ``module:callable`` returning a torch module that takes [0, 1] images."""
-    import importlib
-
-    from torch import nn
-
-    from edgepure.models.loading import resolve_classifier
-    from edgepure.runtime.errors import ModelError
-
-    if spec.lower().endswith(".onnx"):
-        if not Path(spec).is_file():
-            raise ModelError(f"{spec}: no such ONNX classifier file")
-        return Path(spec), {"name": Path(spec).name, "source": str(Path(spec).resolve()), "format": "onnx"}
-    if ":" in spec and not Path(spec).exists():
-        mod_name, _, attr = spec.partition(":")
-        try:
-            factory = getattr(importlib.import_module(mod_name), attr)
-        except (ImportError, AttributeError) as exc:
-            raise ModelError(f"--classifier {spec}: cannot import {attr!r} from {mod_name!r} ({exc})") from None
-        model = factory() if callable(factory) and not isinstance(factory, nn.Module) else factory
-        if not isinstance(model, nn.Module):
-            raise ModelError(f"--classifier {spec}: expected a torch nn.Module, got {type(model).__name__}")
-        return model.eval(), {"name": spec, "source": spec, "format": "module:callable"}
-    model = resolve_classifier(spec)
-    return model, {"name": getattr(model, "edgepure_name", spec), "source": spec}
-
-
 def export(
     out: Annotated[Path, typer.Option("--out", help="Model directory to write (ONNX files + manifest.json).")],
     classifier: Annotated[str, typer.Option(
@@ -89,7 +62,9 @@ def export(
     from edgepure.purifiers import create_purifier
     from edgepure.runtime.classes import GTSRB_CLASSES
 
-    net, info = _load_classifier(classifier)
+    from edgepure.models.loading import load_classifier_source
+
+    net, info = load_classifier_source(classifier)
     settings = _parse_kv(purifier_arg or [])
     settings.update({k: v for k, v in (("steps", steps), ("kind", kind)) if v is not None})
     if settings and not purifier:

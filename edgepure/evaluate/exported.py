@@ -59,7 +59,7 @@ class OnnxScorer:
 
 def load_twin(manifest: dict[str, Any]) -> tuple[nn.Module, Optional[nn.Module]]:
     """Rebuild the PyTorch classifier and purifier an exported directory was made from."""
-    from edgepure.cli.export import _load_classifier
+    from edgepure.models.loading import load_classifier_source
     from edgepure.purifiers import create_purifier
 
     info = manifest.get("classifier") or {}
@@ -69,7 +69,7 @@ def load_twin(manifest: dict[str, Any]) -> tuple[nn.Module, Optional[nn.Module]]
     if info.get("format") == "onnx":
         raise ModelError(f"the classifier was given as ONNX ({source}): the attacks need a PyTorch twin to "
                          "differentiate; export from the PyTorch classifier to evaluate robustness")
-    classifier, _ = _load_classifier(source)
+    classifier, _ = load_classifier_source(source)
     pinfo = manifest.get("purifier")
     purifier = create_purifier(pinfo["name"], **pinfo.get("config", {})) if pinfo else None
     return classifier, purifier

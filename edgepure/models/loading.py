@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from torch import nn
 
 from edgepure.models.registry import create_classifier, load_classifier, load_weights_file
 from edgepure.runtime.errors import ModelError
 
-__all__ = ["resolve_classifier"]
+__all__ = ["load_classifier_source", "resolve_classifier"]
 
 
 def resolve_classifier(spec: str | None) -> nn.Module:
@@ -39,3 +40,26 @@ def resolve_classifier(spec: str | None) -> nn.Module:
     model = create_classifier(name, **config)
     load_weights_file(model, p)
     return model.eval()
+
+
+def load_classifier_source(spec: str) -> tuple[Any, dict[str, Any]]:
+    """A classifier given as a registered name or checkpoint, ``module:callable`` (returning a torch module that
+    takes [0, 1] images) or an ONNX file (returned as its path); also the record that lets it be rebuilt."""
+    import importlib
+
+    if spec.lower().endswith(".onnx"):
+        if not Path(spec).is_file():
+            raise ModelError(f"{spec}: no such ONNX classifier file")
+        return Path(spec), {"name": Path(spec).name, "source": str(Path(spec).resolve()), "format": "onnx"}
+    if ":" in spec and not Path(spec).exists():
+        mod_name, _, attr = spec.partition(":")
+        try:
+            factory = getattr(importlib.import_module(mod_name), attr)
+        except (ImportError, AttributeError) as exc:
+            raise ModelError(f"--classifier {spec}: cannot import {attr!r} from {mod_name!r} ({exc})") from None
+        model = factory() if callable(factory) and not isinstance(factory, nn.Module) else factory
+        if not isinstance(model, nn.Module):
+            raise ModelError(f"--classifier {spec}: expected a torch nn.Module, got {type(model).__name__}")
+        return model.eval(), {"name": spec, "source": spec, "format": "module:callable"}
+    model = resolve_classifier(spec)
+    return model, {"name": getattr(model, "edgepure_name", spec), "source": spec}
