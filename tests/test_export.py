@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 import edgepure
 from edgepure.cli.main import app
 from edgepure.data import open_dataset
-from edgepure.export.decompositions import _conv_backward
+from edgepure.export.decompositions import _conv_backward, _grid_sampler_2d_backward, _replication_pad2d_backward
 from edgepure.export.errors import ParityError
 from edgepure.export.lint import lint_model
 from edgepure.export.pipeline import export_pipeline
@@ -151,6 +151,46 @@ def test_conv_backward_decomposition_matches_native(groups: int, stride: int, pa
                                 groups, [True, True, True])
     assert (dx - gx).abs().max() < 1e-12 and (dw - gw).abs().max() < 1e-12
     torch.testing.assert_close(db, go.sum((0, 2, 3)))
+
+
+@pytest.mark.parametrize("pad", [[2, 3, 1, 4], [0, 1, 1, 0], [4, 4, 4, 4]])
+@pytest.mark.parametrize("height", [1, 2, 7])
+def test_replication_pad_backward_decomposition_matches_native(pad: list[int], height: int) -> None:
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, height, 9, dtype=torch.float64, requires_grad=True)
+    y = F.pad(x, pad, mode="replicate")
+    go = torch.randn_like(y)
+    (gx,) = torch.autograd.grad(y, x, go)
+    assert (_replication_pad2d_backward(go, x.detach(), pad) - gx).abs().max() < 1e-12
+
+
+@pytest.mark.parametrize("padding_mode", ["zeros", "border"])
+@pytest.mark.parametrize("align_corners", [False, True])
+def test_grid_sample_backward_decomposition_matches_native(padding_mode: str, align_corners: bool) -> None:
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 8, 10, dtype=torch.float64, requires_grad=True)
+    grid = (torch.rand(2, 5, 6, 2, dtype=torch.float64) * 2.6 - 1.3)
+    grid[0, 0, 0] = torch.tensor([1.0, -1.0], dtype=torch.float64)  # exactly on the border
+    grid.requires_grad_(True)
+    y = F.grid_sample(x, grid, mode="bilinear", padding_mode=padding_mode, align_corners=align_corners)
+    go = torch.randn_like(y)
+    gx, gg = torch.autograd.grad(y, (x, grid), go)
+    dx, dg = _grid_sampler_2d_backward(go, x.detach(), grid.detach(), 0, {"zeros": 0, "border": 1}[padding_mode],
+                                       align_corners, [True, True])
+    assert (dx - gx).abs().max() < 1e-12 and (dg - gg).abs().max() < 1e-12
+
+
+def test_export_keeps_tiny_constants_we_rely_on() -> None:
+    """The exporter drops an Add of a constant ≤ 1e-8; NAPPure's Adam floor is a Clip and must survive."""
+    from edgepure.export.graph import to_onnx
+
+    class Floor(torch.nn.Module):
+        def forward(self, v: torch.Tensor) -> torch.Tensor:
+            return v.clamp_min(1e-16).sqrt()
+
+    m = to_onnx(Floor(), [torch.zeros(3)], ["v"], ["y"])
+    got = ort_session(m.SerializeToString()).run(None, {"v": np.zeros(3, np.float32)})[0]
+    np.testing.assert_allclose(got, 1e-8, rtol=1e-5)
 
 
 # --- the TensorRT lint on purpose-made bad graphs -------------------------------------------------------

@@ -13,7 +13,7 @@ from edgepure.runtime.errors import EdgepureError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-__all__ = ["echo_json", "user_errors"]
+__all__ = ["echo_json", "parse_settings", "user_errors"]
 
 
 def user_errors(fn: F) -> F:
@@ -40,3 +40,19 @@ def echo_json(obj: Any) -> None:
     """One JSON object on stdout (progress bars and logs go to stderr)."""
     sys.stdout.write(json.dumps(obj, indent=2) + "\n")
     sys.stdout.flush()
+
+
+def parse_settings(items: list[str], option: str) -> dict[str, Any]:
+    """``key=value`` pairs; values are JSON literals (numbers, true/false, quoted strings) or plain strings."""
+    from edgepure.runtime.errors import ConfigError
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{option} expects key=value, got {item!r}")
+        try:
+            out[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key] = raw
+    return out

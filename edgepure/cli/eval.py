@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from edgepure.cli.common import echo_json, user_errors
+from edgepure.cli.common import echo_json, parse_settings, user_errors
 
 app = typer.Typer(help="Evaluate models.", no_args_is_help=True)
 
@@ -93,6 +93,8 @@ def robust(
     n: Annotated[int, typer.Option("--n", help="Number of images (seeded subset).")] = 512,
     seed: Annotated[int, typer.Option(help="Seed of the subset, the attacks' restarts and the purifiers' noise.")] = 0,
     defense: Annotated[str, typer.Option(help="A registered purifier, or 'none'.")] = "none",
+    kind: Annotated[Optional[str], typer.Option(help="Purifier kind (NAPPure: blur, occlusion, distortion, additive, joint).")] = None,
+    defense_arg: Annotated[Optional[list[str]], typer.Option(help="Purifier setting key=value (repeatable), e.g. steps=8.")] = None,
     attack: Annotated[str, typer.Option(help="Comma list of conv, patch, flow, additive, all.")] = "conv,patch,flow,additive,all",
     threat: Annotated[str, typer.Option(help="Comma list of blind, adaptive, bpda.")] = "blind,adaptive",
     eot: Annotated[int, typer.Option(help="Expectation over transformation: gradient samples per step.")] = 1,
@@ -105,6 +107,8 @@ def robust(
     batch_size: Annotated[int, typer.Option(help="Attack batch size.")] = 128,
     examples: Annotated[int, typer.Option(help="Images per attack in the examples figure.")] = 4,
     out: Annotated[Optional[Path], typer.Option(help="Write results.json, results.csv and figures here.")] = None,
+    cache: Annotated[Optional[Path], typer.Option(
+        help="Keep blind adversarial examples here and reuse them for other defenses (same classifier, images, attack).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of the table.")] = False,
 ) -> None:
     """Clean and robust accuracy per attack and threat model (APGD-CE over each perturbation family)."""
@@ -117,7 +121,18 @@ def robust(
     attacks = _csv_list(attack, PERTURBATIONS, "attack")
     threats = _csv_list(threat, ("blind", "adaptive", "bpda"), "threat")
     scorer = None
-    purifier: object = None if defense == "none" else defense
+    settings = parse_settings(defense_arg or [], "--defense-arg")
+    if kind is not None:
+        settings["kind"] = kind
+    if settings and defense == "none":
+        from edgepure.runtime.errors import ConfigError
+
+        raise ConfigError(f"purifier settings {sorted(settings)} given without --defense")
+    purifier: object = None
+    if defense != "none":
+        from edgepure.purifiers import create_purifier
+
+        purifier = create_purifier(defense, **settings)
     if model is not None and (Path(model) / "manifest.json").is_file():
         from edgepure.evaluate.exported import OnnxScorer, load_twin
         from edgepure.runtime.errors import ConfigError
@@ -135,7 +150,7 @@ def robust(
     result = benchmark(
         net, ds, purifier, attacks, threats, method=method.value, steps=steps, eot=eot,  # type: ignore[arg-type]
         restarts=restarts, seed=seed, batch_size=batch_size, dataset=budgets, progress=True,
-        keep_examples=examples if out is not None else 0, scorer=scorer,
+        keep_examples=examples if out is not None else 0, scorer=scorer, cache_dir=cache,
     )
     if scorer is not None:
         result["scored_by"] = f"onnxruntime: {Path(model) / scorer.entry['file']}"  # type: ignore[arg-type]

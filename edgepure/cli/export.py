@@ -9,7 +9,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from edgepure.cli.common import echo_json, user_errors
+from edgepure.cli.common import echo_json, parse_settings, user_errors
 
 
 class Precision(str, Enum):
@@ -20,23 +20,6 @@ class Precision(str, Enum):
 class Noise(str, Enum):
     input = "input"
     graph = "graph"
-
-
-def _parse_kv(items: list[str]) -> dict[str, Any]:
-    """``key=value`` pairs; values are JSON literals (numbers, true/false, quoted strings) or plain strings."""
-    from edgepure.runtime.errors import ConfigError
-
-    out: dict[str, Any] = {}
-    for item in items:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--purifier-arg expects key=value, got {item!r}")
-        try:
-            out[key] = json.loads(raw)
-        except json.JSONDecodeError:
-            out[key] = raw
-    return out
-
 
 def export(
     out: Annotated[Path, typer.Option("--out", help="Model directory to write (ONNX files + manifest.json).")],
@@ -65,7 +48,7 @@ def export(
     from edgepure.models.loading import load_classifier_source
 
     net, info = load_classifier_source(classifier)
-    settings = _parse_kv(purifier_arg or [])
+    settings = parse_settings(purifier_arg or [], "--purifier-arg")
     settings.update({k: v for k, v in (("steps", steps), ("kind", kind)) if v is not None})
     if settings and not purifier:
         from edgepure.runtime.errors import ConfigError

@@ -14,10 +14,13 @@ app = typer.Typer(help="List registered models and their shipped weights.", no_a
 @app.command("list")
 @user_errors
 def list_models(as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False) -> None:
-    """Registered classifiers, marking those with trained weights in the package."""
-    from edgepure.models.registry import classifier_info, list_classifiers
+    """Registered classifiers, image priors and purifiers, marking those with trained weights in the package."""
+    from edgepure.models.registry import classifier_info, list_classifiers, list_priors
+    from edgepure.purifiers.registry import purifier_info, list_purifiers
 
-    rows = [{**classifier_info(n), "kind": "classifier"} for n in list_classifiers()]
+    rows = [classifier_info(n) for n in list_classifiers()]
+    rows += [classifier_info(n, kind="prior") for n in list_priors()]
+    rows += [purifier_info(n) for n in list_purifiers()]
     if as_json:
         echo_json({"models": rows})
         return

@@ -8,7 +8,11 @@ over every threat model that was run.
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import time
+from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
@@ -43,6 +47,48 @@ def _defended_predict(classifier: nn.Module, purifier: Optional[Purifier], x: to
     return classifier(xp).argmax(1).numpy(), xp
 
 
+def _fingerprint(classifier: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: dict[str, Any]) -> str:
+    """A key for blind adversarial examples: the classifier's weights, the images and the attack settings."""
+    h = hashlib.sha256()
+    for name, t in sorted(classifier.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    h.update(x.numpy().tobytes())
+    h.update(y.numpy().tobytes())
+    h.update(json.dumps(spec, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:24]
+
+
+class _BlindCache:
+    """Blind adversarial examples on disk: the attack does not see the defense, so one run serves every
+    defense evaluated against the same classifier, images and attack settings."""
+
+    def __init__(self, directory: Optional[Path]) -> None:
+        self.dir = Path(directory) if directory is not None else None
+
+    def _path(self, key: str) -> Optional[Path]:
+        return None if self.dir is None else self.dir / f"blind-{key}.npy"
+
+    def load(self, key: str, shape: tuple[int, ...]) -> Optional[torch.Tensor]:
+        path = self._path(key)
+        if path is None or not path.is_file():
+            return None
+        arr = np.load(path, allow_pickle=False)
+        if arr.shape != shape or arr.dtype != np.float32:
+            raise ConfigError(f"{path}: cached adversarial examples have shape {arr.shape} {arr.dtype}, "
+                              f"expected {shape} float32; delete the file")
+        return torch.from_numpy(arr)
+
+    def save(self, key: str, x_adv: torch.Tensor) -> None:
+        path = self._path(key)
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp.npy")
+        np.save(tmp, x_adv.numpy().astype(np.float32), allow_pickle=False)
+        os.replace(tmp, path)
+
+
 def benchmark(
     classifier: nn.Module,
     data: ImageSet,
@@ -60,13 +106,15 @@ def benchmark(
     progress: bool = False,
     keep_examples: int = 0,
     scorer: Optional[Callable[[torch.Tensor, int], np.ndarray]] = None,
+    cache_dir: Optional[str | Path] = None,
 ) -> dict[str, Any]:
     """Evaluate ``classifier`` behind ``defense`` (a registered purifier name, a Purifier, or None) on
     ``data`` under each attack family and threat model. Returns a dict of plain numbers.
 
     ``scorer(x, seed) -> predictions`` replaces PyTorch for scoring clean and attacked images (an exported
     graph in ONNX Runtime, :class:`edgepure.evaluate.exported.OnnxScorer`); the attacks still differentiate
-    the PyTorch modules."""
+    the PyTorch modules. ``cache_dir`` keeps blind adversarial examples on disk (keyed by the classifier's
+    weights, the images and every attack setting) and reuses them for the next defense."""
     unknown = [a for a in attacks if a not in PERTURBATIONS]
     if unknown:
         raise ConfigError(f"unknown attack(s) {', '.join(unknown)} (expected {', '.join(PERTURBATIONS)})")
@@ -94,6 +142,7 @@ def benchmark(
         pred, purified = _defended_predict(classifier, purifier, x, seed + s)
         return (scorer(x, seed + s) if scorer is not None else pred), purified
 
+    cache = _BlindCache(Path(cache_dir) if cache_dir is not None else None)
     clean_pred = np.concatenate([predict(x_all[s : s + batch_size], s)[0] for s in starts])
     with torch.no_grad():
         bare_pred = np.concatenate([classifier(x_all[s : s + batch_size]).argmax(1).numpy() for s in starts])
@@ -115,11 +164,22 @@ def benchmark(
         ta = time.perf_counter()
         for threat in threat_list:
             ok = np.zeros(n, dtype=bool)
+            cached, key = None, ""
+            if threat is Threat.blind and cache.dir is not None:
+                spec = {"attack": name, "budget": budget, "dataset": dataset, "method": method, "steps": steps,
+                        "eot": eot, "restarts": restarts, "seed": seed, "batch_size": batch_size}
+                key = _fingerprint(classifier, x_all, y_all, spec)
+                cached = cache.load(key, tuple(x_all.shape))
+            fresh = []
             for s in starts:
                 x, y = x_all[s : s + batch_size], y_all[s : s + batch_size]
-                target = attack_target(threat, purifier, classifier, seed=seed + s)
-                atk = ATTACK_METHODS[method](target, perturbation, steps=steps, eot=eot, restarts=restarts, seed=seed + s)
-                x_adv = atk(x, y)
+                if cached is not None:
+                    x_adv = cached[s : s + batch_size]
+                else:
+                    target = attack_target(threat, purifier, classifier, seed=seed + s)
+                    atk = ATTACK_METHODS[method](target, perturbation, steps=steps, eot=eot, restarts=restarts, seed=seed + s)
+                    x_adv = atk(x, y).detach()
+                    fresh.append(x_adv)
                 pred, purified = predict(x_adv, s)
                 ok[s : s + len(y)] = pred == y.numpy()
                 if keep_examples and s == 0:
@@ -130,6 +190,8 @@ def benchmark(
                 if bar is not None:
                     bar.set_postfix(attack=name, threat=threat.value)
                     bar.update(1)
+            if key and cached is None:
+                cache.save(key, torch.cat(fresh))
             robust[name][threat.value] = float((ok & clean_ok).mean())
             ok_all &= ok
         robust[name]["worst"] = float(ok_all.mean())

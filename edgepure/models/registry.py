@@ -1,4 +1,5 @@
-"""The classifier registry (timm-style): ``@register_classifier`` on a factory, then ``create_classifier``.
+"""The model registries (timm-style): ``@register_classifier`` / ``@register_prior`` on a factory, then
+``create_classifier`` / ``create_prior``.
 
 Shipped weights live in ``edgepure/models/weights/<tag>.safetensors`` with ``<tag>.json`` beside them
 (the model's name, constructor arguments, preprocessing and class names). Weights are safetensors only:
@@ -19,7 +20,12 @@ from edgepure.runtime.errors import ModelError
 
 __all__ = [
     "ClassifierEntry",
+    "DEFAULT_PRIOR",
+    "ModelEntry",
     "classifier_info",
+    "create_prior",
+    "list_priors",
+    "register_prior",
     "DEFAULT_CLASSIFIER",
     "create_classifier",
     "list_classifiers",
@@ -30,10 +36,11 @@ __all__ = [
 ]
 
 DEFAULT_CLASSIFIER = "signnet_s"
+DEFAULT_PRIOR = "edm_unet_s"
 
 
 @dataclass
-class ClassifierEntry:
+class ModelEntry:
     name: str
     factory: Callable[..., nn.Module]
     description: str
@@ -41,47 +48,73 @@ class ClassifierEntry:
     pretrained_tag: str | None = None  # file stem under weights/
 
 
-_REGISTRY: dict[str, ClassifierEntry] = {}
+ClassifierEntry = ModelEntry  # the name this module exported first
+
+# one registry per kind of network: classifiers, and the image priors (denoisers) purifiers use
+_REGISTRIES: dict[str, dict[str, ModelEntry]] = {"classifier": {}, "prior": {}}
+_BUILTIN = {"classifier": "edgepure.models.classifiers", "prior": "edgepure.models.priors"}
+
+
+def _register(kind: str, name: str | None, pretrained_tag: str | None, defaults: dict[str, Any]
+              ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        key = name or fn.__name__
+        if key in _REGISTRIES[kind]:
+            raise RuntimeError(f"{kind} {key!r} registered twice")
+        doc = (fn.__doc__ or "").strip().splitlines()
+        _REGISTRIES[kind][key] = ModelEntry(key, fn, doc[0] if doc else "", dict(defaults), pretrained_tag)
+        return fn
+
+    return wrap
 
 
 def register_classifier(
     name: str | None = None, *, pretrained_tag: str | None = None, **defaults: Any
 ) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
     """Decorator: register a factory ``fn(**kw) -> nn.Module`` under ``name`` (default: the function's name)."""
-
-    def wrap(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-        key = name or fn.__name__
-        if key in _REGISTRY:
-            raise RuntimeError(f"classifier {key!r} registered twice")
-        doc = (fn.__doc__ or "").strip().splitlines()
-        _REGISTRY[key] = ClassifierEntry(key, fn, doc[0] if doc else "", dict(defaults), pretrained_tag)
-        return fn
-
-    return wrap
+    return _register("classifier", name, pretrained_tag, defaults)
 
 
-def _ensure_builtin() -> None:
-    import edgepure.models.classifiers  # noqa: F401  (registers the built-in architectures)
+def register_prior(
+    name: str | None = None, *, pretrained_tag: str | None = None, **defaults: Any
+) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Decorator: register an image-prior (denoiser) factory, as ``register_classifier`` does."""
+    return _register("prior", name, pretrained_tag, defaults)
+
+
+def _registry(kind: str) -> dict[str, ModelEntry]:
+    import importlib
+
+    importlib.import_module(_BUILTIN[kind])  # registers the built-in architectures
+    return _REGISTRIES[kind]
+
+
+def _list(kind: str, pretrained: bool) -> list[str]:
+    return sorted(n for n, e in _registry(kind).items() if not pretrained or _weights_path(e) is not None)
 
 
 def list_classifiers(pretrained: bool = False) -> list[str]:
     """Names of the registered classifiers (only those with shipped weights when ``pretrained``)."""
-    _ensure_builtin()
-    return sorted(n for n, e in _REGISTRY.items() if not pretrained or _weights_path(e) is not None)
+    return _list("classifier", pretrained)
 
 
-def _entry(name: str) -> ClassifierEntry:
-    _ensure_builtin()
-    if name not in _REGISTRY:
-        raise ModelError(f"unknown classifier {name!r} (registered: {', '.join(sorted(_REGISTRY))})")
-    return _REGISTRY[name]
+def list_priors(pretrained: bool = False) -> list[str]:
+    """Names of the registered image priors (only those with shipped weights when ``pretrained``)."""
+    return _list("prior", pretrained)
+
+
+def _entry(name: str, kind: str = "classifier") -> ModelEntry:
+    reg = _registry(kind)
+    if name not in reg:
+        raise ModelError(f"unknown {kind} {name!r} (registered: {', '.join(sorted(reg))})")
+    return reg[name]
 
 
 def _weights_dir() -> Path:
     return Path(str(resources.files("edgepure.models") / "weights"))
 
 
-def _weights_path(entry: ClassifierEntry) -> Path | None:
+def _weights_path(entry: ModelEntry) -> Path | None:
     if entry.pretrained_tag is None:
         return None
     path = _weights_dir() / f"{entry.pretrained_tag}.safetensors"
@@ -89,9 +122,8 @@ def _weights_path(entry: ClassifierEntry) -> Path | None:
 
 
 def shipped_weights() -> dict[str, Path]:
-    """Registered classifier names mapped to their shipped safetensors file."""
-    _ensure_builtin()
-    return {n: p for n, e in _REGISTRY.items() if (p := _weights_path(e)) is not None}
+    """Registered model names (classifiers and priors) mapped to their shipped safetensors file."""
+    return {n: p for kind in _REGISTRIES for n, e in _registry(kind).items() if (p := _weights_path(e)) is not None}
 
 
 def load_weights_file(model: nn.Module, path: str | Path) -> None:
@@ -126,19 +158,28 @@ def create_classifier(name: str, pretrained: bool = False, **kwargs: Any) -> nn.
     ``pretrained=True`` loads the weights shipped in the package (an error for a name that has none);
     ``kwargs`` override the architecture's defaults (with pretrained weights they must match them).
     """
-    entry = _entry(name)
+    return _create("classifier", name, pretrained, kwargs)
+
+
+def create_prior(name: str, pretrained: bool = False, **kwargs: Any) -> nn.Module:
+    """Build a registered image prior: a noise-conditional denoiser ``D(x; σ)`` on images in [−1, 1]."""
+    return _create("prior", name, pretrained, kwargs)
+
+
+def _create(kind: str, name: str, pretrained: bool, kwargs: dict[str, Any]) -> nn.Module:
+    entry = _entry(name, kind)
     config = dict(entry.defaults)
     if pretrained:
         path = _weights_path(entry)
         if path is None:
-            have = ", ".join(list_classifiers(pretrained=True)) or "none"
-            raise ModelError(f"classifier {name!r} has no shipped weights (shipped: {have})")
+            have = ", ".join(_list(kind, pretrained=True)) or "none"
+            raise ModelError(f"{kind} {name!r} has no shipped weights (shipped: {have})")
         meta = json.loads(path.with_suffix(".json").read_text())
         config.update(meta.get("config", {}))
         clash = {k: v for k, v in kwargs.items() if k in config and config[k] != v}
         if clash:
             raise ModelError(
-                f"classifier {name!r}: the shipped weights were trained with "
+                f"{kind} {name!r}: the shipped weights were trained with "
                 f"{ {k: config[k] for k in clash} }, cannot build them with {clash}"
             )
     config.update(kwargs)
@@ -171,8 +212,9 @@ def load_classifier(name: str | None = None) -> nn.Module:
     return model.eval()
 
 
-def classifier_info(name: str) -> dict[str, Any]:
-    """Name, one-line description, whether weights ship, and whether it is the default classifier."""
-    entry = _entry(name)
-    return {"name": name, "description": entry.description, "pretrained": _weights_path(entry) is not None,
-            "default": name == DEFAULT_CLASSIFIER}
+def classifier_info(name: str, kind: str = "classifier") -> dict[str, Any]:
+    """Name, kind, one-line description, whether weights ship, and whether it is the default of its kind."""
+    entry = _entry(name, kind)
+    default = DEFAULT_CLASSIFIER if kind == "classifier" else DEFAULT_PRIOR
+    return {"name": name, "kind": kind, "description": entry.description,
+            "pretrained": _weights_path(entry) is not None, "default": name == default}

@@ -12,11 +12,11 @@ from typing import Any
 
 from edgepure.perturb.base import Params, Perturbation
 from edgepure.perturb.composite import Composite
-from edgepure.perturb.families import Additive, ConvBlur, Flow, Occlusion
+from edgepure.perturb.families import Additive, ConvBlur, Flow, Occlusion, SoftMask
 from edgepure.runtime.errors import ConfigError
 
 __all__ = [
-    "Additive", "Composite", "ConvBlur", "Flow", "Occlusion", "PERTURBATIONS", "Params", "Perturbation",
+    "Additive", "Composite", "ConvBlur", "Flow", "Occlusion", "PERTURBATIONS", "Params", "Perturbation", "SoftMask",
     "create_perturbation", "default_budgets",
 ]
 

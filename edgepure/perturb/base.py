@@ -23,6 +23,7 @@ class Perturbation(nn.Module):
     """Base class: subclasses define ``identity``, ``forward``, ``penalty``, ``project`` and ``radius``."""
 
     name: str = "perturbation"
+    fixed: tuple[str, ...] = ()  # parameters that are data, not variables (a purifier does not optimise them)
 
     def identity(self, x: torch.Tensor) -> Params:
         """Parameters at which ``forward(x, θ) == x``."""

@@ -53,8 +53,16 @@ class Composite(Perturbation):
             y = z
         return y
 
+    @property
+    def fixed(self) -> tuple[str, ...]:  # type: ignore[override]
+        return tuple(f"{fam.name}.{k}" for fam in self.families for k in fam.fixed)
+
+    def penalties(self, params: Params) -> Dict[str, torch.Tensor]:
+        """φ of each family (per sample), by family name."""
+        return {fam.name: fam.penalty(self._split(params, fam)) for fam in self.families}
+
     def penalty(self, params: Params) -> torch.Tensor:
-        return sum(fam.penalty(self._split(params, fam)) for fam in self.families)  # type: ignore[return-value]
+        return sum(self.penalties(params).values())  # type: ignore[return-value]
 
     def project(self, params: Params, x: torch.Tensor) -> Params:
         out: Params = {}

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from edgepure.perturb.base import Params, Perturbation
 
-__all__ = ["Additive", "ConvBlur", "Flow", "Occlusion", "gaussian_kernel1d"]
+__all__ = ["Additive", "ConvBlur", "Flow", "Occlusion", "SoftMask", "gaussian_kernel1d"]
 
 
 def gaussian_kernel1d(size: int, sigma: float) -> torch.Tensor:
@@ -134,6 +134,46 @@ class Occlusion(Perturbation):
     def random(self, x: torch.Tensor, generator: torch.Generator) -> Params:
         params = self.identity(x)
         params["content"] = torch.rand(x.shape, generator=generator, dtype=x.dtype)
+        return params
+
+
+class SoftMask(Perturbation):
+    """Free-form occlusion for purification: ``x ⊙ (1 − m) + c ⊙ m`` with a per-pixel mask
+    ``m = sigmoid(logits)`` shared by the channels, and the content ``c`` held fixed (NAPPure sets it to
+    the observed image: inside the mask the observation says nothing about ``x``, and ``c = x_adv`` is the
+    maximum-likelihood content). Differentiable everywhere, and not tied to a square: stickers, graffiti
+    and dirt are any shape. Prior ``φ = Σ m`` (the occluded area, the analogue of the square's size).
+    ``identity`` starts every logit at ``init_logit`` (m ≈ 0.018 by default), so the mask starts almost empty.
+    ``fixed`` names the parameters a purifier must not optimise.
+    """
+
+    name = "mask"
+    fixed = ("content",)
+
+    def __init__(self, init_logit: float = -4.0) -> None:
+        super().__init__()
+        self.init_logit = float(init_logit)
+
+    def identity(self, x: torch.Tensor) -> Params:
+        n, _, h, w = x.shape
+        return {"logits": torch.full((n, 1, h, w), self.init_logit, dtype=x.dtype), "content": x.detach().clone()}
+
+    def mask(self, params: Params) -> torch.Tensor:
+        return torch.sigmoid(params["logits"])
+
+    def forward(self, x: torch.Tensor, params: Params) -> torch.Tensor:  # type: ignore[override]
+        m = self.mask(params)
+        return x * (1 - m) + params["content"] * m
+
+    def penalty(self, params: Params) -> torch.Tensor:
+        return self.mask(params).flatten(1).sum(1)
+
+    def radius(self) -> Dict[str, float]:
+        return {"logits": 4.0}
+
+    def random(self, x: torch.Tensor, generator: torch.Generator) -> Params:
+        params = self.identity(x)
+        params["logits"] = params["logits"] + 4.0 * torch.rand(params["logits"].shape, generator=generator, dtype=x.dtype)
         return params
 
 

@@ -8,7 +8,7 @@ from typing import Any, Callable
 from edgepure.purifiers.base import Purifier
 from edgepure.runtime.errors import ConfigError, ModelError
 
-__all__ = ["create_purifier", "list_purifiers", "register_purifier"]
+__all__ = ["create_purifier", "list_purifiers", "purifier_info", "register_purifier"]
 
 
 @dataclass
@@ -35,12 +35,22 @@ def register_purifier(name: str, has_weights: bool = False) -> Callable[[Callabl
 
 def _ensure_builtin() -> None:
     import edgepure.purifiers.baselines  # noqa: F401
+    import edgepure.purifiers.nappure  # noqa: F401
 
 
 def list_purifiers() -> list[str]:
     """Names of every registered purifier."""
     _ensure_builtin()
     return sorted(_REGISTRY)
+
+
+def purifier_info(name: str) -> dict[str, object]:
+    """Name, kind, one-line description and whether it uses trained weights (as ``classifier_info``)."""
+    _ensure_builtin()
+    if name not in _REGISTRY:
+        raise ModelError(f"unknown purifier {name!r} (registered: {', '.join(sorted(_REGISTRY))})")
+    e = _REGISTRY[name]
+    return {"name": name, "kind": "purifier", "description": e.description, "pretrained": e.has_weights, "default": False}
 
 
 def create_purifier(name: str, pretrained: bool = True, **kwargs: Any) -> Purifier:

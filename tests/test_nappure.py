@@ -1,0 +1,168 @@
+"""NAPPure: both modes for every kind on tiny weights, determinism, K = 0, the loss going down, gradients for
+adaptive attacks, export parity — and, with the shipped prior, recovery of a known blur, flow and patch."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import edgepure
+from edgepure.data import open_dataset
+from edgepure.purifiers.nappure import KINDS, NAPPure
+from edgepure.runtime.errors import ConfigError
+
+
+def _tiny(kind: str, steps: int = 2, mode: str = "fixed", **kw: object) -> NAPPure:
+    torch.manual_seed(0)
+    return edgepure.create_purifier("nappure", kind=kind, steps=steps, mode=mode, prior="edm_unet_xs",
+                                    pretrained=False, **kw)  # type: ignore[return-value]
+
+
+@pytest.fixture(scope="module")
+def signs() -> torch.Tensor:
+    return torch.from_numpy(open_dataset("synth", "val", n=4, seed=1).as_float_nchw())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_fixed_mode_is_deterministic_given_the_noise(kind: str, signs: torch.Tensor) -> None:
+    pur = _tiny(kind)
+    x = signs[:2]
+    assert pur.noise_shape(x) == (2, 2, 3 * 32 * 32 + 1)
+    nz = pur.sample_noise(x, torch.Generator().manual_seed(0))
+    a, b = pur(x, nz), pur(x, nz)
+    assert torch.equal(a, b) and a.shape == x.shape and 0 <= float(a.min()) and float(a.max()) <= 1
+    other = pur(x, pur.sample_noise(x, torch.Generator().manual_seed(1)))
+    assert not torch.equal(a, other)
+    assert not torch.equal(a, x)  # two steps moved the image
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_zero_steps_is_the_identity(kind: str, signs: torch.Tensor) -> None:
+    pur = _tiny(kind, steps=0)
+    assert torch.equal(pur(signs), signs)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_reference_mode_uses_the_paper_settings(kind: str, signs: torch.Tensor) -> None:
+    ref = edgepure.create_purifier("nappure", kind=kind, mode="reference", prior="edm_unet_xs", pretrained=False)
+    assert ref.steps == (100 if kind == "additive" else 500) and ref.cfg.lr_x == 0.1
+    assert set(ref.cfg.lr_theta.values()) == {0.05}
+    short = _tiny(kind, steps=3, mode="reference")
+    out = short(signs[:1])
+    assert out.shape == (1, 3, 32, 32) and short.config()["mode"] == "reference"
+
+
+def test_bad_settings_are_user_errors(signs: torch.Tensor) -> None:
+    with pytest.raises(ConfigError, match="unknown kind 'rain'"):
+        _tiny("rain")
+    with pytest.raises(ConfigError, match="mode must be"):
+        _tiny("blur", mode="fast")
+    with pytest.raises(ConfigError, match="unknown setting"):
+        _tiny("blur", lamda2=3.0)
+    pur = _tiny("blur")
+    with pytest.raises(ConfigError, match=r"noise must have shape \(1, 2, 3073\)"):
+        pur(signs[:1], torch.zeros(1, 3, 3073))
+
+
+def _mean_loss(pur: NAPPure, y: torch.Tensor, y_adv: torch.Tensor, theta: dict, draws: int = 6) -> float:
+    g = torch.Generator().manual_seed(123)
+    total = 0.0
+    for _ in range(draws):
+        n = torch.randn(y.shape, generator=g)
+        z = torch.randn(y.shape[0], generator=g)
+        total += float(pur.loss(y, y_adv, theta, n, z).mean())
+    return total / draws
+
+
+@pytest.mark.parametrize("kind", ["additive", "distortion", "joint"])
+def test_the_objective_goes_down_over_the_steps(kind: str, signs: torch.Tensor) -> None:
+    pur = _tiny(kind, steps=25, lr_x=0.02)
+    x_adv = (signs + 0.1 * torch.randn(signs.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    y_adv = x_adv * 2 - 1
+    out, theta, history = pur.purify(x_adv, pur.sample_noise(x_adv, torch.Generator().manual_seed(0)), track=True)
+    assert len(history) == 26
+    before = _mean_loss(pur, y_adv, y_adv, pur.family.identity(x_adv) | ({"content": x_adv} if kind == "occlusion" else {}))
+    after = _mean_loss(pur, out * 2 - 1, y_adv, theta)
+    assert after < 0.97 * before
+
+
+def test_forward_only_prior_gradient_differs_from_the_full_one(signs: torch.Tensor) -> None:
+    full, fwd = _tiny("additive", steps=3), _tiny("additive", steps=3, prior_grad="forward")
+    nz = full.sample_noise(signs, torch.Generator().manual_seed(0))
+    a, b = full(signs, nz), fwd(signs, nz)
+    assert not torch.allclose(a, b) and fwd.config()["prior_grad"] == "forward"
+
+
+@pytest.mark.parametrize("kind", ["occlusion", "joint"])
+def test_adaptive_attacks_get_finite_gradients_through_the_steps(kind: str, signs: torch.Tensor) -> None:
+    pur = _tiny(kind, steps=2)
+    x = signs[:2].clone().requires_grad_(True)
+    out = pur(x, pur.sample_noise(x, torch.Generator().manual_seed(0)))
+    assert out.requires_grad
+    (g,) = torch.autograd.grad(out.square().sum(), x)
+    assert torch.isfinite(g).all() and float(g.abs().sum()) > 0
+
+
+def test_one_step_exports_with_its_gradients(tmp_path: Path, signs: torch.Tensor) -> None:
+    import onnx
+
+    from edgepure.export.pipeline import export_pipeline
+
+    torch.manual_seed(0)
+    pur = _tiny("distortion", steps=1)
+    clf = edgepure.create_classifier("signnet_xs").eval()
+    m = export_pipeline(pur, clf, tmp_path / "np", signs.numpy(), batch=1, parity_batches=2)
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "np" / "purifier.onnx")).graph.node}
+    assert {"ConvTranspose", "GridSample", "MatMul"} <= ops and not any("Scatter" in o for o in ops)
+    assert m["models"]["purifier"]["parity"]["max_abs_diff"] < 1e-5
+    assert m["models"]["purifier"]["lint"]["errors"] == 0
+    assert m["purifier"]["config"]["kind"] == "distortion"
+
+
+# --- with the shipped prior: the purifier undoes a known perturbation ---------------------------------------
+
+@pytest.fixture(scope="module")
+def prior() -> torch.nn.Module:
+    from edgepure.models.registry import create_prior
+
+    return create_prior("edm_unet_s", pretrained=True)
+
+
+def _err(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    return (a - b).square().flatten(1).mean(1)
+
+
+def test_recovers_a_known_blur(prior: torch.nn.Module, signs: torch.Tensor) -> None:
+    pur = edgepure.create_purifier("nappure", kind="blur", steps=32, prior=prior)
+    t = torch.arange(5.0) - 2
+    k = torch.exp(-0.5 * (t / 0.8) ** 2)
+    kernel = (k[:, None] * k[None, :]) / (k.sum() ** 2)
+    blurred = pur.family(signs, {"kernel": kernel.expand(len(signs), 5, 5)})
+    out, theta, _ = pur.purify(blurred, pur.sample_noise(blurred, torch.Generator().manual_seed(0)))
+    assert float(_err(out, signs).mean()) < 0.7 * float(_err(blurred, signs).mean())
+    dirac = pur.family.dirac
+    assert float((theta["kernel"] - kernel).abs().sum()) < float((dirac - kernel).abs().sum())
+
+
+def test_recovers_a_known_flow(prior: torch.nn.Module, signs: torch.Tensor) -> None:
+    pur = edgepure.create_purifier("nappure", kind="distortion", steps=32, prior=prior)
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, 32), torch.linspace(-1, 1, 32), indexing="ij")
+    flow = torch.stack([1.2 * torch.sin(np.pi * yy), 1.2 * torch.cos(np.pi * xx)])[None].expand(len(signs), -1, -1, -1)
+    warped = pur.family(signs, {"flow": flow})
+    out, theta, _ = pur.purify(warped, pur.sample_noise(warped, torch.Generator().manual_seed(0)))
+    assert float(_err(out, signs).mean()) < 0.7 * float(_err(warped, signs).mean())
+    est = pur.family.smooth(theta["flow"])
+    assert float(F.cosine_similarity(est.flatten(1), pur.family.smooth(flow).flatten(1)).mean()) > 0.5
+
+
+def test_recovers_an_occluded_patch(prior: torch.nn.Module, signs: torch.Tensor) -> None:
+    pur = edgepure.create_purifier("nappure", kind="occlusion", steps=32, prior=prior)
+    occluded = signs.clone()
+    occluded[:, :, 12:19, 12:19] = torch.tensor([0.9, 0.9, 0.2]).view(1, 3, 1, 1)  # a yellow sticker
+    out, theta, _ = pur.purify(occluded, pur.sample_noise(occluded, torch.Generator().manual_seed(0)))
+    region = (slice(None), slice(None), slice(12, 19), slice(12, 19))
+    assert float(_err(out[region], signs[region]).mean()) < 0.5 * float(_err(occluded[region], signs[region]).mean())
+    m = pur.family.mask(theta)
+    assert float(m[:, :, 12:19, 12:19].mean()) > 3 * float(m.mean() - m[:, :, 12:19, 12:19].sum((1, 2, 3)).mean() / 1024)
