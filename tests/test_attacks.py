@@ -124,3 +124,24 @@ def test_benchmark_numbers_are_consistent() -> None:
     assert none["threats"] == ["blind"]  # without a defense the threats coincide
     with pytest.raises(ConfigError, match="unknown attack"):
         benchmark(m, data, None, ["rain"])
+
+
+def test_blind_adversarials_are_cached_per_classifier_images_and_attack(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    x, y, m = _batch(12)
+    data = ImageSet((x.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8), y.numpy(), [str(i) for i in range(12)],
+                    ("a", "b", "c"))
+    kw = dict(attacks=["additive"], threats=["blind"], steps=5, batch_size=5, budgets={"additive": {"eps": 0.3}},
+              cache_dir=tmp_path)
+    first = benchmark(m, data, "median", **kw)  # type: ignore[arg-type]
+    files = list(tmp_path.glob("blind-*.npy"))
+    assert len(files) == 1 and np.load(files[0]).shape == (12, 3, 32, 32)
+    # another defense reuses the same adversarial examples: same robust numbers as recomputing them
+    cached = benchmark(m, data, "gaussian", **kw)  # type: ignore[arg-type]
+    fresh = benchmark(m, data, "gaussian", **{**kw, "cache_dir": None})  # type: ignore[arg-type]
+    assert cached["robust_accuracy"] == fresh["robust_accuracy"] and len(list(tmp_path.glob("blind-*.npy"))) == 1
+    assert first["robust_accuracy"]["additive"]["blind"] <= first["clean_accuracy"]
+    benchmark(m, data, "gaussian", **{**kw, "steps": 6})  # type: ignore[arg-type]
+    assert len(list(tmp_path.glob("blind-*.npy"))) == 2  # a different attack is a different entry
+    np.save(files[0], np.zeros((3, 3), np.float32))
+    with pytest.raises(ConfigError, match="delete the file"):
+        benchmark(m, data, "gaussian", **kw)  # type: ignore[arg-type]

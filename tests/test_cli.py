@@ -68,8 +68,26 @@ def test_invalid_choice_is_rejected() -> None:
 def test_models_list_json() -> None:
     r = runner.invoke(app, ["models", "list", "--json"])
     assert r.exit_code == 0
-    names = {m["name"] for m in json.loads(r.stdout)["models"]}
-    assert "signnet_s" in names
+    rows = {m["name"]: m for m in json.loads(r.stdout)["models"]}
+    assert rows["signnet_s"]["kind"] == "classifier" and rows["signnet_s"]["default"]
+    assert rows["edm_unet_s"]["kind"] == "prior" and rows["nappure"]["kind"] == "purifier"
+
+
+def test_eval_robust_takes_purifier_settings(tiny_run: Path) -> None:
+    args = ["eval", "robust", "--data", "synth", "--n", "2", "--model", str(tiny_run), "--attack", "additive",
+            "--threat", "blind", "--steps", "1", "--json", "--defense", "nappure", "--kind", "additive",
+            "--defense-arg", "steps=1", "--defense-arg", 'prior="edm_unet_xs"', "--defense-arg", "pretrained=false"]
+    r = runner.invoke(app, args)
+    assert r.exit_code == 0, r.output
+    cfg = json.loads(r.stdout)["defense_config"]
+    assert cfg["kind"] == "additive" and cfg["steps"] == 1 and cfg["mode"] == "fixed"
+    r = runner.invoke(app, args[:-6] + ["--defense-arg", "steps"])
+    assert r.exit_code == 1 and "expects key=value" in r.stderr
+    no_defense = [a for a in args if a not in ("--defense", "nappure")]
+    r = runner.invoke(app, no_defense)
+    assert r.exit_code == 1 and "without --defense" in r.stderr
+    r = runner.invoke(app, args + ["--defense-arg", "lam9=1"])
+    assert r.exit_code == 1 and "unknown setting" in r.stderr
 
 
 def test_eval_robust_writes_its_report(tiny_run: Path, tmp_path: Path) -> None:

@@ -1,0 +1,111 @@
+"""NAPPure under blind attacks: robust and clean accuracy per purifier setting, and latency against K.
+
+    # tune on held-out tracks that are NOT among the 512 evaluation images
+    python benchmarks/nappure.py --data PATH/TO/GTSRB --images tune --n 96 --kind distortion --steps 8 \\
+        --set lr_theta='{"flow": 0.3}' --cache runs/advcache
+    # latency per image against K (torch CPU)
+    python benchmarks/nappure.py --latency --steps 4,8,16,32 --threads 2
+
+The blind adversarial examples (APGD-CE on the classifier alone, the protocol of ``edgepure eval robust``)
+are computed once per image set and kept in ``--cache``. ``--images eval`` is the evaluation set of
+``edgepure eval robust --n 512 --seed 0``; ``--images tune`` draws ``--n`` other images of the same split.
+Each kind is scored on its matching attack (blur → conv, occlusion → patch, distortion → flow, additive →
+additive, joint → every attack) and on clean images. Prints one JSON line per setting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+
+import numpy as np
+import torch
+
+MATCH = {"blur": ["conv"], "occlusion": ["patch"], "distortion": ["flow"], "additive": ["additive"],
+         "joint": ["conv", "patch", "flow", "additive", "all"]}
+
+
+def _images(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from edgepure.data import open_dataset
+
+    full = open_dataset(args.data, "val", size=32)
+    if args.images == "eval":
+        return full.sample(512, 0)
+    taken = set(np.sort(np.random.default_rng(0).choice(len(full), size=512, replace=False)).tolist())
+    rest = np.array([i for i in range(len(full)) if i not in taken])
+    pick = np.sort(np.random.default_rng(args.tune_seed).choice(rest, size=args.n, replace=False))
+    return full.take(pick)
+
+
+def _latency(args: argparse.Namespace) -> None:
+    from edgepure.purifiers import create_purifier
+
+    x = torch.rand(args.batch, 3, 32, 32)
+    for k in [int(s) for s in args.steps.split(",")]:
+        for grad in ("full", "forward"):
+            pur = create_purifier("nappure", kind=args.kind, steps=k, prior_grad=grad)
+            nz = pur.sample_noise(x, torch.Generator().manual_seed(0))
+            pur(x, nz)
+            times = []
+            for _ in range(args.repeat):
+                t = time.perf_counter()
+                pur(x, nz)
+                times.append(time.perf_counter() - t)
+            ms = 1000 * float(np.median(times)) / args.batch
+            print(json.dumps({"kind": args.kind, "steps": k, "prior_grad": grad, "batch": args.batch,
+                              "ms_per_image": round(ms, 2), "threads": args.threads, "cpu": platform.processor()}))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=None)
+    ap.add_argument("--images", choices=("eval", "tune"), default="tune")
+    ap.add_argument("--n", type=int, default=96)
+    ap.add_argument("--tune-seed", type=int, default=1)
+    ap.add_argument("--kind", default="joint")
+    ap.add_argument("--steps", default="8", help="K, or a comma list")
+    ap.add_argument("--mode", default="fixed")
+    ap.add_argument("--prior-grad", default="full")
+    ap.add_argument("--prior", default=None, help="a prior checkpoint (.safetensors) instead of the shipped one")
+    ap.add_argument("--set", action="append", default=[], help="NAPPure setting key=JSON (repeatable)")
+    ap.add_argument("--attack-steps", type=int, default=100)
+    ap.add_argument("--cache", default=None)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--latency", action="store_true")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.latency:
+        _latency(args)
+        return
+    from edgepure.cli.common import parse_settings
+    from edgepure.evaluate.robust import benchmark
+    from edgepure.models.loading import resolve_classifier
+    from edgepure.models.registry import create_prior, load_weights_file
+    from edgepure.purifiers import create_purifier
+
+    data = _images(args)
+    classifier = resolve_classifier(None)
+    prior = None
+    if args.prior:
+        prior = create_prior("edm_unet_s")
+        load_weights_file(prior, args.prior)
+    settings = parse_settings(args.set, "--set")
+    for k in [int(s) for s in args.steps.split(",")]:
+        pur = create_purifier("nappure", kind=args.kind, steps=k, mode=args.mode, prior=prior,
+                              prior_grad=args.prior_grad, **settings)
+        t = time.perf_counter()
+        r = benchmark(classifier, data, pur, MATCH[args.kind], ["blind"], steps=args.attack_steps, seed=0,
+                      batch_size=128, cache_dir=args.cache)
+        row = {"kind": args.kind, "steps": k, "mode": args.mode, "prior_grad": args.prior_grad, "set": settings,
+               "images": args.images, "n": r["n"], "clean": round(r["clean_accuracy"], 4),
+               "robust": {a: round(v["blind"], 4) for a, v in r["robust_accuracy"].items()},
+               "seconds": round(time.perf_counter() - t, 1)}
+        print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()
