@@ -43,7 +43,7 @@ def _latency(args: argparse.Namespace) -> None:
     from edgepure.purifiers import create_purifier
 
     x = torch.rand(args.batch, 3, 32, 32)
-    for k in [int(s) for s in args.steps.split(",")]:
+    for k in [int(s) for s in (args.steps or "4,8,16,32").split(",")]:
         for grad in ("full", "forward"):
             pur = create_purifier("nappure", kind=args.kind, steps=k, prior_grad=grad)
             nz = pur.sample_noise(x, torch.Generator().manual_seed(0))
@@ -65,7 +65,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=96)
     ap.add_argument("--tune-seed", type=int, default=1)
     ap.add_argument("--kind", default="joint")
-    ap.add_argument("--steps", default="8", help="K, or a comma list")
+    ap.add_argument("--steps", default=None, help="K, or a comma list (default: 8 in fixed mode, the paper's count in reference mode)")
     ap.add_argument("--mode", default="fixed")
     ap.add_argument("--prior-grad", default="full")
     ap.add_argument("--prior", default=None, help="a prior checkpoint (.safetensors) instead of the shipped one")
@@ -94,13 +94,14 @@ def main() -> None:
         prior = create_prior("edm_unet_s")
         load_weights_file(prior, args.prior)
     settings = parse_settings(args.set, "--set")
-    for k in [int(s) for s in args.steps.split(",")]:
+    ks: list = [int(s) for s in args.steps.split(",")] if args.steps else ([8] if args.mode == "fixed" else [None])
+    for k in ks:
         pur = create_purifier("nappure", kind=args.kind, steps=k, mode=args.mode, prior=prior,
                               prior_grad=args.prior_grad, **settings)
         t = time.perf_counter()
         r = benchmark(classifier, data, pur, MATCH[args.kind], ["blind"], steps=args.attack_steps, seed=0,
                       batch_size=128, cache_dir=args.cache)
-        row = {"kind": args.kind, "steps": k, "mode": args.mode, "prior_grad": args.prior_grad, "set": settings,
+        row = {"kind": args.kind, "steps": pur.steps, "mode": args.mode, "prior_grad": args.prior_grad, "set": settings,
                "images": args.images, "n": r["n"], "clean": round(r["clean_accuracy"], 4),
                "robust": {a: round(v["blind"], 4) for a, v in r["robust_accuracy"].items()},
                "seconds": round(time.perf_counter() - t, 1)}

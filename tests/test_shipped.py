@@ -1,4 +1,4 @@
-"""The trained GTSRB classifier that ships in the package."""
+"""The trained GTSRB classifier and image prior that ship in the package."""
 
 import shutil
 from pathlib import Path
@@ -18,9 +18,24 @@ WEIGHTS = Path(registry.__file__).parent / "weights"
 def test_weights_ship_small_with_their_record() -> None:
     files = sorted(p.name for p in WEIGHTS.iterdir())
     assert "signnet_s_gtsrb.safetensors" in files and "signnet_s_gtsrb.json" in files
+    assert "edm_unet_s_gtsrb.safetensors" in files and "edm_unet_s_gtsrb.json" in files
     total = sum(p.stat().st_size for p in WEIGHTS.glob("*.safetensors"))
-    assert total < 5_000_000
+    assert total < 15_000_000
     assert edgepure.list_classifiers(pretrained=True) == ["signnet_s"]
+    assert registry.list_priors(pretrained=True) == ["edm_unet_s"]
+
+
+def test_shipped_prior_denoises_held_out_renders() -> None:
+    import torch
+
+    from edgepure.training.prior import validate_prior
+
+    prior = registry.create_prior("edm_unet_s", pretrained=True)
+    assert not prior.training and prior.pretrained_cfg["preprocessing"]["size"] == [32, 32]
+    images = torch.from_numpy(open_dataset("synth", "test", n=64, seed=2).images).permute(0, 3, 1, 2)
+    mse = validate_prior(prior, images, sigmas=(0.5,))["mse@0.5"]
+    # the noisy input's own error is σ² = 0.25; the identity-free denoiser must be far better
+    assert mse < 0.05, mse
 
 
 def test_load_classifier_classifies_rendered_signs() -> None:
@@ -43,6 +58,12 @@ def test_tampered_weights_are_refused(tmp_path: Path, monkeypatch: pytest.Monkey
     monkeypatch.setattr(registry, "_weights_dir", lambda: copy)
     with pytest.raises(ModelError, match="sha256 mismatch"):
         edgepure.load_classifier()
+    prior = copy / "edm_unet_s_gtsrb.safetensors"
+    raw = bytearray(prior.read_bytes())
+    raw[-10] ^= 0xFF
+    prior.write_bytes(bytes(raw))
+    with pytest.raises(ModelError, match="sha256 mismatch"):
+        edgepure.create_purifier("nappure", kind="blur")
 
 
 def test_predictions_are_deterministic() -> None:

@@ -1,10 +1,12 @@
-"""Copy a trained classifier into the package: weights (safetensors) + the JSON that travels with them.
+"""Copy a trained classifier or image prior into the package: weights (safetensors) + the JSON beside them.
 
-    python tools/ship_classifier.py RUN_DIR --tag signnet_s_gtsrb --command "edgepure train classifier ..." \
+    python tools/ship_weights.py RUN_DIR --tag signnet_s_gtsrb --command "edgepure train classifier ..." \
         [--metrics bench.json]
+    python tools/ship_weights.py RUN_DIR --tag edm_unet_s_gtsrb --command "edgepure train prior ..."
 
-The JSON records the architecture and its arguments, preprocessing, class names, the training command
-and configuration, per-epoch history, the measured metrics, the sha256 of the weights and the versions.
+The JSON records the architecture and its arguments, preprocessing (and class names for a classifier),
+the training command and configuration, per-epoch history, the measured metrics, the sha256 of the
+weights and the versions.
 """
 
 from __future__ import annotations
@@ -35,18 +37,28 @@ def main() -> None:
     dest = WEIGHTS / f"{args.tag}.safetensors"
     shutil.copyfile(src, dest)
     digest = hashlib.sha256(dest.read_bytes()).hexdigest()
-    meta = {
-        "name": record["name"],
-        "config": record.get("model_config", {}),
-        "dataset": "GTSRB",
-        "class_names": record["class_names"],
-        "preprocessing": {
+    if record.get("kind") == "prior":
+        meta: dict = {
+            "name": record["name"],
+            "kind": "prior",
+            "config": record.get("model_config", {}),
+            "dataset": "GTSRB (training split of the track split; validation tracks held out)",
+            "preprocessing": {
+                "input": "float32 RGB NCHW in [-1, 1] (EDM convention, sigma_data 0.5) and sigma of shape (N,)",
+                "size": [record["input_size"], record["input_size"]],
+            },
+        }
+    else:
+        meta = {"name": record["name"], "kind": "classifier", "config": record.get("model_config", {}),
+                "dataset": "GTSRB", "class_names": record["class_names"]}
+        meta["preprocessing"] = {
             "input": "float32 RGB NCHW in [0, 1]",
             "size": [record["input_size"], record["input_size"]],
             "resize": "antialiased bilinear (triangle filter) of the whole frame",
             "roi_crop": False,
             "normalisation": "inside the model (mean/std buffers)",
-        },
+        }
+    meta.update({
         "training": {
             "command": args.command,
             "config": record["config"],
@@ -56,7 +68,7 @@ def main() -> None:
         "metrics": json.loads(args.metrics.read_text()) if args.metrics else {},
         "sha256": digest,
         "versions": {"edgepure": edgepure.__version__, "torch": torch.__version__},
-    }
+    })
     (WEIGHTS / f"{args.tag}.json").write_text(json.dumps(meta, indent=2) + "\n")
     print(f"shipped {dest} ({dest.stat().st_size / 1e6:.2f} MB, sha256 {digest[:16]}…)")
 
