@@ -361,7 +361,9 @@ def export_pipeline(
             "preprocessing": preprocessing or {"input": "float32 RGB NCHW in [0, 1]", "size": list(images.shape[2:])},
             "class_names": list(class_names),
             "classifier": classifier_info or {"name": type(classifier).__name__},
-            "purifier": ({**(purifier_info or {}), "stochastic": stochastic, "noise": noise_mode}
+            "purifier": ({"name": getattr(purifier, "edgepure_name", type(purifier).__name__),
+                          "config": purifier.config() if callable(getattr(purifier, "config", None)) else {},
+                          **(purifier_info or {}), "stochastic": stochastic, "noise": noise_mode}
                          if purifier is not None else None),
             "versions": _versions(),
         }
