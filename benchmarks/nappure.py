@@ -58,6 +58,30 @@ def _latency(args: argparse.Namespace) -> None:
                               "ms_per_image": round(ms, 2), "threads": args.threads, "cpu": platform.processor()}))
 
 
+def _table(directory: str) -> None:
+    """Markdown rows from ``edgepure eval robust --json`` outputs named nappure-<kind>-K<k>.json / none.json."""
+    from pathlib import Path
+
+    rows = []
+    for path in sorted(Path(directory).glob("*.json")):
+        try:
+            r = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            continue
+        if "robust_accuracy" not in r:
+            continue
+        cfg = r.get("defense_config", {})
+        name = "none" if r["defense"] == "none" else f"{cfg.get('kind')} K={cfg.get('steps')} ({cfg.get('mode')})"
+        cells = {a: v for a, v in r["robust_accuracy"].items()}
+        cols = " | ".join(
+            " / ".join(f"{100 * cells[a][t]:.2f}" for t in r["threats"]) if a in cells else "–"
+            for a in ("conv", "patch", "flow", "additive", "all"))
+        rows.append(f"| {name} | {r['n']} | {100 * r['clean_accuracy']:.2f} | {cols} | {r['seconds']:.0f} |")
+    print("| defense | n | clean | conv | patch | flow | additive | all | s |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    print("\n".join(rows))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=None)
@@ -76,7 +100,11 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--latency", action="store_true")
+    ap.add_argument("--table", default=None, help="print a markdown table of the eval JSONs in this folder")
     args = ap.parse_args()
+    if args.table:
+        _table(args.table)
+        return
     torch.set_num_threads(args.threads)
     if args.latency:
         _latency(args)

@@ -101,3 +101,36 @@ def _load(path: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     return load_file(str(path))
+
+
+def _prior_cfg(data: Path, out: Path, **kw: object):  # type: ignore[no-untyped-def]
+    from edgepure.training.prior import PriorConfig
+
+    base = dict(data=str(data), out=str(out), model="edm_unet_xs", epochs=2, batch_size=8, val_fraction=0.25,
+                val_n=8, warmup_steps=2)
+    base.update(kw)
+    return PriorConfig(**base)  # type: ignore[arg-type]
+
+
+def test_prior_training_learns_resumes_exactly_and_refuses_other_settings(gtsrb_dir: Path, tmp_path: Path) -> None:
+    from edgepure.models.registry import create_prior, load_weights_file
+    from edgepure.training.prior import train_prior
+
+    full = train_prior(_prior_cfg(gtsrb_dir, tmp_path / "full"), log=lambda s: None)
+    h = full["history"]
+    assert len(h) == 2 and set(h[0]) >= {"mse@0.1", "mse@0.5", "train_loss"} and full["kind"] == "prior"
+    assert full["best_val_mse"] == min(e["mse@0.5"] for e in h)
+
+    def crash_after_first_epoch(msg: str) -> None:
+        if msg.startswith("epoch 1/2"):
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_prior(_prior_cfg(gtsrb_dir, tmp_path / "cut"), log=crash_after_first_epoch)
+    train_prior(_prior_cfg(gtsrb_dir, tmp_path / "cut"), resume=True, log=lambda s: None)
+    a, b = _weights(tmp_path / "full"), _weights(tmp_path / "cut")
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    prior = create_prior("edm_unet_xs")
+    load_weights_file(prior, tmp_path / "full" / "best.safetensors")  # the best checkpoint loads as a prior
+    with pytest.raises(ModelError, match="trained with seed=0, asked to resume with 3"):
+        train_prior(_prior_cfg(gtsrb_dir, tmp_path / "full", seed=3), resume=True, log=lambda s: None)

@@ -18,7 +18,7 @@ from torch import nn
 
 from edgepure.runtime.errors import ModelError
 
-__all__ = ["load_checkpoint", "save_checkpoint", "write_json_atomic"]
+__all__ = ["check_resumable", "load_checkpoint", "save_checkpoint", "write_json_atomic"]
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
@@ -89,3 +89,15 @@ def load_checkpoint(
             state.setdefault(int(pid), {}).update(sc)
         optimizer.load_state_dict({"state": state, "param_groups": record["optimizer"]["param_groups"]})
     return record
+
+
+RESUME_KEYS = ("data", "model", "seed", "batch_size", "val_fraction", "split_seed")
+
+
+def check_resumable(directory: Path, record: dict[str, Any], cfg: Any, keys: tuple[str, ...] = RESUME_KEYS) -> None:
+    """Refuse to resume a run with settings that would make it a different run."""
+    saved = record.get("config", {})
+    for key in keys:
+        if key in saved and saved[key] != getattr(cfg, key):
+            raise ModelError(f"{directory}: checkpoint was trained with {key}={saved[key]!r}, "
+                             f"asked to resume with {getattr(cfg, key)!r}")

@@ -17,9 +17,9 @@ from edgepure.data import open_dataset
 from edgepure.data.base import ImageSet
 from edgepure.evaluate.clean import evaluate_clean
 from edgepure.models.registry import create_classifier
-from edgepure.runtime.errors import ConfigError, ModelError
+from edgepure.runtime.errors import ConfigError
 from edgepure.training.augment import AugmentConfig, augment_batch
-from edgepure.training.checkpoint import load_checkpoint, save_checkpoint
+from edgepure.training.checkpoint import check_resumable, load_checkpoint, save_checkpoint
 
 __all__ = ["TrainConfig", "train_classifier"]
 
@@ -116,10 +116,7 @@ def train_classifier(cfg: TrainConfig, resume: bool = False, log: Any = print) -
         record = load_checkpoint(out, "last", model, opt)
         if ema_model is not None:
             load_checkpoint(out, "last_ema", ema_model)
-        saved = record.get("config", {})
-        for key in ("data", "model", "seed", "batch_size", "val_fraction", "split_seed"):
-            if key in saved and saved[key] != getattr(cfg, key):
-                raise ModelError(f"{out}: checkpoint was trained with {key}={saved[key]!r}, asked to resume with {getattr(cfg, key)!r}")
+        check_resumable(out, record, cfg)
         start_epoch = int(record["epoch"]) + 1
         history = list(record.get("history", []))
         best = float(record.get("best_val_accuracy", -1.0))

@@ -21,8 +21,8 @@ import torch
 
 from edgepure.data import open_dataset
 from edgepure.models.registry import create_prior
-from edgepure.runtime.errors import ConfigError, ModelError
-from edgepure.training.checkpoint import load_checkpoint, save_checkpoint
+from edgepure.runtime.errors import ConfigError
+from edgepure.training.checkpoint import check_resumable, load_checkpoint, save_checkpoint
 from edgepure.training.classifier import _ema_update, _lr_at, _to_tensor
 
 __all__ = ["PriorConfig", "train_prior", "validate_prior"]
@@ -138,10 +138,7 @@ def train_prior(cfg: PriorConfig, resume: bool = False, log: Any = print) -> dic
         record = load_checkpoint(out, "last", model, opt)
         if ema_model is not None:
             load_checkpoint(out, "last_ema", ema_model)
-        saved = record.get("config", {})
-        for key in ("data", "model", "seed", "batch_size", "val_fraction", "split_seed"):
-            if key in saved and saved[key] != getattr(cfg, key):
-                raise ModelError(f"{out}: checkpoint was trained with {key}={saved[key]!r}, asked to resume with {getattr(cfg, key)!r}")
+        check_resumable(out, record, cfg)
         start_epoch = int(record["epoch"]) + 1
         history = list(record.get("history", []))
         best = float(record.get("best_val_mse", math.inf))
