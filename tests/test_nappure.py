@@ -78,7 +78,7 @@ def _mean_loss(pur: NAPPure, y: torch.Tensor, y_adv: torch.Tensor, theta: dict, 
 
 @pytest.mark.parametrize("kind", ["additive", "distortion", "joint"])
 def test_the_objective_goes_down_over_the_steps(kind: str, signs: torch.Tensor) -> None:
-    pur = _tiny(kind, steps=25, lr_x=0.02)
+    pur = _tiny(kind, steps=25, lr_x=0.02, adam_eps=1e-8)
     x_adv = (signs + 0.1 * torch.randn(signs.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
     y_adv = x_adv * 2 - 1
     out, theta, history = pur.purify(x_adv, pur.sample_noise(x_adv, torch.Generator().manual_seed(0)), track=True)
