@@ -30,12 +30,19 @@ def main() -> None:
     ap.add_argument("--tag", required=True)
     ap.add_argument("--command", required=True, help="the exact training command")
     ap.add_argument("--metrics", type=Path, help="JSON printed by benchmarks/classifier.py")
+    ap.add_argument("--float16", action="store_true",
+                    help="store floating-point tensors as float16 (half the size; loaded into float32 parameters)")
     args = ap.parse_args()
     record = json.loads((args.run / "best.json").read_text())
     src = args.run / "best.safetensors"
     WEIGHTS.mkdir(parents=True, exist_ok=True)
     dest = WEIGHTS / f"{args.tag}.safetensors"
-    shutil.copyfile(src, dest)
+    if args.float16:
+        from safetensors.torch import load_file, save_file
+
+        save_file({k: (v.half() if v.is_floating_point() else v) for k, v in load_file(str(src)).items()}, str(dest))
+    else:
+        shutil.copyfile(src, dest)
     digest = hashlib.sha256(dest.read_bytes()).hexdigest()
     if record.get("kind") == "prior":
         meta: dict = {
