@@ -46,7 +46,9 @@ class ConfigError(EdgepureError):
 class MissingDependencyError(EdgepureError):
     """An optional dependency is needed for this and is not installed."""
 
-    def __init__(self, package: str, purpose: str, extra: str | None = None) -> None:
-        hint = f"pip install 'edgepure[{extra}]'" if extra else f"pip install {package}"
-        super().__init__(f"{purpose} needs the Python package '{package}', which is not installed: {hint}")
+    def __init__(self, package: str, purpose: str, extra: str | None = None, hint: str | None = None,
+                 message: str | None = None) -> None:
+        if hint is None:
+            hint = f"pip install 'edgepure[{extra}]'" if extra else f"pip install {package}"
+        super().__init__(message or f"{purpose} needs the Python package '{package}', which is not installed: {hint}")
         self.package = package

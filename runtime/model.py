@@ -5,24 +5,28 @@
     preds = model.classify([frame_rgb_uint8], rois=[(x1, y1, x2, y2)])
     preds[0].label, preds[0].confidence, preds[0].topk
 
-The fused ``pipeline.onnx`` runs when the directory has one (``classifier.onnx`` otherwise); a stochastic
-purifier's noise input is fed from a seeded generator, so the same frames give the same answers.
+``mode="fused"`` runs the directory's ``pipeline`` graph (``classifier`` when it has no purifier);
+``mode="split"`` runs ``purifier`` then ``classifier`` as two models (each stage timed on its own). A
+stochastic purifier's noise input is fed from a seeded generator, so the same frames give the same answers.
 """
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from edgepure.runtime.backends import ort_session
+from edgepure.runtime.backends import Backend, open_backend
 from edgepure.runtime.errors import ConfigError, ModelError
 from edgepure.runtime.manifest import load_manifest
 from edgepure.runtime.preprocess import crop_roi, resize
 
-__all__ = ["EdgeModel", "Prediction", "load_model"]
+__all__ = ["EdgeModel", "MODES", "Prediction", "load_model", "softmax"]
+
+MODES = ("fused", "split")
 
 
 @dataclass
@@ -32,32 +36,80 @@ class Prediction:
     confidence: float
     topk: list[tuple[int, str, float]] = field(default_factory=list)
 
+    def as_dict(self) -> dict[str, Any]:
+        return {"label": self.label, "name": self.name, "confidence": round(self.confidence, 6),
+                "topk": [[c, n, round(p, 6)] for c, n, p in self.topk]}
 
-def _softmax(z: np.ndarray) -> np.ndarray:
+
+def softmax(z: np.ndarray) -> np.ndarray:
     z = z - z.max(axis=-1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=-1, keepdims=True)
 
 
+class _Stage:
+    """One graph on one backend, with its static batch and optional noise input."""
+
+    def __init__(self, backend: Backend, role: str) -> None:
+        self.backend, self.role = backend, role
+        image = backend.inputs[0]
+        if len(image.shape) != 4 or image.shape[1] != 3:
+            raise ModelError(f"{role}: expected an N×3×H×W image input, found {image.name}{list(image.shape)}")
+        self.input_name = image.name
+        self.batch, _, self.height, self.width = image.shape
+        self.noise = next((s for s in backend.inputs if s.name == "noise"), None)
+        extra = [s.name for s in backend.inputs[1:] if s.name != "noise"]
+        if extra:
+            raise ModelError(f"{role}: unexpected inputs {extra} (expected the image and optionally 'noise')")
+
+    def run(self, batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        n = batch.shape[0]
+        pad = (-n) % self.batch
+        if pad:
+            batch = np.concatenate([batch, np.repeat(batch[-1:], pad, axis=0)])
+        out = []
+        for s in range(0, batch.shape[0], self.batch):
+            feed = {self.input_name: np.ascontiguousarray(batch[s : s + self.batch])}
+            if self.noise is not None:
+                feed["noise"] = rng.standard_normal(self.noise.shape, dtype=np.float32)
+            out.append(self.backend.run(feed)[0])
+        return np.concatenate(out)[:n]
+
+
 class EdgeModel:
     """One exported model directory, ready to classify frames."""
 
-    def __init__(self, directory: str | Path, role: Optional[str] = None, threads: Optional[int] = None,
-                 providers: Sequence[str] = ("CPUExecutionProvider",), seed: int = 0) -> None:
+    def __init__(self, directory: str | Path, backend: str = "ort-cpu", mode: Optional[str] = None,
+                 threads: Optional[int] = None, seed: int = 0, role: Optional[str] = None) -> None:
         self.directory = Path(directory)
         self.manifest = load_manifest(self.directory)
         models = self.manifest["models"]
-        self.role = role or ("pipeline" if "pipeline" in models else "classifier")
-        if self.role not in models:
-            raise ModelError(f"{self.directory}: no {self.role} model (has {', '.join(models)})")
-        entry = models[self.role]
-        self.session = ort_session(self.directory / entry["file"], providers=providers, threads=threads)
-        image = entry["inputs"][0]
-        self.input_name = image["name"]
-        self.batch, _, self.height, self.width = (int(d) for d in image["shape"])
-        self.noise = next((i for i in entry["inputs"] if i["name"] == "noise"), None)
+        if role is not None:  # a single graph by name ("classifier", "purifier", "pipeline")
+            if role not in models:
+                raise ModelError(f"{self.directory}: no {role} model (has {', '.join(models)})")
+            roles = [role]
+            mode = "fused"
+        else:
+            mode = mode or "fused"
+            if mode not in MODES:
+                raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+            if mode == "split" and "purifier" not in models:
+                raise ConfigError(f"{self.directory}: mode 'split' needs a purifier model (has {', '.join(models)})")
+            roles = ["purifier", "classifier"] if mode == "split" else (
+                ["pipeline"] if "pipeline" in models else ["classifier"])
+        self.mode, self.backend_name = mode, backend
+        self.stages = [_Stage(open_backend(backend, self.directory, r, self.manifest, threads), r) for r in roles]
+        first = self.stages[0]
+        self.batch, self.height, self.width = first.batch, first.height, first.width
         self.class_names: list[str] = list(self.manifest.get("class_names") or [])
         self.rng = np.random.default_rng(seed)
+        self.last_timings: dict[str, float] = {}
+        purifier = self.manifest.get("purifier") or {}
+        self.purifier_name: Optional[str] = purifier.get("name")
+
+    @property
+    def role(self) -> str:
+        return "+".join(s.role for s in self.stages)
 
     # -- preprocessing -------------------------------------------------------------------------
     def preprocess(self, frame: np.ndarray, roi: Optional[Sequence[float]] = None) -> np.ndarray:
@@ -77,22 +129,37 @@ class EdgeModel:
 
     # -- inference -------------------------------------------------------------------------------
     def logits(self, batch: np.ndarray) -> np.ndarray:
-        """Logits for ``N×3×h×w`` float32 in [0, 1]; any N (the static batch is filled and the padding dropped)."""
+        """Logits for ``N×3×h×w`` float32 in [0, 1]; any N (the static batch is filled and the padding dropped).
+
+        The time each stage took is left in :attr:`last_timings` (milliseconds, by role).
+        """
         if batch.ndim != 4 or batch.shape[1:] != (3, self.height, self.width):
-            raise ConfigError(f"expected N×3×{self.height}×{self.width} images, got {batch.shape}")
+            raise ConfigError(f"expected N×3×{self.height}×{self.width} images, got {list(batch.shape)}")
+        if batch.dtype != np.float32:
+            raise ConfigError(f"expected float32 images, got {batch.dtype}")
         if not np.isfinite(batch).all():
             raise ConfigError("input images contain NaN or infinity")
-        n = batch.shape[0]
-        pad = (-n) % self.batch
-        if pad:
-            batch = np.concatenate([batch, np.repeat(batch[-1:], pad, axis=0)])
-        out = []
-        for s in range(0, batch.shape[0], self.batch):
-            feed: dict[str, Any] = {self.input_name: batch[s : s + self.batch]}
-            if self.noise is not None:
-                feed["noise"] = self.rng.standard_normal([int(d) for d in self.noise["shape"]], dtype=np.float32)
-            out.append(self.session.run(None, feed)[0])
-        return np.concatenate(out)[:n]
+        timings = {}
+        x = batch
+        for stage in self.stages:
+            t0 = time.perf_counter()
+            x = stage.run(x, self.rng)
+            timings[stage.role] = (time.perf_counter() - t0) * 1e3
+        self.last_timings = timings
+        return x
+
+    def predict(self, x: np.ndarray, k: int = 3) -> list[Prediction]:
+        """Top-k predictions for preprocessed ``N×3×h×w`` images."""
+        return self.decode(softmax(self.logits(x).astype(np.float64)), k)
+
+    def decode(self, probs: np.ndarray, k: int = 3) -> list[Prediction]:
+        """Top-k predictions from class probabilities ``N×C``."""
+        preds = []
+        for p in probs:
+            order = np.argsort(-p, kind="stable")[:k]
+            top = [(int(c), self.name(int(c)), float(p[c])) for c in order]
+            preds.append(Prediction(top[0][0], top[0][1], top[0][2], top))
+        return preds
 
     def classify(self, frames: Sequence[np.ndarray], rois: Optional[Sequence[Optional[Sequence[float]]]] = None,
                  k: int = 3) -> list[Prediction]:
@@ -102,16 +169,17 @@ class EdgeModel:
         if not frames:
             return []
         x = np.stack([self.preprocess(f, rois[i] if rois is not None else None) for i, f in enumerate(frames)])
-        probs = _softmax(self.logits(x).astype(np.float64))
-        preds = []
-        for p in probs:
-            order = np.argsort(-p)[:k]
-            top = [(int(c), self._name(int(c)), float(p[c])) for c in order]
-            preds.append(Prediction(top[0][0], top[0][1], top[0][2], top))
-        return preds
+        return self.predict(x, k)
 
-    def _name(self, c: int) -> str:
+    def name(self, c: int) -> str:
         return self.class_names[c] if c < len(self.class_names) else str(c)
+
+    def close(self) -> None:
+        for s in self.stages:
+            s.backend.close()
+
+    def __repr__(self) -> str:
+        return f"EdgeModel({str(self.directory)!r}, {self.role} on {self.backend_name})"
 
 
 def load_model(directory: str | Path, **kw: Any) -> EdgeModel:

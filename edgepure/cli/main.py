@@ -11,6 +11,7 @@ from edgepure.cli import data as data_cmd
 from edgepure.cli import eval as eval_cmd
 from edgepure.cli import export as export_cmd
 from edgepure.cli import models as models_cmd
+from edgepure.cli import run as run_cmd
 from edgepure.cli import train as train_cmd
 
 app = typer.Typer(
@@ -26,6 +27,8 @@ app.add_typer(eval_cmd.app, name="eval")
 app.add_typer(models_cmd.app, name="models")
 app.command("export")(export_cmd.export_cmd)
 app.command("inspect")(export_cmd.inspect_cmd)
+app.command("run")(run_cmd.run_cmd)
+app.command("bench")(run_cmd.bench_cmd)
 
 
 def _version(value: bool) -> None:

@@ -1,5 +1,41 @@
-"""Inference backends, each in its own module with its heavy import done lazily."""
+"""Inference backends, each in its own module with its heavy import done lazily.
 
-from edgepure.runtime.backends.ort import import_onnxruntime, ort_session
+=============  =====================================================================
+``ort-cpu``    ONNX Runtime on the CPU (the default; what CI and laptops run)
+``ort-cuda``   ONNX Runtime's CUDA provider (``onnxruntime-gpu``)
+``ort-trt``    ONNX Runtime's TensorRT provider (engines cached beside the model)
+``tensorrt``   native TensorRT on a prebuilt engine (buffers and stream via cuda-python)
+=============  =====================================================================
+"""
 
-__all__ = ["import_onnxruntime", "ort_session"]
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional
+
+from edgepure.runtime.backends.base import Backend, TensorSpec, check_feed
+from edgepure.runtime.backends.ort import PROVIDERS, OrtBackend, import_onnxruntime, ort_session
+from edgepure.runtime.errors import ConfigError, ModelError
+
+__all__ = ["BACKENDS", "Backend", "TensorSpec", "check_feed", "import_onnxruntime", "open_backend", "ort_session"]
+
+BACKENDS = (*PROVIDERS, "tensorrt")
+
+
+def open_backend(kind: str, directory: Path, role: str, manifest: dict[str, Any],
+                 threads: Optional[int] = None) -> Backend:
+    """Load the ``role`` model of a model directory on backend ``kind`` (one of :data:`BACKENDS`)."""
+    if kind not in BACKENDS:
+        raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {kind!r}")
+    entry = manifest["models"][role]
+    if kind == "tensorrt":
+        from edgepure.runtime.backends.tensorrt import TensorRTBackend
+
+        engines = (manifest.get("engines") or {}).get(role) or []
+        if not engines:
+            raise ModelError(
+                f"{directory}: no TensorRT engine for the {role} model (the manifest lists none); "
+                "use --backend ort-trt to let ONNX Runtime's TensorRT provider build and cache one")
+        return TensorRTBackend(directory / engines[0]["file"])
+    cache = directory / "trt_cache" if kind == "ort-trt" else None
+    return OrtBackend(directory / entry["file"], kind, threads=threads, cache_dir=cache)

@@ -1,0 +1,152 @@
+"""Outputs of the camera loop: ``display://0``, a video file, a JSON-lines file of results, or nothing.
+
+Video and display show the frame with an overlay (label, confidence, latency, FPS, the variant in use);
+the JSON-lines file has one object per processed frame and is flushed as it goes, so a run that is
+stopped keeps every line written so far.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any, Optional
+from urllib.parse import urlsplit
+
+import numpy as np
+
+from edgepure.runtime.errors import ConfigError, EdgepureError
+from edgepure.runtime.stream.sources import VIDEO_EXTENSIONS, Frame, import_cv2
+
+__all__ = ["DisplayOutput", "JsonlOutput", "Output", "StopRequested", "VideoOutput", "open_output", "overlay"]
+
+
+class StopRequested(Exception):
+    """The user closed the window or pressed q / Esc."""
+
+
+class Output:
+    def write(self, frame: Frame, record: dict[str, Any]) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+def overlay(image: np.ndarray, lines: list[str], min_side: int = 256) -> np.ndarray:
+    """The RGB frame as BGR, upscaled so its short side is ≥ ``min_side``, with ``lines`` drawn on a dark band."""
+    cv2 = import_cv2()
+    h, w = image.shape[:2]
+    scale = max(1, math.ceil(min_side / max(1, min(h, w))))
+    bgr = np.ascontiguousarray(image[..., ::-1])
+    if scale > 1:
+        bgr = cv2.resize(bgr, (w * scale, h * scale), interpolation=cv2.INTER_NEAREST)
+    font, size, thick = cv2.FONT_HERSHEY_SIMPLEX, 0.45 * max(1.0, bgr.shape[1] / 400), 1
+    line_h = int(22 * size / 0.45)
+    band = bgr[: line_h * len(lines) + 6]
+    band[:] = (band * 0.35).astype(np.uint8)
+    for i, text in enumerate(lines):
+        cv2.putText(bgr, text, (6, line_h * (i + 1)), font, size, (255, 255, 255), thick, cv2.LINE_AA)
+    return bgr
+
+
+def _lines(record: dict[str, Any]) -> list[str]:
+    pred = record.get("prediction") or {}
+    lat = record.get("latency_ms", {}).get("total")
+    lines = [f"{pred.get('name', '?')[:34]}  {100 * pred.get('confidence', 0):.0f}%"]
+    info = f"{lat:.1f} ms" if lat is not None else ""
+    if record.get("fps"):
+        info += f"  {record['fps']:.1f} FPS"
+    if record.get("variant"):
+        info += f"  [{record['variant']}]"
+    lines.append(info.strip())
+    return lines
+
+
+class JsonlOutput(Output):
+    def __init__(self, path: Path) -> None:
+        if path.parent and not path.parent.exists():
+            raise ConfigError(f"{path}: its folder {path.parent} does not exist")
+        self.path = path
+        self.file = open(path, "w", encoding="utf-8")
+
+    def write(self, frame: Frame, record: dict[str, Any]) -> None:
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+
+    def close(self) -> None:
+        if not self.file.closed:
+            self.file.flush()
+            os.fsync(self.file.fileno())
+            self.file.close()
+
+
+class VideoOutput(Output):
+    def __init__(self, path: Path, fps: float = 30.0) -> None:
+        if path.parent and not path.parent.exists():
+            raise ConfigError(f"{path}: its folder {path.parent} does not exist")
+        self.cv2 = import_cv2()
+        self.path, self.fps = path, fps
+        self.writer: Any = None
+        self.size: Optional[tuple[int, int]] = None
+
+    def write(self, frame: Frame, record: dict[str, Any]) -> None:
+        img = overlay(frame.image, _lines(record))
+        if self.writer is None:
+            fourcc = self.cv2.VideoWriter_fourcc(*("MJPG" if self.path.suffix.lower() == ".avi" else "mp4v"))
+            self.size = (img.shape[1], img.shape[0])
+            self.writer = self.cv2.VideoWriter(str(self.path), fourcc, self.fps, self.size)
+            if not self.writer.isOpened():
+                raise EdgepureError(f"{self.path}: OpenCV cannot write this video (try .avi or .mp4)")
+        if (img.shape[1], img.shape[0]) != self.size:
+            img = self.cv2.resize(img, self.size, interpolation=self.cv2.INTER_AREA)
+        self.writer.write(img)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.release()
+            self.writer = None
+
+
+class DisplayOutput(Output):
+    def __init__(self, title: str = "edgepure") -> None:
+        self.cv2 = import_cv2()
+        if os.name == "posix" and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")):
+            raise ConfigError("display://0 needs a display (no DISPLAY set): pass --headless or give an OUTPUT file")
+        self.title = title
+
+    def write(self, frame: Frame, record: dict[str, Any]) -> None:
+        try:
+            self.cv2.imshow(self.title, overlay(frame.image, _lines(record)))
+            key = self.cv2.waitKey(1) & 0xFF
+        except self.cv2.error as exc:
+            raise ConfigError(f"display://0: OpenCV cannot open a window ({exc}); pip's opencv-python-headless "
+                              "has no GUI: install opencv-python, or pass --headless") from None
+        if key in (ord("q"), 27):
+            raise StopRequested()
+
+    def close(self) -> None:
+        try:
+            self.cv2.destroyWindow(self.title)
+        except self.cv2.error:
+            pass
+
+
+def open_output(uri: Optional[str], fps: float = 30.0) -> Optional[Output]:
+    """The output for ``uri``: ``display://N``, ``*.jsonl``, a video file (``.mp4``/``.avi``/…), or None."""
+    if not uri:
+        return None
+    parts = urlsplit(uri)
+    if parts.scheme == "display":
+        return DisplayOutput()
+    if parts.scheme not in ("", "file"):
+        raise ConfigError(f"{uri}: unknown output (expected display://0, a .jsonl file or a video file)")
+    path = Path(os.path.expanduser(parts.netloc + parts.path if parts.scheme == "file" else uri))
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson"):
+        return JsonlOutput(path)
+    if suffix in VIDEO_EXTENSIONS:
+        return VideoOutput(path, fps)
+    raise ConfigError(f"{path}: unknown output type {suffix or '(none)'} (expected .jsonl or a video: "
+                      f"{', '.join(VIDEO_EXTENSIONS)})")
