@@ -23,15 +23,21 @@ from edgepure.runtime.variants import list_variants
 __all__ = ["bench_directory", "time_calls"]
 
 
-def time_calls(fn: Callable[[], object], warmup: int, iters: int) -> np.ndarray:
-    """Wall times of ``iters`` calls of ``fn`` in ms, after ``warmup`` untimed calls."""
-    for _ in range(warmup):
-        fn()
-    out = np.empty(iters)
-    for i in range(iters):
-        t0 = time.perf_counter()
-        fn()
-        out[i] = (time.perf_counter() - t0) * 1e3
+def time_calls(fns: Sequence[Callable[[], object]], warmup: int, iters: int, block: int = 10) -> np.ndarray:
+    """Wall times (ms) of ``iters`` calls of each function (``len(fns) × iters``), after ``warmup`` calls each.
+
+    The functions take turns in blocks of ``block`` calls: within a block each runs back to back as it
+    would in a loop, and the turns spread drift (clock boost, a neighbour process) evenly over them."""
+    for fn in fns:
+        for _ in range(warmup):
+            fn()
+    out = np.empty((len(fns), iters))
+    for start in range(0, iters, block):
+        for j, fn in enumerate(fns):
+            for i in range(start, min(start + block, iters)):
+                t0 = time.perf_counter()
+                fn()
+                out[j, i] = (time.perf_counter() - t0) * 1e3
     return out
 
 
@@ -61,9 +67,8 @@ def _bench_model(model: EdgeModel, batch: int, warmup: int, iters: int, seed: in
     else:  # split mode: the bare baseline runs the same two graphs back to back
         def bare() -> None:
             model.logits(x)
-    t_bare = time_calls(bare, warmup, iters)
-    t_infer = time_calls(lambda: model.logits(x), warmup, iters)
-    t_step = time_calls(lambda: model.classify(frames), warmup, iters)
+    t_bare, t_infer, t_step = time_calls([bare, lambda: model.logits(x), lambda: model.classify(frames)],
+                                         warmup, iters)
     p50 = float(np.percentile(t_bare, 50))
     return {
         "batch": batch, "graph_batch": model.batch, "calls_per_batch": len(feeds),

@@ -42,9 +42,10 @@ class Prediction:
 
 
 def softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
+    """Softmax over the last axis, in float64."""
+    e = np.exp(z - z.max(axis=-1, keepdims=True), dtype=np.float64)
+    e /= e.sum(axis=-1, keepdims=True)
+    return e
 
 
 class _Stage:
@@ -64,6 +65,11 @@ class _Stage:
 
     def run(self, batch: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         n = batch.shape[0]
+        if n == self.batch:  # the camera loop's case: one call, no copies
+            feed = {self.input_name: np.ascontiguousarray(batch)}
+            if self.noise is not None:
+                feed["noise"] = rng.standard_normal(self.noise.shape, dtype=np.float32)
+            return self.backend.run(feed)[0]
         pad = (-n) % self.batch
         if pad:
             batch = np.concatenate([batch, np.repeat(batch[-1:], pad, axis=0)])
@@ -124,8 +130,10 @@ class EdgeModel:
             if not (x2 > x1 and y2 > y1):
                 raise ConfigError(f"ROI {tuple(roi)} is empty (expected x1 < x2 and y1 < y2)")
             frame = crop_roi(frame, (x1, y1, x2, y2))
-        img = resize(frame, (self.height, self.width))
-        return np.ascontiguousarray(img.transpose(2, 0, 1), dtype=np.float32) / np.float32(255.0)
+        img = frame if frame.shape[:2] == (self.height, self.width) else resize(frame, (self.height, self.width))
+        out = img.transpose(2, 0, 1).astype(np.float32)  # a fresh C-contiguous copy
+        out *= np.float32(1.0 / 255.0)
+        return out
 
     # -- inference -------------------------------------------------------------------------------
     def logits(self, batch: np.ndarray) -> np.ndarray:
@@ -139,6 +147,10 @@ class EdgeModel:
             raise ConfigError(f"expected float32 images, got {batch.dtype}")
         if not np.isfinite(batch).all():
             raise ConfigError("input images contain NaN or infinity")
+        return self.infer(batch)
+
+    def infer(self, batch: np.ndarray) -> np.ndarray:
+        """:meth:`logits` without the checks, for batches this model preprocessed itself (finite by construction)."""
         timings = {}
         x = batch
         for stage in self.stages:
@@ -150,14 +162,15 @@ class EdgeModel:
 
     def predict(self, x: np.ndarray, k: int = 3) -> list[Prediction]:
         """Top-k predictions for preprocessed ``N×3×h×w`` images."""
-        return self.decode(softmax(self.logits(x).astype(np.float64)), k)
+        return self.decode(softmax(self.logits(x)), k)
 
     def decode(self, probs: np.ndarray, k: int = 3) -> list[Prediction]:
         """Top-k predictions from class probabilities ``N×C``."""
+        order = np.argsort(-probs, axis=1, kind="stable")[:, :k].tolist()
+        values = probs.tolist()
         preds = []
-        for p in probs:
-            order = np.argsort(-p, kind="stable")[:k]
-            top = [(int(c), self.name(int(c)), float(p[c])) for c in order]
+        for row, p in zip(order, values):
+            top = [(c, self.name(c), p[c]) for c in row]
             preds.append(Prediction(top[0][0], top[0][1], top[0][2], top))
         return preds
 
@@ -169,7 +182,7 @@ class EdgeModel:
         if not frames:
             return []
         x = np.stack([self.preprocess(f, rois[i] if rois is not None else None) for i, f in enumerate(frames)])
-        return self.predict(x, k)
+        return self.decode(softmax(self.infer(x)), k)  # uint8 frames: finite by construction
 
     def name(self, c: int) -> str:
         return self.class_names[c] if c < len(self.class_names) else str(c)

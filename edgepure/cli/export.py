@@ -26,7 +26,9 @@ def export(
     classifier: Annotated[str, typer.Option(
         help="Registered name, checkpoint, module:callable, or an ONNX file (the purifier graph is merged in front).")] = "signnet_s",
     purifier: Annotated[Optional[str], typer.Option(help="A registered purifier (none: classifier only).")] = None,
-    steps: Annotated[Optional[int], typer.Option(help="Purifier steps K (for fixed-step purifiers; same as --purifier-arg steps=K).")] = None,
+    steps: Annotated[Optional[list[int]], typer.Option(
+        help="Purifier steps K (fixed-step purifiers; same as --purifier-arg steps=K). Repeat it for a variant set "
+             "(one sub-directory per K, weakest first) that 'edgepure run --budget-ms' chooses from.")] = None,
     kind: Annotated[Optional[str], typer.Option(help="Purifier kind (e.g. NAPPure's perturbation type; same as --purifier-arg kind=...).")] = None,
     purifier_arg: Annotated[Optional[list[str]], typer.Option(help="Purifier setting key=value (repeatable).")] = None,
     batch: Annotated[int, typer.Option(help="Static batch size of the graphs.")] = 1,
@@ -48,26 +50,69 @@ def export(
     from edgepure.models.loading import load_classifier_source
 
     net, info = load_classifier_source(classifier)
-    settings = parse_settings(purifier_arg or [], "--purifier-arg")
-    settings.update({k: v for k, v in (("steps", steps), ("kind", kind)) if v is not None})
-    if settings and not purifier:
-        from edgepure.runtime.errors import ConfigError
+    from edgepure.runtime.errors import ConfigError
 
-        raise ConfigError(f"purifier settings {sorted(settings)} given without --purifier")
-    pur = create_purifier(purifier, **settings) if purifier else None
+    settings = parse_settings(purifier_arg or [], "--purifier-arg")
+    settings.update({k: v for k, v in (("kind", kind),) if v is not None})
+    if steps and "steps" in settings:
+        raise ConfigError("give the steps once: --steps or --purifier-arg steps=K")
+    if (settings or steps) and not purifier:
+        raise ConfigError(f"purifier settings {sorted(settings) + (['steps'] if steps else [])} given without --purifier")
+    step_list = list(steps or [])
+    if len(set(step_list)) != len(step_list):
+        raise ConfigError(f"--steps repeats a value: {step_list}")
     size = 32 if isinstance(net, Path) else int(getattr(net, "input_size", 32))
     images = open_dataset(data, "val", n=max(n, batch), size=size).as_float_nchw()
     cfg = getattr(net, "pretrained_cfg", {})
-    manifest = export_pipeline(
-        pur, net, out, images, batch=batch, noise=noise.value, precision=precision.value, class_names=cfg.get("class_names", GTSRB_CLASSES),
-        preprocessing=cfg.get("preprocessing"), classifier_info=info,
-        purifier_info={"name": purifier, "config": pur.config()} if pur is not None else None,
-        atol=atol, overwrite=force,
-    )
+
+    def one(target: Path, extra: dict[str, Any], overwrite: bool) -> dict[str, Any]:
+        pur = create_purifier(purifier, **settings, **extra) if purifier else None
+        return export_pipeline(
+            pur, net, target, images, batch=batch, noise=noise.value, precision=precision.value,
+            class_names=cfg.get("class_names", GTSRB_CLASSES), preprocessing=cfg.get("preprocessing"),
+            classifier_info=info, purifier_info={"name": purifier, "config": pur.config()} if pur is not None else None,
+            atol=atol, overwrite=overwrite,
+        )
+
+    if len(step_list) <= 1:
+        manifest = one(out, {"steps": step_list[0]} if step_list else {}, force)
+        if as_json:
+            echo_json(manifest)
+        else:
+            typer.echo(_summary(manifest, out))
+        return
+    manifests = _export_variants(out, sorted(step_list), one, force)
     if as_json:
-        echo_json(manifest)
+        echo_json({"variants": manifests})
     else:
-        typer.echo(_summary(manifest, out))
+        for name, manifest in manifests.items():
+            typer.echo(_summary(manifest, out / name))
+        typer.echo(f"{out}: variant set {', '.join(manifests)} (variants.json)")
+
+
+def _export_variants(out: Path, step_list: list[int], one: Any, force: bool) -> dict[str, dict[str, Any]]:
+    """Export one model directory per K into a temporary folder, then move the whole set into place."""
+    import shutil
+    import tempfile
+
+    from edgepure.runtime.errors import ConfigError
+    from edgepure.runtime.variants import write_variants
+
+    if out.exists() and not force:
+        raise ConfigError(f"{out}: exists; pass --force to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        manifests = {f"k{k}": one(tmp / f"k{k}", {"steps": k}, False) for k in step_list}
+        write_variants(tmp, [(name, name) for name in manifests])
+        tmp.chmod(0o755)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifests
 
 
 def _summary(manifest: dict[str, Any], where: Path) -> str:

@@ -93,7 +93,7 @@ class Runner:
         t0 = time.perf_counter()
         x = model.preprocess(frame.image, self.roi)
         t1 = time.perf_counter()
-        probs = softmax(model.logits(x[None]).astype(np.float64))[0]
+        probs = softmax(model.infer(x[None]))[0]  # preprocessed uint8: finite by construction
         t2 = time.perf_counter()
         if frame.scene != self.scene:
             self.smoother.reset()
