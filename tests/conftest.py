@@ -118,3 +118,24 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
                       val_fraction=0.25, max_steps=2)
     train_classifier(cfg, log=lambda s: None)
     return base / "run"
+
+
+@pytest.fixture(scope="session")
+def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Exported model directories on the shipped classifier: ``plain`` (classifier only), ``median``
+    (median-filter pipeline) and ``set`` (a variant set of the two, cheapest first)."""
+    import edgepure
+    from edgepure.data import open_dataset
+    from edgepure.export.pipeline import export_pipeline
+    from edgepure.runtime.variants import write_variants
+
+    root = tmp_path_factory.mktemp("models")
+    images = open_dataset("synth", "val", n=4).as_float_nchw()
+    clf = edgepure.load_classifier()
+    names = clf.pretrained_cfg["class_names"]
+    info = {"name": "signnet_s"}
+    export_pipeline(None, clf, root / "set" / "plain", images, class_names=names, classifier_info=info)
+    export_pipeline(edgepure.create_purifier("median", kernel_size=3), clf, root / "set" / "median", images,
+                    class_names=names, classifier_info=info)
+    write_variants(root / "set", [("plain", "plain"), ("median", "median")])
+    return {"plain": root / "set" / "plain", "median": root / "set" / "median", "set": root / "set"}

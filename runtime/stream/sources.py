@@ -144,7 +144,11 @@ class SynthSource(Source):
             raise ConfigError(f"synth:// classes must be comma-separated class ids, got {classes!r}") from None
         if not self.classes or min(self.classes) < 0 or max(self.classes) >= NUM_CLASSES:
             raise ConfigError(f"synth:// classes must be ids in 0..{NUM_CLASSES - 1}, got {classes!r}")
-        self.attack = params.pop("attack", None)
+        self.attack = params.pop("attack", None)  # applied by the caller through ``transform``
+        self.attack_steps = params.pop("attack_steps", None)
+        if (self.attack or self.attack_steps) and transform is None:
+            raise ConfigError(f"{uri}: attack= needs the attack itself: run it through 'edgepure run' with torch "
+                              "installed, or pass transform=")
         self.extra = params  # for the caller that handles more parameters
         self.live = self.fps > 0
         self.transform = transform
