@@ -1,7 +1,7 @@
 """``edgepure bench``: latency percentiles and throughput per backend and batch size, torch-free.
 
 For every variant and graph of a model directory, on each backend and batch size: warm-up, then timed
-calls of (a) the bare backend (``session.run`` on a ready float32 batch), (b) the runtime's inference
+calls of (a) the bare backend (ONNX Runtime's ``session.run`` on a ready float32 batch), (b) the runtime's inference
 (:meth:`EdgeModel.logits`: validation, static-batch filling, noise), and (c) the runtime's whole frame
 step (numpy preprocessing of uint8 frames, inference, softmax and top-k). The overheads of (b) and (c)
 over (a) are what the runtime itself costs.
@@ -60,7 +60,12 @@ def _bench_model(model: EdgeModel, batch: int, warmup: int, iters: int, seed: in
         if stage.noise is not None:
             feed["noise"] = rng.standard_normal(stage.noise.shape, dtype=np.float32)
         feeds.append(feed)
-    if len(model.stages) == 1:
+    session = getattr(stage.backend, "session", None)  # ONNX Runtime: time the bare session.run itself
+    if len(model.stages) == 1 and session is not None:
+        def bare() -> None:
+            for f in feeds:
+                session.run(None, f)
+    elif len(model.stages) == 1:
         def bare() -> None:
             for f in feeds:
                 stage.backend.run(f)

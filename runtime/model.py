@@ -27,6 +27,7 @@ from edgepure.runtime.preprocess import crop_roi, resize
 __all__ = ["EdgeModel", "MODES", "Prediction", "load_model", "softmax"]
 
 MODES = ("fused", "split")
+_INPUT = "float32 RGB NCHW in [0, 1]"
 
 
 @dataclass
@@ -107,11 +108,24 @@ class EdgeModel:
         self.stages = [_Stage(open_backend(backend, self.directory, r, self.manifest, threads), r) for r in roles]
         first = self.stages[0]
         self.batch, self.height, self.width = first.batch, first.height, first.width
+        self._check_preprocessing(self.manifest["preprocessing"])
         self.class_names: list[str] = list(self.manifest.get("class_names") or [])
         self.rng = np.random.default_rng(seed)
         self.last_timings: dict[str, float] = {}
         purifier = self.manifest.get("purifier") or {}
         self.purifier_name: Optional[str] = purifier.get("name")
+
+    def _check_preprocessing(self, pre: Any) -> None:
+        """The manifest's preprocessing must be what :meth:`preprocess` does (RGB in [0, 1] at the graph's size)."""
+        where = self.directory / "manifest.json"
+        if not isinstance(pre, dict):
+            raise ModelError(f"{where}: 'preprocessing' must be an object, found {type(pre).__name__}")
+        if pre.get("input", _INPUT) != _INPUT:
+            raise ModelError(f"{where}: this runtime feeds {_INPUT!r}; the model expects {pre['input']!r}")
+        size = pre.get("size")
+        if size is not None and list(size) != [self.height, self.width]:
+            raise ModelError(f"{where}: preprocessing size {list(size)} but the graph takes "
+                             f"{self.height}×{self.width} images")
 
     @property
     def role(self) -> str:

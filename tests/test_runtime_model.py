@@ -79,3 +79,18 @@ def test_bad_inputs(exported: Path) -> None:
         m.classify([np.zeros((40, 40, 3), np.uint8)], rois=[(10, 10, 5, 20)])
     with pytest.raises(ModelError, match="no manifest"):
         load_model(exported.parent)
+
+
+def test_a_manifest_whose_preprocessing_the_runtime_cannot_do_is_refused(exported: Path, tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    for field, value, message in [("input", "float32 BGR NCHW in [0, 255]", "this runtime feeds"),
+                                  ("size", [64, 64], "preprocessing size \\[64, 64\\]")]:
+        bad = tmp_path / field
+        shutil.copytree(exported, bad)
+        manifest = json.loads((bad / "manifest.json").read_text())
+        manifest["preprocessing"][field] = value
+        (bad / "manifest.json").write_text(json.dumps(manifest))
+        with pytest.raises(ModelError, match=message):
+            load_model(bad)

@@ -334,3 +334,23 @@ def test_consecutive_frame_errors_end_the_run(model_dirs: dict[str, Path]) -> No
     runner.step = broken  # type: ignore[method-assign]
     with pytest.raises(EdgepureError, match="5 frames in a row failed"):
         run_stream(open_source("synth://?n=20"), runner, max_consecutive_errors=5)
+
+
+def test_roi_crops_the_sign_out_of_a_larger_frame(model_dirs: dict[str, Path], tmp_path: Path) -> None:
+    images, labels = signs(12, seed=11, size=32)
+    folder = tmp_path / "big"
+    folder.mkdir()
+    for i, img in enumerate(images):
+        frame = np.full((120, 160, 3), 100, np.uint8)
+        frame[50:82, 70:102] = img  # x 70..101, y 50..81
+        (folder / f"{i:02d}.ppm").write_bytes(encode_ppm(frame))
+    accs = {}
+    for roi in (None, "70,50,32,32"):
+        out = tmp_path / f"{roi is None}.jsonl"
+        args = ["run", str(folder), str(out), "--model", str(model_dirs["plain"]), "--max-frames", "10"]
+        r = run_cli(*args, *(["--roi", roi] if roi else []))
+        assert r.returncode == 0, r.stderr
+        preds = [x["prediction"]["label"] for x in records(out)]
+        assert len(preds) == 10  # --max-frames
+        accs[roi] = np.mean(np.array(preds) == np.array(labels[:10]))
+    assert accs["70,50,32,32"] >= 0.9 and accs[None] <= 0.5, accs

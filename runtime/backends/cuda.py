@@ -46,9 +46,7 @@ class CudaError(EdgepureError):
 
 def missing_dependency(package: str, purpose: str) -> MissingDependencyError:
     """A :class:`MissingDependencyError` for ``package`` whose message ends with the GPU install hints."""
-    err = MissingDependencyError(package, purpose)
-    err.args = (f"{err.args[0]}. {GPU_INSTALL_HINT}",)
-    return err
+    return MissingDependencyError(package, purpose, hint=GPU_INSTALL_HINT)
 
 
 def import_cudart() -> Any:
