@@ -29,13 +29,16 @@ def open_backend(kind: str, directory: Path, role: str, manifest: dict[str, Any]
         raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {kind!r}")
     entry = manifest["models"][role]
     if kind == "tensorrt":
-        from edgepure.runtime.backends.tensorrt import TensorRTBackend
+        from edgepure.runtime.backends.cuda import require_gpu
+        from edgepure.runtime.backends.tensorrt import TensorRTBackend, import_tensorrt
+        from edgepure.runtime.engines import current_key, find_engine, missing_engine_message
 
-        engines = (manifest.get("engines") or {}).get(role) or []
-        if not engines:
-            raise ModelError(
-                f"{directory}: no TensorRT engine for the {role} model (the manifest lists none); "
-                "use --backend ort-trt to let ONNX Runtime's TensorRT provider build and cache one")
-        return TensorRTBackend(directory / engines[0]["file"])
+        require_gpu(f"running the {role} model of {directory} on TensorRT")  # before TensorRT is imported
+        key = current_key(manifest, role, import_tensorrt())
+        path = find_engine(directory, manifest, role, key, exact=False)
+        if path is None:
+            raise ModelError(missing_engine_message(directory, manifest, role, key))
+        used = next((e for e in (manifest.get("engines") or {}).get(role, []) if directory / e["file"] == path), {})
+        return TensorRTBackend(path, dla_core=used.get("dla_core"), version_compatible=bool(used.get("version_compatible")))
     cache = directory / "trt_cache" if kind == "ort-trt" else None
     return OrtBackend(directory / entry["file"], kind, threads=threads, cache_dir=cache)

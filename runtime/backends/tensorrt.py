@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import ctypes
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
 import numpy as np
 
@@ -78,9 +78,11 @@ class TensorRTBackend:
 
     name = "tensorrt"
 
-    def __init__(self, engine_path: str | Path, device: int = 0) -> None:
+    def __init__(self, engine_path: str | Path, device: int = 0, dla_core: Optional[int] = None,
+                 version_compatible: bool = False) -> None:
         self.path = Path(engine_path)
         self.device = device
+        self.dla_core, self.version_compatible = dla_core, version_compatible
         self.inputs: list[TensorSpec] = []
         self.outputs: list[TensorSpec] = []
         self.trt_version = ""
@@ -116,6 +118,10 @@ class TensorRTBackend:
             raise ModelError(f"{self.path}: cannot read the engine ({exc.strerror})") from None
         self._logger = trt.Logger(trt.Logger.WARNING)  # must outlive the runtime
         self._runtime = trt.Runtime(self._logger)
+        if self.version_compatible:  # the plan carries its own lean runtime code
+            self._runtime.engine_host_code_allowed = True
+        if self.dla_core is not None:
+            self._runtime.DLA_core = self.dla_core
         self._engine = self._runtime.deserialize_cuda_engine(plan)
         if self._engine is None:
             lean = ""
