@@ -48,7 +48,7 @@ class BudgetController:
     """Chooses among variants (weakest first) with start-up costs ``costs`` (ms) for a budget of ``budget_ms``."""
 
     def __init__(self, names: Sequence[str], costs: Sequence[float], budget_ms: float, window: int = 20,
-                 headroom: float = 0.8, logger: Optional[logging.Logger] = None) -> None:
+                 headroom: float = 0.9, logger: Optional[logging.Logger] = None) -> None:
         if len(names) != len(costs) or not names:
             raise ConfigError(f"need one start-up cost per variant, got {len(names)} names and {len(costs)} costs")
         if budget_ms <= 0:

@@ -145,7 +145,7 @@ class EdgeModel:
                 raise ConfigError(f"ROI {tuple(roi)} is empty (expected x1 < x2 and y1 < y2)")
             frame = crop_roi(frame, (x1, y1, x2, y2))
         img = frame if frame.shape[:2] == (self.height, self.width) else resize(frame, (self.height, self.width))
-        out = img.transpose(2, 0, 1).astype(np.float32)  # a fresh C-contiguous copy
+        out = img.transpose(2, 0, 1).astype(np.float32, order="C")  # a fresh C-contiguous copy
         out *= np.float32(1.0 / 255.0)
         return out
 
@@ -195,7 +195,10 @@ class EdgeModel:
             raise ConfigError(f"{len(frames)} frames but {len(rois)} ROIs")
         if not frames:
             return []
-        x = np.stack([self.preprocess(f, rois[i] if rois is not None else None) for i, f in enumerate(frames)])
+        if len(frames) == 1:  # the camera loop's case
+            x = self.preprocess(frames[0], rois[0] if rois is not None else None)[None]
+        else:
+            x = np.stack([self.preprocess(f, rois[i] if rois is not None else None) for i, f in enumerate(frames)])
         return self.decode(softmax(self.infer(x)), k)  # uint8 frames: finite by construction
 
     def name(self, c: int) -> str:

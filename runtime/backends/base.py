@@ -48,12 +48,11 @@ class Backend(Protocol):
 
 def check_feed(specs: Sequence[TensorSpec], feed: Mapping[str, np.ndarray], where: str) -> None:
     """Refuse a feed whose names, shapes or dtypes do not match ``specs`` (expected vs found)."""
-    expected = {s.name for s in specs}
-    if set(feed) != expected:
-        raise ConfigError(f"{where}: expected inputs {sorted(expected)}, got {sorted(feed)}")
+    if len(feed) != len(specs) or any(s.name not in feed for s in specs):
+        raise ConfigError(f"{where}: expected inputs {sorted(s.name for s in specs)}, got {sorted(feed)}")
     for s in specs:
         a = feed[s.name]
-        if tuple(a.shape) != s.shape:
+        if a.shape != s.shape:
             raise ConfigError(f"{where}: input {s.name!r} expected shape {list(s.shape)}, got {list(a.shape)}")
-        if a.dtype != np.dtype(s.dtype):
+        if a.dtype.name != s.dtype:
             raise ConfigError(f"{where}: input {s.name!r} expected dtype {s.dtype}, got {a.dtype}")

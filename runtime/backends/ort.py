@@ -89,8 +89,8 @@ class OrtBackend:
         self._names = [s.name for s in self.outputs]
 
     def run(self, feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        check_feed(self.inputs, feed, str(self.path.name))
-        return list(self.session.run(self._names, dict(feed)))
+        check_feed(self.inputs, feed, self.path.name)
+        return self.session.run(self._names, feed)  # type: ignore[no-any-return]
 
     def close(self) -> None:
         self.session = None

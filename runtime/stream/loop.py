@@ -102,7 +102,8 @@ class Runner:
         t3 = time.perf_counter()
         latency = {"preprocess": (t1 - t0) * 1e3, **model.last_timings, "postprocess": (t3 - t2) * 1e3,
                    "total": (t3 - t0) * 1e3}
-        record: dict[str, Any] = {"frame": frame.index, "source": frame.name, "prediction": pred.as_dict(),
+        record: dict[str, Any] = {"frame": frame.index, "time": round(frame.timestamp, 4), "source": frame.name,
+                                  "prediction": pred.as_dict(),
                                   "truth": frame.label, "variant": name,
                                   "latency_ms": {k: round(v, 4) for k, v in latency.items()}}
         if self.controller is not None:
