@@ -1,4 +1,4 @@
-"""The runtime must import and work on a device without PyTorch."""
+"""The runtime must import and work on a device without PyTorch (and without the onnx package)."""
 
 import subprocess
 import sys
@@ -10,8 +10,8 @@ SCRIPT = textwrap.dedent(
 
     class BlockTorch:
         def find_spec(self, name, path=None, target=None):
-            if name == "torch" or name.startswith("torch."):
-                raise ImportError("torch is blocked in this test")
+            if name in ("torch", "onnx") or name.startswith(("torch.", "onnx.")):
+                raise ImportError(f"{name} is blocked in this test")
             return None
 
     sys.meta_path.insert(0, BlockTorch())
@@ -23,7 +23,7 @@ SCRIPT = textwrap.dedent(
     from edgepure.runtime.synth import render_dataset
     images, labels = render_dataset(4, seed=0)
     assert images.shape == (4, 32, 32, 3)
-    assert not any(m == "torch" or m.startswith("torch.") for m in sys.modules), "torch got imported"
+    assert not any(m in ("torch", "onnx") or m.startswith(("torch.", "onnx.")) for m in sys.modules), "torch or onnx got imported"
     print("ok", len(names))
     """
 )
