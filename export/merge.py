@@ -5,13 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from edgepure.export.errors import ExportError
+from edgepure.calibration.merge import merge_graphs
 from edgepure.export.graph import OPSET
 from edgepure.runtime.errors import ModelError
 
 __all__ = ["load_onnx_classifier", "merge_graphs"]
-
-_PREFIX = "classifier/"
 
 
 def load_onnx_classifier(path: str | Path, batch: int, size: tuple[int, int]) -> Any:
@@ -47,25 +45,3 @@ def load_onnx_classifier(path: str | Path, batch: int, size: tuple[int, int]) ->
         except Exception as exc:  # noqa: BLE001 - the converter raises plain RuntimeErrors
             raise ModelError(f"{p}: opset {opset} cannot be converted to {OPSET} ({exc})") from None
     return model
-
-
-def merge_graphs(purifier: Any, classifier: Any) -> Any:
-    """One graph: the purifier's ``purified`` output feeds the classifier's image input."""
-    import onnx
-    from onnx import compose
-
-    cls = compose.add_prefix(classifier, prefix=_PREFIX)
-    cls_input = next(i.name for i in cls.graph.input if i.name not in {t.name for t in cls.graph.initializer})
-    out = purifier.graph.output[0].name
-    ir = max(purifier.ir_version, cls.ir_version)
-    purifier.ir_version = cls.ir_version = ir
-    try:
-        merged = compose.merge_models(purifier, cls, io_map=[(out, cls_input)])
-    except (ValueError, onnx.checker.ValidationError) as exc:
-        raise ExportError(f"cannot merge the purifier graph with the classifier graph: {exc}") from None
-    old = merged.graph.output[0].name  # the classifier's prefixed output: call it "logits", as edgepure's own
-    for node in merged.graph.node:
-        node.output[:] = ["logits" if o == old else o for o in node.output]
-        node.input[:] = ["logits" if i == old else i for i in node.input]
-    merged.graph.output[0].name = "logits"
-    return merged

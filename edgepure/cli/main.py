@@ -8,6 +8,7 @@ import typer
 
 from edgepure import __version__
 from edgepure.cli import build as build_cmd
+from edgepure.cli import calibrate as calibrate_cmd
 from edgepure.cli import data as data_cmd
 from edgepure.cli import eval as eval_cmd
 from edgepure.cli import export as export_cmd
@@ -28,6 +29,7 @@ app.add_typer(eval_cmd.app, name="eval")
 app.add_typer(models_cmd.app, name="models")
 app.command("export")(export_cmd.export_cmd)
 app.command("inspect")(export_cmd.inspect_cmd)
+app.command("calibrate")(calibrate_cmd.calibrate_cmd)
 app.command("build")(build_cmd.build_cmd)
 app.command("run")(run_cmd.run_cmd)
 app.command("bench")(run_cmd.bench_cmd)

@@ -1,0 +1,155 @@
+"""``edgepure calibrate``: an INT8 model directory from an exported one.
+
+The result is a new model directory (the source stays untouched) with the quantized graphs, the FP32
+graphs that stay FP32 copied over, ``precision: "int8"`` and a ``calibration`` record in its manifest
+(data, image count, method, scope, exclusions, Q/DQ check, FP32-vs-INT8 agreement and accuracy on held-in
+images), ready for ``edgepure run`` (ONNX Runtime runs Q/DQ graphs on the CPU) and ``edgepure build``.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+
+from edgepure.calibration.data import FeedReader
+from edgepure.calibration.quantize import METHODS, SCOPES, check_qdq, quantize_model
+from edgepure.runtime.errors import ConfigError, ModelError
+from edgepure.runtime.manifest import MANIFEST_NAME, load_manifest, sha256_file
+
+__all__ = ["calibrate_directory"]
+
+
+def _run(path: Path, images: np.ndarray, inputs: Sequence[dict[str, Any]], seed: int) -> np.ndarray:
+    from edgepure.runtime.backends import ort_session
+
+    sess = ort_session(path, threads=None)
+    reader = FeedReader(images, inputs, seed)
+    return np.concatenate([sess.run(None, feed)[0] for feed in reader.feeds()])
+
+
+def _entry(old: dict[str, Any], path: Path, quantize: Optional[dict[str, Any]]) -> dict[str, Any]:
+    import onnx
+
+    model = onnx.load(str(path))
+    entry = {**old, "sha256": sha256_file(path), "bytes": path.stat().st_size, "nodes": len(model.graph.node)}
+    problems = check_qdq(model)
+    if problems:
+        raise ModelError(f"{path.name}: the quantized graph breaks TensorRT's Q/DQ rules: {problems[:3]}")
+    entry["precision"] = "int8" if quantize else "fp32"
+    if quantize:
+        entry["quantization"] = quantize
+    for stale in ("parity", "lint"):
+        entry.pop(stale, None)
+    return entry
+
+
+def calibrate_directory(directory: str | Path, out: str | Path, images: np.ndarray,
+                        eval_images: Optional[np.ndarray] = None, eval_labels: Optional[np.ndarray] = None,
+                        method: str = "entropy", scope: str = "classifier", exclude: Sequence[str] = (),
+                        data: str = "", trt_cache: bool = False, trt_version: str = "10.3.0", seed: int = 0,
+                        overwrite: bool = False) -> dict[str, Any]:
+    """Write the INT8 twin of the model directory ``directory`` to ``out``; return its manifest.
+
+    ``images``: calibration images, float32 ``N×3×H×W`` in [0, 1] (see :func:`calibration.data.preprocess`);
+    ``eval_images``/``eval_labels``: held-in images for the FP32-vs-INT8 report (disjoint from ``images``)."""
+    if method not in METHODS:
+        raise ConfigError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
+    if scope not in SCOPES:
+        raise ConfigError(f"--scope must be one of {', '.join(SCOPES)}, got {scope!r}")
+    src = Path(directory)
+    manifest = load_manifest(src)
+    if manifest.get("precision") != "fp32":
+        raise ConfigError(f"{src}: calibrate an fp32 model directory (this one is {manifest.get('precision')})")
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise ConfigError(f"{out}: exists; pass --force to replace it")
+    if out.resolve() == src.resolve():
+        raise ConfigError("--out must be a new directory: the FP32 model directory stays as it is")
+    models = manifest["models"]
+    if "classifier" not in models:
+        raise ModelError(f"{src}: no classifier graph to calibrate")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        new_models: dict[str, Any] = {}
+        record: dict[str, Any] = {"data": data, "n": int(len(images)), "method": method, "scope": scope,
+                                  "exclude": list(exclude), "seed": seed, "per_channel_axis": 0, "symmetric": True}
+        purifier = models.get("purifier")
+        cls_images = images
+        if purifier is not None:  # the classifier sees purified images: calibrate it on those
+            cls_images = _run(src / purifier["file"], images, purifier["inputs"], seed)
+        work = tmp / ".work"
+        work.mkdir()
+        q_cls = tmp / models["classifier"]["file"]
+        info = quantize_model(src / models["classifier"]["file"], q_cls,
+                              FeedReader(cls_images, models["classifier"]["inputs"], seed), method, exclude=exclude)
+        new_models["classifier"] = _entry(models["classifier"], q_cls, info)
+        if purifier is not None:
+            q_pur = tmp / purifier["file"]
+            if scope == "classifier":
+                shutil.copyfile(src / purifier["file"], q_pur)
+                pinfo = None
+            else:
+                pinfo = quantize_model(src / purifier["file"], q_pur, FeedReader(images, purifier["inputs"], seed),
+                                       method, op_types=["Conv"] if scope == "forward" else None, exclude=exclude)
+            new_models["purifier"] = _entry(purifier, q_pur, pinfo)
+            if "pipeline" in models:
+                import onnx
+
+                from edgepure.calibration.merge import merge_graphs
+
+                merged = merge_graphs(onnx.load(str(q_pur)), onnx.load(str(q_cls)))
+                q_pipe = tmp / models["pipeline"]["file"]
+                onnx.save(merged, str(q_pipe))
+                new_models["pipeline"] = _entry(models["pipeline"], q_pipe, {"from": ["purifier", "classifier"]})
+        if trt_cache:
+            from onnxruntime.quantization import CalibrationMethod
+
+            from edgepure.calibration.trtcache import ort_ranges, write_calibration_cache
+
+            role = "pipeline" if "pipeline" in models else "classifier"
+            ranges = ort_ranges(src / models[role]["file"], FeedReader(images, models[role]["inputs"], seed),
+                                CalibrationMethod.Entropy if method == "entropy" else CalibrationMethod.MinMax, work)
+            count = write_calibration_cache(ranges, tmp / f"{role}.calibration.cache", trt_version)
+            record["trt_calibration_cache"] = {"file": f"{role}.calibration.cache", "for": models[role]["file"],
+                                               "tensors": count, "tensorrt": trt_version}
+            shutil.copyfile(src / models[role]["file"], tmp / f"{role}.fp32.onnx")
+        shutil.rmtree(work)
+        if eval_images is not None:
+            record["report"] = _report(src, tmp, models, new_models, eval_images, eval_labels, seed)
+        new = {**manifest, "precision": "int8", "models": new_models, "calibration": record,
+               "derived_from": {"directory": str(src), "manifest_sha256": sha256_file(src / MANIFEST_NAME)},
+               "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+        new.pop("engines", None)
+        (tmp / MANIFEST_NAME).write_text(json.dumps(new, indent=2) + "\n")
+        tmp.chmod(0o755)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return new
+
+
+def _report(src: Path, tmp: Path, models: dict[str, Any], new_models: dict[str, Any], images: np.ndarray,
+            labels: Optional[np.ndarray], seed: int) -> dict[str, Any]:
+    """FP32 vs INT8 on held-in images: top-1 agreement, accuracy and the largest logit difference."""
+    role = "pipeline" if "pipeline" in models else "classifier"
+    a = _run(src / models[role]["file"], images, models[role]["inputs"], seed)
+    b = _run(tmp / new_models[role]["file"], images, models[role]["inputs"], seed)
+    n = len(a)
+    rep: dict[str, Any] = {"graph": role, "n": n, "top1_agreement": round(float(np.mean(a.argmax(1) == b.argmax(1))), 6),
+                           "max_abs_logit_diff": round(float(np.abs(a - b).max()), 5)}
+    if labels is not None:
+        y = np.asarray(labels[:n])
+        rep["accuracy_fp32"] = round(float(np.mean(a.argmax(1) == y)), 6)
+        rep["accuracy_int8"] = round(float(np.mean(b.argmax(1) == y)), 6)
+    return rep

@@ -1,0 +1,98 @@
+"""INT8 Q/DQ graphs that TensorRT accepts, from a model directory and calibration images.
+
+Symmetric INT8 (every zero point 0), per-tensor activation scales, per-channel weight scales on the
+output-channel axis (axis 0, ConvTranspose included), in the explicit Q/DQ format that both TensorRT
+10.x (JetPack 6) and 11.x build from; ONNX Runtime runs the same graphs on the CPU.
+
+Scopes: ``classifier`` (default) quantizes only the classifier, calibrated on *purified* images, and keeps
+the purifier in FP32 — gradient paths and noise inputs stay in full precision; ``forward`` also
+quantizes the purifier's forward convolutions; ``all`` quantizes every op ONNX Runtime can (gradient paths
+included), to measure what that costs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from edgepure.runtime.errors import ConfigError, MissingDependencyError
+
+__all__ = ["METHODS", "SCOPES", "check_qdq", "quantize_model"]
+
+METHODS = ("entropy", "minmax", "percentile")
+SCOPES = ("classifier", "forward", "all")
+
+
+def _imports() -> tuple[Any, Any]:
+    try:
+        import onnx
+        from onnxruntime import quantization
+    except ImportError as exc:
+        raise MissingDependencyError(exc.name or "onnxruntime", "INT8 calibration", extra="torch") from None
+    return onnx, quantization
+
+
+def quantize_model(src: Path, dst: Path, reader: Any, method: str = "entropy",
+                   op_types: Optional[Sequence[str]] = None, exclude: Sequence[str] = ()) -> dict[str, Any]:
+    """Calibrate ``src`` on ``reader`` and write the Q/DQ model to ``dst``; return what was quantized.
+
+    ``exclude`` holds node names or op types kept in full precision."""
+    onnx, q = _imports()
+    if method not in METHODS:
+        raise ConfigError(f"calibration method must be one of {', '.join(METHODS)}, got {method!r}")
+    model = onnx.load(str(src))
+    present = {n.op_type for n in model.graph.node}
+    names = {n.name for n in model.graph.node}
+    unknown = [e for e in exclude if e not in present and e not in names]
+    excluded_nodes = [n.name for n in model.graph.node if n.name in exclude or n.op_type in exclude]
+    types = [t for t in (op_types if op_types is not None else sorted(present)) if t not in exclude]
+    calib = {"entropy": q.CalibrationMethod.Entropy, "minmax": q.CalibrationMethod.MinMax,
+             "percentile": q.CalibrationMethod.Percentile}[method]
+    with contextlib.redirect_stdout(sys.stderr):  # the calibrators print progress; stdout is for results
+        q.quantize_static(
+            str(src), str(dst), reader, quant_format=q.QuantFormat.QDQ, per_channel=True,
+            activation_type=q.QuantType.QInt8, weight_type=q.QuantType.QInt8, calibrate_method=calib,
+            op_types_to_quantize=types, nodes_to_exclude=excluded_nodes,
+            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
+                           # TensorRT wants per-channel weight scales on axis 0 for ConvTranspose too
+                           "QDQOpTypePerChannelSupportToAxis": {"ConvTranspose": 0},
+                           "CalibPercentile": 99.99},
+        )
+    out = onnx.load(str(dst))
+    quantized = sum(1 for n in out.graph.node if n.op_type == "QuantizeLinear")
+    return {"op_types": types, "excluded_nodes": len(excluded_nodes), "unmatched_exclude": unknown,
+            "quantize_nodes": quantized, "nodes": len(out.graph.node)}
+
+
+def check_qdq(model: Any) -> list[str]:
+    """What TensorRT would refuse in a Q/DQ graph: non-zero zero points, per-channel scales off axis 0."""
+    import numpy as np
+    from onnx import numpy_helper
+
+    inits = {t.name: t for t in model.graph.initializer}
+    consumers: dict[str, list[Any]] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    problems = []
+    for n in model.graph.node:
+        if n.op_type not in ("QuantizeLinear", "DequantizeLinear"):
+            continue
+        if len(n.input) > 2 and n.input[2]:
+            zp = inits.get(n.input[2])
+            if zp is None or np.any(numpy_helper.to_array(zp) != 0):
+                problems.append(f"{n.name}: zero point {n.input[2]!r} is not a constant 0")
+        scale = inits.get(n.input[1])
+        if n.op_type == "DequantizeLinear" and scale is not None and len(scale.dims) == 1 and scale.dims[0] > 1:
+            axis = next((a.i for a in n.attribute if a.name == "axis"), 1)
+            for c in consumers.get(n.output[0], []):
+                if c.op_type in ("Conv", "ConvTranspose", "Gemm") and len(c.input) > 1 and c.input[1] == n.output[0]:
+                    want = 0
+                    if c.op_type == "Gemm" and any(a.name == "transB" and a.i == 0 for a in c.attribute):
+                        want = 1
+                    if axis != want:
+                        problems.append(f"{n.name}: per-channel weight scales of {c.op_type} {c.name} on axis {axis},"
+                                        f" TensorRT wants {want}")
+    return problems

@@ -1,0 +1,99 @@
+"""``edgepure calibrate``: the INT8 (Q/DQ) twin of an exported model directory; torch-free."""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from edgepure.cli.common import echo_json, user_errors
+
+
+class Method(str, Enum):
+    entropy = "entropy"
+    minmax = "minmax"
+    percentile = "percentile"
+
+
+class Scope(str, Enum):
+    classifier = "classifier"
+    forward = "forward"
+    all = "all"
+
+
+def _images(data: str, n: int, eval_n: int, size: tuple[int, int], seed: int) -> tuple[Any, Any, Any, Any]:
+    """Calibration images and held-in evaluation images (disjoint), with labels where the data has them."""
+    from edgepure.calibration.data import folder_images, preprocess
+    from edgepure.data import dataset_kind, open_dataset
+    from edgepure.runtime.errors import DataError
+
+    path = Path(data)
+    if data != "synth" and path.is_dir():
+        try:
+            kind = dataset_kind(data)
+        except DataError:
+            kind = "folder"
+        if kind == "folder":
+            imgs = folder_images(path, n + eval_n)
+            x = preprocess(imgs, size)
+            return x[:n], (x[n:] if len(x) > n else None), None, None
+    ds = open_dataset(data, "train", n=n + eval_n, seed=seed, size=size[0])
+    x = preprocess(ds.images, size)
+    return x[:n], (x[n:] if len(x) > n else None), ds.labels[:n], (ds.labels[n:] if len(x) > n else None)
+
+
+def calibrate(
+    directory: Annotated[Path, typer.Argument(help="An fp32 model directory written by 'edgepure export'.")],
+    data: Annotated[str, typer.Option(help="Calibration images: a GTSRB or CIFAR-10 path (its training split), "
+                                           "a folder of images, or 'synth'.")] = "synth",
+    n: Annotated[int, typer.Option("--n", help="Calibration images.")] = 512,
+    eval_n: Annotated[int, typer.Option(help="Further held-in images for the FP32-vs-INT8 report (0: none).")] = 512,
+    method: Annotated[Method, typer.Option(help="Activation range estimator.")] = Method.entropy,
+    scope: Annotated[Scope, typer.Option(
+        help="classifier: INT8 classifier, FP32 purifier (gradients and noise untouched); forward: also the "
+             "purifier's forward convolutions; all: every op ONNX Runtime can quantize.")] = Scope.classifier,
+    exclude: Annotated[Optional[list[str]], typer.Option(help="Node name or op type to keep in full precision (repeatable).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="The INT8 model directory (default: DIRECTORY-int8).")] = None,
+    trt_cache: Annotated[bool, typer.Option(help="Also write the legacy TensorRT ≤ 10 calibration cache for the FP32 graph.")] = False,
+    trt_version: Annotated[str, typer.Option(help="TensorRT version named in that cache's header.")] = "10.3.0",
+    seed: Annotated[int, typer.Option(help="Seed of the image subset and of the purifier's noise.")] = 0,
+    force: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the new manifest as JSON.")] = False,
+) -> None:
+    """Calibrate INT8 and write a Q/DQ model directory that TensorRT 10.x/11.x and ONNX Runtime accept."""
+    from edgepure.calibration.directory import calibrate_directory
+    from edgepure.runtime.errors import ConfigError
+    from edgepure.runtime.manifest import load_manifest
+
+    if n < 1 or eval_n < 0:
+        raise ConfigError(f"--n must be ≥ 1 and --eval-n ≥ 0, got {n} and {eval_n}")
+    manifest = load_manifest(directory)
+    shape = manifest["models"]["classifier"]["inputs"][0]["shape"]
+    x, x_eval, _, y_eval = _images(data, n, eval_n, (int(shape[2]), int(shape[3])), seed)
+    target = out or directory.parent / f"{directory.name}-int8"
+    new = calibrate_directory(directory, target, x, x_eval, y_eval, method=method.value, scope=scope.value,
+                              exclude=exclude or [], data=data, trt_cache=trt_cache, trt_version=trt_version,
+                              seed=seed, overwrite=force)
+    if as_json:
+        echo_json(new)
+        return
+    cal = new["calibration"]
+    typer.echo(f"{target}: INT8 ({cal['method']}, scope {cal['scope']}) from {cal['n']} images of {data}")
+    for role, m in new["models"].items():
+        q = m.get("quantization") or {}
+        typer.echo(f"  {role:<10} {m['file']:<16} {m['precision']:<5} {m['nodes']:>6} nodes {m['bytes'] / 1e6:6.2f} MB"
+                   + (f"  {q['quantize_nodes']} Q/DQ pairs" if "quantize_nodes" in q else ""))
+    rep = cal.get("report")
+    if rep:
+        line = f"  held-in {rep['graph']} ({rep['n']} images): top-1 agreement FP32/INT8 {rep['top1_agreement']:.4f}"
+        if "accuracy_fp32" in rep:
+            line += f", accuracy {100 * rep['accuracy_fp32']:.2f} % → {100 * rep['accuracy_int8']:.2f} %"
+        typer.echo(line)
+    if "trt_calibration_cache" in cal:
+        c = cal["trt_calibration_cache"]
+        typer.echo(f"  TensorRT calibration cache: {c['file']} ({c['tensors']} tensors) for {c['for']}")
+
+
+calibrate_cmd = user_errors(calibrate)
