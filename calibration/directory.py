@@ -44,7 +44,8 @@ def _entry(old: dict[str, Any], path: Path, quantize: Optional[dict[str, Any]]) 
         raise ModelError(f"{path.name}: the quantized graph breaks TensorRT's Q/DQ rules: {problems[:3]}")
     entry["precision"] = "int8" if quantize else "fp32"
     if quantize:
-        entry["quantization"] = quantize
+        entry["quantization"] = {**quantize,
+                                 "quantize_nodes": sum(n.op_type == "QuantizeLinear" for n in model.graph.node)}
     for stale in ("parity", "lint"):
         entry.pop(stale, None)
     return entry

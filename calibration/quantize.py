@@ -48,6 +48,10 @@ def quantize_model(src: Path, dst: Path, reader: Any, method: str = "entropy",
     unknown = [e for e in exclude if e not in present and e not in names]
     excluded_nodes = [n.name for n in model.graph.node if n.name in exclude or n.op_type in exclude]
     types = [t for t in (op_types if op_types is not None else sorted(present)) if t not in exclude]
+    # TensorRT wants per-channel weight scales on axis 0 for ConvTranspose too (ONNX Runtime's default is 1)
+    inits = {t.name for t in model.graph.initializer}
+    overrides = {n.input[1]: [{"axis": 0}] for n in model.graph.node
+                 if n.op_type == "ConvTranspose" and len(n.input) > 1 and n.input[1] in inits}
     calib = {"entropy": q.CalibrationMethod.Entropy, "minmax": q.CalibrationMethod.MinMax,
              "percentile": q.CalibrationMethod.Percentile}[method]
     with contextlib.redirect_stdout(sys.stderr):  # the calibrators print progress; stdout is for results
@@ -56,9 +60,8 @@ def quantize_model(src: Path, dst: Path, reader: Any, method: str = "entropy",
             activation_type=q.QuantType.QInt8, weight_type=q.QuantType.QInt8, calibrate_method=calib,
             op_types_to_quantize=types, nodes_to_exclude=excluded_nodes,
             extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
-                           # TensorRT wants per-channel weight scales on axis 0 for ConvTranspose too
                            "QDQOpTypePerChannelSupportToAxis": {"ConvTranspose": 0},
-                           "CalibPercentile": 99.99},
+                           "TensorQuantOverrides": overrides, "CalibPercentile": 99.99},
         )
     out = onnx.load(str(dst))
     quantized = sum(1 for n in out.graph.node if n.op_type == "QuantizeLinear")

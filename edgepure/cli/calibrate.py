@@ -23,22 +23,22 @@ class Scope(str, Enum):
     all = "all"
 
 
+def _gtsrb_like(path: Path) -> bool:
+    """A GTSRB tree or a folder of its official zips (anything else is a plain folder of images)."""
+    return (path.name == "GTSRB" or (path / "GTSRB").is_dir() or (path / "Final_Training").is_dir()
+            or any(path.glob("*.zip")))
+
+
 def _images(data: str, n: int, eval_n: int, size: tuple[int, int], seed: int) -> tuple[Any, Any, Any, Any]:
     """Calibration images and held-in evaluation images (disjoint), with labels where the data has them."""
     from edgepure.calibration.data import folder_images, preprocess
     from edgepure.data import dataset_kind, open_dataset
-    from edgepure.runtime.errors import DataError
 
     path = Path(data)
-    if data != "synth" and path.is_dir():
-        try:
-            kind = dataset_kind(data)
-        except DataError:
-            kind = "folder"
-        if kind == "folder":
-            imgs = folder_images(path, n + eval_n)
-            x = preprocess(imgs, size)
-            return x[:n], (x[n:] if len(x) > n else None), None, None
+    if data != "synth" and path.is_dir() and dataset_kind(data) == "gtsrb" and not _gtsrb_like(path):
+        imgs = folder_images(path, n + eval_n)  # a plain folder of images: no labels
+        x = preprocess(imgs, size)
+        return x[:n], (x[n:] if len(x) > n else None), None, None
     ds = open_dataset(data, "train", n=n + eval_n, seed=seed, size=size[0])
     x = preprocess(ds.images, size)
     return x[:n], (x[n:] if len(x) > n else None), ds.labels[:n], (ds.labels[n:] if len(x) > n else None)

@@ -119,8 +119,10 @@ def _summary(manifest: dict[str, Any], where: Path) -> str:
     lines = [f"{where}: opset {manifest['opset']}, batch {manifest['batch']}, {manifest['precision']}"]
     for role, m in manifest["models"].items():
         ins = ", ".join(f"{i['name']}{i['shape']}" for i in m["inputs"])
-        p = m["parity"]
-        if "max_abs_diff" in p:
+        p = m.get("parity") or {}
+        if "quantization" in m:
+            par = f"{m.get('precision', 'int8')}, {m['quantization'].get('quantize_nodes', 0)} Q/DQ pairs"
+        elif "max_abs_diff" in p:
             par = f"max|Δ| {p['max_abs_diff']:.2e}" + (f", top-1 agreement {p['top1_agreement']:.3f}"
                                                        if "top1_agreement" in p else "")
         else:

@@ -1,0 +1,173 @@
+"""INT8 calibration: Q/DQ model directories that ONNX Runtime runs and TensorRT's rules accept."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import struct
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from typer.testing import CliRunner
+
+from edgepure.calibration.data import FeedReader, preprocess, synth_images
+from edgepure.calibration.directory import calibrate_directory
+from edgepure.calibration.quantize import check_qdq, quantize_model
+from edgepure.calibration.trtcache import cache_header
+from edgepure.cli.main import app
+from edgepure.export.lint import lint_model
+from edgepure.runtime.errors import ConfigError, ModelError
+from edgepure.runtime.model import load_model
+
+cli = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def calib() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    imgs, _ = synth_images(64, seed=1)
+    ev, labels = synth_images(200, seed=2)
+    return preprocess(imgs, (32, 32)), preprocess(ev, (32, 32)), labels
+
+
+@pytest.fixture(scope="module")
+def int8_dir(model_dirs: dict[str, Path], calib: tuple, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("q") / "median-int8"
+    x, ev, labels = calib
+    calibrate_directory(model_dirs["median"], out, x, ev, labels, data="synth", trt_cache=True)
+    return out
+
+
+def test_int8_directory_runs_and_keeps_accuracy(int8_dir: Path, model_dirs: dict[str, Path], calib: tuple) -> None:
+    m = json.loads((int8_dir / "manifest.json").read_text())
+    assert m["precision"] == "int8" and m["models"]["pipeline"]["precision"] == "int8"
+    assert m["models"]["purifier"]["precision"] == "fp32"  # scope classifier: the purifier stays FP32
+    cal = m["calibration"]
+    assert cal["n"] == 64 and cal["method"] == "entropy" and cal["data"] == "synth" and cal["scope"] == "classifier"
+    rep = cal["report"]
+    # the stated bound: INT8 loses at most 2 points of accuracy and agrees with FP32 on ≥ 95 % of top-1s
+    assert rep["n"] == 200 and rep["top1_agreement"] >= 0.95
+    assert rep["accuracy_int8"] >= rep["accuracy_fp32"] - 0.02 and rep["accuracy_fp32"] >= 0.85
+    _, ev, labels = calib
+    a = load_model(model_dirs["median"]).logits(ev[:50]).argmax(1)
+    b = load_model(int8_dir).logits(ev[:50]).argmax(1)  # the runtime loads it like any model directory
+    assert np.mean(a == b) >= 0.95
+    for role in ("classifier", "pipeline"):
+        model = onnx.load(str(int8_dir / m["models"][role]["file"]))
+        assert sum(n.op_type == "QuantizeLinear" for n in model.graph.node) >= 10
+        assert check_qdq(model) == []
+        assert [i for i in lint_model(model, "10.3") if i.severity == "error"] == []
+
+
+def test_trt_calibration_cache_format(int8_dir: Path) -> None:
+    lines = (int8_dir / "pipeline.calibration.cache").read_text().splitlines()
+    assert lines[0] == "TRT-100300-EntropyCalibration2" and len(lines) > 10
+    names = {v.name for v in onnx.load(str(int8_dir / "pipeline.fp32.onnx")).graph.node for v in [v]}
+    for line in lines[1:]:
+        name, _, hexbits = line.partition(": ")
+        scale = struct.unpack(">f", bytes.fromhex(hexbits))[0]
+        assert name and len(hexbits) == 8 and 0 < scale < 1e3
+    assert names  # the FP32 graph the cache belongs to ships beside it
+    assert cache_header("8.6.1") == "TRT-8601-EntropyCalibration2"
+
+
+def _convtranspose_model(path: Path) -> None:
+    rng = np.random.default_rng(0)
+    w1 = numpy_helper.from_array(rng.normal(0, 0.3, (4, 3, 3, 3)).astype(np.float32), "w1")
+    w2 = numpy_helper.from_array(rng.normal(0, 0.3, (4, 2, 3, 3)).astype(np.float32), "w2")
+    nodes = [helper.make_node("Conv", ["image", "w1"], ["h"], pads=[1, 1, 1, 1], name="conv"),
+             helper.make_node("Relu", ["h"], ["r"], name="relu"),
+             helper.make_node("ConvTranspose", ["r", "w2"], ["out"], pads=[1, 1, 1, 1], name="convT")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 8, 8])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 2, 8, 8])], [w1, w2])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10), str(path))
+
+
+def test_convtranspose_weights_are_quantized_on_axis_0(tmp_path: Path) -> None:
+    src, dst = tmp_path / "m.onnx", tmp_path / "q.onnx"
+    _convtranspose_model(src)
+    x = np.random.default_rng(1).random((8, 3, 8, 8), dtype=np.float32)
+    info = quantize_model(src, dst, FeedReader(x, [{"name": "image", "shape": [1, 3, 8, 8]}]), "minmax")
+    q = onnx.load(str(dst))
+    assert info["quantize_nodes"] >= 2 and check_qdq(q) == []
+    dq_w2 = [n for n in q.graph.node if n.op_type == "DequantizeLinear" and n.input[0].startswith("w2")]
+    assert dq_w2 and all(next(a.i for a in n.attribute if a.name == "axis") == 0 for n in dq_w2)
+
+
+def test_check_qdq_catches_what_tensorrt_refuses(tmp_path: Path) -> None:
+    src, dst = tmp_path / "m.onnx", tmp_path / "q.onnx"
+    _convtranspose_model(src)
+    x = np.random.default_rng(1).random((4, 3, 8, 8), dtype=np.float32)
+    quantize_model(src, dst, FeedReader(x, [{"name": "image", "shape": [1, 3, 8, 8]}]), "minmax")
+    q = onnx.load(str(dst))
+    zp = next(t for t in q.graph.initializer if t.name.endswith("zero_point") and t.data_type == TensorProto.INT8)
+    arr = numpy_helper.to_array(zp).copy()
+    arr.flat[0] = 3
+    zp.CopyFrom(numpy_helper.from_array(arr, zp.name))
+    for n in q.graph.node:
+        if n.op_type == "DequantizeLinear" and n.input[0].startswith("w2"):
+            for a in n.attribute:
+                if a.name == "axis":
+                    a.i = 1
+    problems = check_qdq(q)
+    assert any("zero point" in p for p in problems) and any("axis 1" in p for p in problems)
+
+
+def test_exclusions_and_methods(model_dirs: dict[str, Path], calib: tuple, tmp_path: Path) -> None:
+    x, _, _ = calib
+    out = tmp_path / "mm"
+    m = calibrate_directory(model_dirs["plain"], out, x[:16], method="minmax", exclude=["Gemm", "nosuchnode"])
+    q = m["models"]["classifier"]["quantization"]
+    assert "Gemm" not in q["op_types"] and q["unmatched_exclude"] == ["nosuchnode"]
+    model = onnx.load(str(out / "classifier.onnx"))
+    produced = {o for n in model.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    gemm = [n for n in model.graph.node if n.op_type == "Gemm"]
+    assert gemm and not any(n.input[1] in produced for n in gemm)  # the excluded layer keeps float weights
+    conv = [n for n in model.graph.node if n.op_type == "Conv"]
+    assert conv and all(n.input[1] in produced for n in conv)
+    p = calibrate_directory(model_dirs["plain"], tmp_path / "pc", x[:16], method="percentile")
+    assert p["calibration"]["method"] == "percentile"
+
+
+def test_bad_requests_are_refused(model_dirs: dict[str, Path], int8_dir: Path, calib: tuple, tmp_path: Path) -> None:
+    x, _, _ = calib
+    with pytest.raises(ConfigError, match="calibrate an fp32 model directory"):
+        calibrate_directory(int8_dir, tmp_path / "again", x[:8])
+    with pytest.raises(ConfigError, match="exists"):
+        calibrate_directory(model_dirs["plain"], int8_dir, x[:8])
+    with pytest.raises(ConfigError, match="new directory"):
+        calibrate_directory(model_dirs["plain"], model_dirs["plain"], x[:8], overwrite=True)
+    with pytest.raises(ConfigError, match="method"):
+        calibrate_directory(model_dirs["plain"], tmp_path / "m", x[:8], method="magic")
+    with pytest.raises(ConfigError, match="graph takes"):
+        calibrate_directory(model_dirs["plain"], tmp_path / "s", preprocess(synth_images(2, size=40)[0], (40, 40)))
+    bad = tmp_path / "bad"
+    shutil.copytree(model_dirs["plain"], bad)
+    (bad / "classifier.onnx").write_bytes(b"tampered")
+    with pytest.raises(ModelError, match="sha256 mismatch"):
+        calibrate_directory(bad, tmp_path / "b", x[:8])
+    assert not (tmp_path / "m").exists() and not (tmp_path / "b").exists()  # nothing half-written
+
+
+def test_cli_calibrate_json_and_errors(model_dirs: dict[str, Path], tmp_path: Path) -> None:
+    out = tmp_path / "cli-int8"
+    r = cli.invoke(app, ["calibrate", str(model_dirs["median"]), "--n", "16", "--eval-n", "32", "--out", str(out),
+                         "--json"])
+    assert r.exit_code == 0, r.output
+    m = json.loads(r.stdout)  # stdout holds only the manifest (the calibrator's progress goes to stderr)
+    assert m["calibration"]["report"]["n"] == 32 and (out / "manifest.json").is_file()
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    from edgepure.runtime.imageio import encode_ppm
+
+    for i, img in enumerate(synth_images(6, seed=4)[0]):
+        (folder / f"{i}.ppm").write_bytes(encode_ppm(img))
+    r = cli.invoke(app, ["calibrate", str(model_dirs["plain"]), "--data", str(folder), "--n", "4", "--eval-n", "2",
+                         "--out", str(tmp_path / "f")])
+    assert r.exit_code == 0, r.output
+    assert "from 4 images" in r.output
+    r = cli.invoke(app, ["calibrate", str(model_dirs["plain"]), "--data", str(tmp_path / "none"), "--out",
+                         str(tmp_path / "g")])
+    assert r.exit_code == 1 and "error:" in r.output
