@@ -703,14 +703,26 @@ def test_engine_modules_import_without_torch_onnx_or_tensorrt() -> None:
 @pytest.mark.gpu
 @pytest.mark.skipif(not (HAS_GPU and HAS_TRT), reason="needs an NVIDIA GPU, cuda-python and tensorrt")
 def test_real_engine_builds_caches_and_matches_onnxruntime(tmp_path: Path) -> None:
-    import edgepure
-    from edgepure.export.pipeline import export_pipeline
+    # torch-free, so that a Jetson without PyTorch runs it: a small conv classifier written with onnx.helper
+    onnx = pytest.importorskip("onnx")
+    from onnx import TensorProto, helper, numpy_helper
 
-    out = tmp_path / "model"
-    images = np.random.default_rng(0).random((2, 3, 32, 32), dtype=np.float32)
-    export_pipeline(None, edgepure.create_classifier("signnet_xs", num_classes=43).eval(), out, images)
-    manifest = load_manifest(out)
-    role = "pipeline" if "pipeline" in manifest["models"] else "classifier"
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.2, (8, 3, 3, 3)).astype(np.float32), "w1"),
+             numpy_helper.from_array(rng.normal(0, 0.2, (43, 8)).astype(np.float32), "w2")]
+    nodes = [helper.make_node("Conv", ["image", "w1"], ["c"], pads=[1, 1, 1, 1], strides=[2, 2]),
+             helper.make_node("Relu", ["c"], ["r"]), helper.make_node("GlobalAveragePool", ["r"], ["g"]),
+             helper.make_node("Flatten", ["g"], ["f"]), helper.make_node("Gemm", ["f", "w2"], ["logits"], transB=1)]
+    graph = helper.make_graph(nodes, "cls", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 32, 32])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 43])], inits)
+    out = make_model_dir(tmp_path, roles=("classifier",))
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10),
+              str(out / "classifier.onnx"))
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["models"]["classifier"]["sha256"] = sha256_file(out / "classifier.onnx")
+    write_manifest(out, manifest)
+    images = rng.random((2, 3, 32, 32), dtype=np.float32)
+    role = "classifier"
     entry = build_engine(out, role=role, workspace_bytes=1 << 28)
     assert entry["cached"] is False and (out / "engines" / "timing.cache").is_file()
     assert build_engine(out, role=role)["cached"] is True

@@ -419,7 +419,7 @@ def _tiny_onnx() -> bytes:
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8]),
                                helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 3, 8, 8])],
                               initializer=[w, two])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10)
     onnx.checker.check_model(model, full_check=True)
     return model.SerializeToString()
 
