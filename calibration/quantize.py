@@ -30,7 +30,8 @@ def _imports() -> tuple[Any, Any]:
         import onnx
         from onnxruntime import quantization
     except ImportError as exc:
-        raise MissingDependencyError(exc.name or "onnxruntime", "INT8 calibration", extra="torch") from None
+        raise MissingDependencyError(exc.name or "onnxruntime", "INT8 calibration",
+                                     hint="pip install onnx, and onnxruntime (or onnxruntime-gpu)") from None
     return onnx, quantization
 
 
