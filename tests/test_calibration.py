@@ -171,3 +171,11 @@ def test_cli_calibrate_json_and_errors(model_dirs: dict[str, Path], tmp_path: Pa
     r = cli.invoke(app, ["calibrate", str(model_dirs["plain"]), "--data", str(tmp_path / "none"), "--out",
                          str(tmp_path / "g")])
     assert r.exit_code == 1 and "error:" in r.output
+
+
+def test_calibrate_runs_without_torch(model_dirs: dict[str, Path], tmp_path: Path) -> None:
+    from test_stream import run_cli
+
+    r = run_cli("calibrate", str(model_dirs["median"]), "--n", "8", "--eval-n", "8", "--out", str(tmp_path / "q"))
+    assert r.returncode == 0, r.stderr
+    assert "INT8" in r.stdout and (tmp_path / "q" / "pipeline.onnx").is_file()
