@@ -238,6 +238,7 @@ def test_ten_thousand_frames_leave_memory_flat(model_dirs: dict[str, Path], tmp_
     (["run", "synth://?n=3", "display://0"], "needs a display"),
     (["run", "csi://0", "--headless"], "GStreamer"),
     (["run", "synth://?n=3", "--headless", "--backend", "ort-cuda"], "CUDAExecutionProvider"),
+    (["run", "synth://?n=3", "--headless", "--backend", "tensorrt"], "cuda-python"),
 ])
 def test_bad_input_gives_a_clear_error(model_dirs: dict[str, Path], args: list[str], message: str) -> None:
     r = run_cli(*args, "--model", str(model_dirs["plain"]), env={"DISPLAY": ""})

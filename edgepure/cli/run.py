@@ -111,6 +111,8 @@ def run(
         output = "display://0"
     if headless and output and output.startswith("display://"):
         raise ConfigError("--headless and a display:// output contradict each other")
+    if backend is BackendName.tensorrt:
+        _ensure_engines(model, mode.value, variant)
     runner = Runner.from_directory(model, backend=backend.value, mode=mode.value, threads=threads, seed=seed,
                                    variant=variant, roi=_roi(roi), smoothing=smoothing, k=topk,
                                    budget_ms=budget_ms)
@@ -128,6 +130,27 @@ def run(
         typer.echo(_summary_text(summary), err=True)
     if summary["failure"]:
         raise typer.Exit(1)
+
+
+def _ensure_engines(model: Path, mode: str, variant: Optional[str]) -> None:
+    """Build the TensorRT engines this run needs and this device lacks (cached ones load as they are), as
+    jetson-inference does on a first run."""
+    from edgepure.calibration.build import build_engine
+    from edgepure.runtime.manifest import load_manifest
+    from edgepure.runtime.variants import list_variants
+
+    log = logging.getLogger("edgepure.run")
+    for v in list_variants(model):
+        if variant is not None and v.name != variant:
+            continue
+        models = load_manifest(v.path)["models"]
+        roles = (["purifier", "classifier"] if mode == "split" and "purifier" in models
+                 else ["pipeline" if "pipeline" in models else "classifier"])
+        for role in roles:
+            entry = build_engine(v.path, role=role)
+            if not entry["cached"]:
+                log.info("built the TensorRT engine %s (%.0f s); later runs load it", entry["file"],
+                         entry.get("build_seconds", 0))
 
 
 def _summary_text(s: dict[str, Any]) -> str:
