@@ -62,9 +62,7 @@ def quantize_model(src: Path, dst: Path, reader: Any, method: str = "entropy",
             op_types_to_quantize=types, nodes_to_exclude=excluded_nodes,
             extra_options={"ActivationSymmetric": True, "WeightSymmetric": True,
                            "QDQOpTypePerChannelSupportToAxis": {"ConvTranspose": 0},
-                           "TensorQuantOverrides": overrides, "CalibPercentile": 99.99,
-                           # min-max: fold ranges every 16 batches instead of keeping every activation
-                           "CalibMaxIntermediateOutputs": 16},
+                           "TensorQuantOverrides": overrides, "CalibPercentile": 99.99},
         )
     out = onnx.load(str(dst))
     quantized = sum(1 for n in out.graph.node if n.op_type == "QuantizeLinear")
