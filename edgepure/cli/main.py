@@ -10,6 +10,7 @@ from edgepure import __version__
 from edgepure.cli import build as build_cmd
 from edgepure.cli import calibrate as calibrate_cmd
 from edgepure.cli import data as data_cmd
+from edgepure.cli import demo as demo_cmd
 from edgepure.cli import eval as eval_cmd
 from edgepure.cli import export as export_cmd
 from edgepure.cli import models as models_cmd
@@ -33,6 +34,7 @@ app.command("calibrate")(calibrate_cmd.calibrate_cmd)
 app.command("build")(build_cmd.build_cmd)
 app.command("run")(run_cmd.run_cmd)
 app.command("bench")(run_cmd.bench_cmd)
+app.command("demo")(demo_cmd.demo_cmd)
 
 
 def _version(value: bool) -> None:

@@ -30,7 +30,7 @@ import numpy as np
 from edgepure.runtime.errors import ConfigError, EdgepureError, ImageDecodeError, MissingDependencyError
 
 __all__ = [
-    "BadFrameError", "Frame", "FolderSource", "IMAGE_EXTENSIONS", "OpenCVSource", "Source", "SourceError",
+    "ArraySource", "BadFrameError", "Frame", "FolderSource", "IMAGE_EXTENSIONS", "OpenCVSource", "Source", "SourceError",
     "SynthSource", "VIDEO_EXTENSIONS", "csi_pipeline", "open_source", "v4l2_pipeline",
 ]
 
@@ -202,6 +202,30 @@ class SynthSource(Source):
                 time.sleep(delay)
         frame = self._buffer.pop(0)
         frame.index, frame.timestamp = self.index, time.time()
+        self.index += 1
+        return frame
+
+
+class ArraySource(Source):
+    """Frames from memory: ``images`` (N×H×W×3 uint8 RGB), optionally with labels; ``hold`` frames each."""
+
+    def __init__(self, images: np.ndarray, labels: Optional[np.ndarray] = None, hold: int = 1,
+                 uri: str = "array://") -> None:
+        super().__init__(uri)
+        if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+            raise ConfigError(f"expected N×H×W×3 uint8 frames, got {images.dtype} {list(images.shape)}")
+        if labels is not None and len(labels) != len(images):
+            raise ConfigError(f"{len(images)} frames but {len(labels)} labels")
+        if hold < 1:
+            raise ConfigError(f"hold must be ≥ 1, got {hold}")
+        self.images, self.labels, self.hold = images, labels, hold
+
+    def read(self) -> Optional[Frame]:
+        i = self.index // self.hold
+        if i >= len(self.images):
+            return None
+        frame = Frame(self.images[i], self.index, time.time(), f"{self.uri}{i}",
+                      None if self.labels is None else int(self.labels[i]), i)
         self.index += 1
         return frame
 
