@@ -343,3 +343,43 @@ def test_module_callable_classifier(tmp_path: Path) -> None:
     r = runner.invoke(app, ["export", "--classifier", "signnet_s", "--steps", "4", "--out", str(tmp_path / "no")])
     assert r.exit_code == 1 and "without --purifier" in r.stderr
     assert not (tmp_path / "no").exists()
+
+
+def test_macs_of_a_known_graph(tmp_path: Path) -> None:
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from edgepure.export.flops import count_macs
+
+    w = numpy_helper.from_array(np.zeros((8, 3, 3, 3), np.float32), "w")
+    wt = numpy_helper.from_array(np.zeros((8, 4, 3, 3), np.float32), "wt")
+    g = numpy_helper.from_array(np.zeros((4 * 16 * 16, 10), np.float32), "g")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"], pads=[1, 1, 1, 1], strides=[2, 2]),   # 8×16×16 out
+             helper.make_node("ConvTranspose", ["c", "wt"], ["t"], pads=[1, 1, 1, 1]),       # 4×16×16 out
+             helper.make_node("Relu", ["t"], ["r"]),
+             helper.make_node("Flatten", ["r"], ["f"]), helper.make_node("Gemm", ["f", "g"], ["y"])]
+    graph = helper.make_graph(nodes, "m", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 32, 32])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 10])], [w, wt, g])
+    r = count_macs(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)], ir_version=10))
+    assert r["by_op"] == {"Conv": 8 * 16 * 16 * 3 * 9, "ConvTranspose": 8 * 16 * 16 * 4 * 9, "Gemm": 1024 * 10}
+    assert r["macs"] == sum(r["by_op"].values()) and r["uncounted"] == {"Relu": 1, "Flatten": 1}
+
+
+def test_flops_benchmark_smoke(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    import edgepure
+    from edgepure.data import open_dataset
+
+    d = tmp_path / "m"
+    export_pipeline(None, edgepure.create_classifier("signnet_xs", num_classes=43).eval(), d,
+                    open_dataset("synth", "val", n=2).as_float_nchw())
+    out = tmp_path / "f.json"
+    r = subprocess.run([sys.executable, "benchmarks/flops.py", "--models", str(d), "--iters", "3", "--out", str(out)],
+                       capture_output=True, text=True, timeout=300, cwd=Path(__file__).resolve().parents[1])
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(out.read_text())
+    row = rep["results"][0]
+    assert rep["peak"]["gflops"] > 0 and row["mflops_per_crop"] > 0 and 0 < row["fraction_of_peak"]
+    assert "| m | classifier |" in r.stdout
