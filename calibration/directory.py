@@ -42,10 +42,10 @@ def _entry(old: dict[str, Any], path: Path, quantize: Optional[dict[str, Any]]) 
     problems = check_qdq(model)
     if problems:
         raise ModelError(f"{path.name}: the quantized graph breaks TensorRT's Q/DQ rules: {problems[:3]}")
-    entry["precision"] = "int8" if quantize else "fp32"
+    count = sum(n.op_type == "QuantizeLinear" for n in model.graph.node)
+    entry["precision"] = "int8" if count else "fp32"
     if quantize:
-        entry["quantization"] = {**quantize,
-                                 "quantize_nodes": sum(n.op_type == "QuantizeLinear" for n in model.graph.node)}
+        entry["quantization"] = {**quantize, "quantize_nodes": count}
     for stale in ("parity", "lint"):
         entry.pop(stale, None)
     return entry
@@ -53,13 +53,16 @@ def _entry(old: dict[str, Any], path: Path, quantize: Optional[dict[str, Any]]) 
 
 def calibrate_directory(directory: str | Path, out: str | Path, images: np.ndarray,
                         eval_images: Optional[np.ndarray] = None, eval_labels: Optional[np.ndarray] = None,
-                        method: str = "entropy", scope: str = "classifier", exclude: Sequence[str] = (),
+                        method: str = "entropy", scope: str = "forward", exclude: Sequence[str] = (),
+                        purifier_n: int = 64,
                         data: str = "", trt_cache: bool = False, trt_version: str = "10.3.0", seed: int = 0,
                         overwrite: bool = False) -> dict[str, Any]:
     """Write the INT8 twin of the model directory ``directory`` to ``out``; return its manifest.
 
     ``images``: calibration images, float32 ``N×3×H×W`` in [0, 1] (see :func:`calibration.data.preprocess`);
-    ``eval_images``/``eval_labels``: held-in images for the FP32-vs-INT8 report (disjoint from ``images``)."""
+    ``eval_images``/``eval_labels``: held-in images for the FP32-vs-INT8 report (disjoint from ``images``);
+    ``purifier_n``: how many of ``images`` calibrate the purifier (scopes ``forward`` and ``all``): ONNX
+    Runtime's calibrator keeps every activation of every unrolled step of every image in memory."""
     if method not in METHODS:
         raise ConfigError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
     if scope not in SCOPES:
@@ -80,6 +83,8 @@ def calibrate_directory(directory: str | Path, out: str | Path, images: np.ndarr
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         new_models: dict[str, Any] = {}
+        if purifier_n < 1:
+            raise ConfigError(f"purifier_n must be ≥ 1, got {purifier_n}")
         record: dict[str, Any] = {"data": data, "n": int(len(images)), "method": method, "scope": scope,
                                   "exclude": list(exclude), "seed": seed, "per_channel_axis": 0, "symmetric": True}
         purifier = models.get("purifier")
@@ -98,8 +103,10 @@ def calibrate_directory(directory: str | Path, out: str | Path, images: np.ndarr
                 shutil.copyfile(src / purifier["file"], q_pur)
                 pinfo = None
             else:
-                pinfo = quantize_model(src / purifier["file"], q_pur, FeedReader(images, purifier["inputs"], seed),
-                                       method, op_types=["Conv"] if scope == "forward" else None, exclude=exclude)
+                record["purifier_n"] = int(min(purifier_n, len(images)))
+                pinfo = quantize_model(src / purifier["file"], q_pur,
+                                       FeedReader(images[:purifier_n], purifier["inputs"], seed), method,
+                                       op_types=["Conv"] if scope == "forward" else None, exclude=exclude)
             new_models["purifier"] = _entry(purifier, q_pur, pinfo)
             if "pipeline" in models:
                 import onnx

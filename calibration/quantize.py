@@ -4,15 +4,16 @@ Symmetric INT8 (every zero point 0), per-tensor activation scales, per-channel w
 output-channel axis (axis 0, ConvTranspose included), in the explicit Q/DQ format that both TensorRT
 10.x (JetPack 6) and 11.x build from; ONNX Runtime runs the same graphs on the CPU.
 
-Scopes: ``classifier`` (default) quantizes only the classifier, calibrated on *purified* images, and keeps
-the purifier in FP32 — gradient paths and noise inputs stay in full precision; ``forward`` also
-quantizes the purifier's forward convolutions; ``all`` quantizes every op ONNX Runtime can (gradient paths
-included), to measure what that costs.
+Scopes: ``forward`` (default) quantizes the classifier, calibrated on *purified* images, and the
+purifier's forward convolutions, keeping gradient paths (ConvTranspose, MatMul) and noise inputs in full
+precision; ``classifier`` leaves the whole purifier in FP32; ``all`` quantizes every op ONNX Runtime can
+(gradient paths included), to measure what that costs.
 """
 
 from __future__ import annotations
 
 import contextlib
+import shutil
 import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -49,6 +50,10 @@ def quantize_model(src: Path, dst: Path, reader: Any, method: str = "entropy",
     unknown = [e for e in exclude if e not in present and e not in names]
     excluded_nodes = [n.name for n in model.graph.node if n.name in exclude or n.op_type in exclude]
     types = [t for t in (op_types if op_types is not None else sorted(present)) if t not in exclude]
+    if not set(types) & present:  # nothing of these types here (e.g. a median filter has no convolution)
+        shutil.copyfile(src, dst)
+        return {"op_types": types, "excluded_nodes": len(excluded_nodes), "unmatched_exclude": unknown,
+                "quantize_nodes": 0, "nodes": len(model.graph.node), "note": "no op of these types: kept FP32"}
     # TensorRT wants per-channel weight scales on axis 0 for ConvTranspose too (ONNX Runtime's default is 1)
     inits = {t.name for t in model.graph.initializer}
     overrides = {n.input[1]: [{"axis": 0}] for n in model.graph.node

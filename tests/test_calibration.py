@@ -36,7 +36,7 @@ def calib() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def int8_dir(model_dirs: dict[str, Path], calib: tuple, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("q") / "median-int8"
     x, ev, labels = calib
-    calibrate_directory(model_dirs["median"], out, x, ev, labels, data="synth", trt_cache=True)
+    calibrate_directory(model_dirs["median"], out, x, ev, labels, data="synth", trt_cache=True, scope="classifier")
     return out
 
 
@@ -179,3 +179,22 @@ def test_calibrate_runs_without_torch(model_dirs: dict[str, Path], tmp_path: Pat
     r = run_cli("calibrate", str(model_dirs["median"]), "--n", "8", "--eval-n", "8", "--out", str(tmp_path / "q"))
     assert r.returncode == 0, r.stderr
     assert "INT8" in r.stdout and (tmp_path / "q" / "pipeline.onnx").is_file()
+
+
+def test_default_scope_quantizes_the_purifiers_forward_convolutions(calib: tuple, tmp_path: Path) -> None:
+    import edgepure
+    from edgepure.export.pipeline import export_pipeline
+
+    x, ev, labels = calib
+    clf = edgepure.load_classifier()
+    src = tmp_path / "gauss"
+    export_pipeline(edgepure.create_purifier("gaussian", sigma=0.8), clf, src, x[:4],
+                    class_names=clf.pretrained_cfg["class_names"])
+    m = calibrate_directory(src, tmp_path / "gauss-int8", x, ev[:64], labels[:64], purifier_n=16)
+    cal, models = m["calibration"], m["models"]
+    assert cal["scope"] == "forward" and cal["purifier_n"] == 16
+    assert models["purifier"]["precision"] == "int8" and models["purifier"]["quantization"]["op_types"] == ["Conv"]
+    assert models["purifier"]["quantization"]["quantize_nodes"] >= 1
+    assert cal["report"]["top1_agreement"] >= 0.95
+    median = calibrate_directory(tmp_path / "gauss", tmp_path / "g2", x[:8], scope="classifier")
+    assert median["models"]["purifier"]["precision"] == "fp32" and "quantization" not in median["models"]["purifier"]

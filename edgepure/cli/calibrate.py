@@ -52,8 +52,11 @@ def calibrate(
     eval_n: Annotated[int, typer.Option(help="Further held-in images for the FP32-vs-INT8 report (0: none).")] = 512,
     method: Annotated[Method, typer.Option(help="Activation range estimator.")] = Method.entropy,
     scope: Annotated[Scope, typer.Option(
-        help="classifier: INT8 classifier, FP32 purifier (gradients and noise untouched); forward: also the "
-             "purifier's forward convolutions; all: every op ONNX Runtime can quantize.")] = Scope.classifier,
+        help="forward: the classifier and the purifier's forward convolutions (gradient paths and noise stay "
+             "FP32); classifier: the classifier only; all: every op ONNX Runtime can quantize.")] = Scope.forward,
+    purifier_n: Annotated[int, typer.Option(
+        help="Of the --n images, how many calibrate the purifier (the calibrator holds every unrolled step's "
+             "activations in memory: 512 NAPPure K=8 images need > 16 GB).")] = 64,
     exclude: Annotated[Optional[list[str]], typer.Option(help="Node name or op type to keep in full precision (repeatable).")] = None,
     out: Annotated[Optional[Path], typer.Option(help="The INT8 model directory (default: DIRECTORY-int8).")] = None,
     trt_cache: Annotated[bool, typer.Option(help="Also write the legacy TensorRT ≤ 10 calibration cache for the FP32 graph.")] = False,
@@ -74,13 +77,15 @@ def calibrate(
     x, x_eval, _, y_eval = _images(data, n, eval_n, (int(shape[2]), int(shape[3])), seed)
     target = out or directory.parent / f"{directory.name}-int8"
     new = calibrate_directory(directory, target, x, x_eval, y_eval, method=method.value, scope=scope.value,
-                              exclude=exclude or [], data=data, trt_cache=trt_cache, trt_version=trt_version,
+                              exclude=exclude or [], purifier_n=purifier_n, data=data, trt_cache=trt_cache,
+                              trt_version=trt_version,
                               seed=seed, overwrite=force)
     if as_json:
         echo_json(new)
         return
     cal = new["calibration"]
-    typer.echo(f"{target}: INT8 ({cal['method']}, scope {cal['scope']}) from {cal['n']} images of {data}")
+    typer.echo(f"{target}: INT8 ({cal['method']}, scope {cal['scope']}) from {cal['n']} images of {data}"
+               + (f" ({cal['purifier_n']} of them for the purifier)" if "purifier_n" in cal else ""))
     for role, m in new["models"].items():
         q = m.get("quantization") or {}
         typer.echo(f"  {role:<10} {m['file']:<16} {m['precision']:<5} {m['nodes']:>6} nodes {m['bytes'] / 1e6:6.2f} MB"
