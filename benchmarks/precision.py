@@ -38,8 +38,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=512)
     ap.add_argument("--calib-n", type=int, default=512)
     ap.add_argument("--forward-n", type=int, default=64,
-                    help="calibration images for --scope forward (ONNX Runtime's calibrator keeps every activation "
-                         "of every unrolled step in memory: 512 NAPPure K=8 images need > 16 GB)")
+                    help="calibration images for the purifier's convolutions (calibrate --purifier-n)")
     ap.add_argument("--purifiers", default="none,median")
     ap.add_argument("--models", nargs="*", type=Path, default=[])
     ap.add_argument("--attacks", default="conv,patch,flow,additive,all")
@@ -67,8 +66,8 @@ def main() -> None:
         for scope in scopes:
             q = args.out / f"{name}-int8{'' if scope == 'classifier' else '-' + scope}"
             if not (q / "manifest.json").is_file():
-                n = args.calib_n if scope == "classifier" else args.forward_n
-                sh("calibrate", str(d), "--data", args.data, "--n", str(n), "--eval-n", "0",
+                sh("calibrate", str(d), "--data", args.data, "--n", str(args.calib_n), "--eval-n", "0",
+                   "--purifier-n", str(args.forward_n),
                    "--scope", scope, "--out", str(q), "--force")
             dirs.append((name, "int8" if scope == "classifier" else f"int8 ({scope})", q))
     rows: list[dict[str, Any]] = []
