@@ -19,7 +19,7 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from edgepure.calibration.data import FeedReader
-from edgepure.calibration.quantize import METHODS, SCOPES, check_qdq, quantize_model
+from edgepure.calibration.quantize import METHODS, SCOPE_OPS, SCOPES, check_qdq, quantize_model
 from edgepure.runtime.errors import ConfigError, ModelError
 from edgepure.runtime.manifest import MANIFEST_NAME, load_manifest, sha256_file
 
@@ -106,7 +106,7 @@ def calibrate_directory(directory: str | Path, out: str | Path, images: np.ndarr
                 record["purifier_n"] = int(min(purifier_n, len(images)))
                 pinfo = quantize_model(src / purifier["file"], q_pur,
                                        FeedReader(images[:purifier_n], purifier["inputs"], seed), method,
-                                       op_types=["Conv"] if scope == "forward" else None, exclude=exclude)
+                                       op_types=SCOPE_OPS[scope], exclude=exclude)
             new_models["purifier"] = _entry(purifier, q_pur, pinfo)
             if "pipeline" in models:
                 import onnx

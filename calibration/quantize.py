@@ -6,8 +6,8 @@ output-channel axis (axis 0, ConvTranspose included), in the explicit Q/DQ forma
 
 Scopes: ``forward`` (default) quantizes the classifier, calibrated on *purified* images, and the
 purifier's forward convolutions, keeping gradient paths (ConvTranspose, MatMul) and noise inputs in full
-precision; ``classifier`` leaves the whole purifier in FP32; ``all`` quantizes every op ONNX Runtime can
-(gradient paths included), to measure what that costs.
+precision; ``classifier`` leaves the whole purifier in FP32; ``all`` quantizes every compute op of the
+purifier (Conv, ConvTranspose, Gemm, MatMul: gradient paths included), to measure what that costs.
 """
 
 from __future__ import annotations
@@ -16,14 +16,17 @@ import contextlib
 import shutil
 import sys
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
-from edgepure.runtime.errors import ConfigError, MissingDependencyError
+from edgepure.runtime.errors import ConfigError, MissingDependencyError, ModelError
 
 __all__ = ["METHODS", "SCOPES", "check_qdq", "quantize_model"]
 
 METHODS = ("entropy", "minmax", "percentile")
 SCOPES = ("classifier", "forward", "all")
+# op types quantized in the *purifier* per scope (the classifier is always quantized whole)
+SCOPE_OPS: dict[str, list[str]] = {"classifier": [], "forward": ["Conv"],
+                                   "all": ["Conv", "ConvTranspose", "Gemm", "MatMul"]}
 
 
 def _imports() -> tuple[Any, Any]:
@@ -60,7 +63,7 @@ def quantize_model(src: Path, dst: Path, reader: Any, method: str = "entropy",
                  if n.op_type == "ConvTranspose" and len(n.input) > 1 and n.input[1] in inits}
     calib = {"entropy": q.CalibrationMethod.Entropy, "minmax": q.CalibrationMethod.MinMax,
              "percentile": q.CalibrationMethod.Percentile}[method]
-    with contextlib.redirect_stdout(sys.stderr):  # the calibrators print progress; stdout is for results
+    with contextlib.redirect_stdout(sys.stderr), _quantizer_errors(src):
         q.quantize_static(
             str(src), str(dst), reader, quant_format=q.QuantFormat.QDQ, per_channel=True,
             activation_type=q.QuantType.QInt8, weight_type=q.QuantType.QInt8, calibrate_method=calib,
@@ -73,6 +76,16 @@ def quantize_model(src: Path, dst: Path, reader: Any, method: str = "entropy",
     quantized = sum(1 for n in out.graph.node if n.op_type == "QuantizeLinear")
     return {"op_types": types, "excluded_nodes": len(excluded_nodes), "unmatched_exclude": unknown,
             "quantize_nodes": quantized, "nodes": len(out.graph.node)}
+
+
+@contextlib.contextmanager
+def _quantizer_errors(src: Path) -> Iterator[None]:
+    """ONNX Runtime's quantizer refuses some graphs with plain ValueErrors: say which graph, and what to do."""
+    try:
+        yield
+    except (ValueError, RuntimeError) as exc:
+        raise ModelError(f"{src}: ONNX Runtime's quantizer cannot quantize this graph ({exc}); choose a smaller "
+                         "--scope or --exclude the op types involved") from None
 
 
 def check_qdq(model: Any) -> list[str]:

@@ -198,3 +198,18 @@ def test_default_scope_quantizes_the_purifiers_forward_convolutions(calib: tuple
     assert cal["report"]["top1_agreement"] >= 0.95
     median = calibrate_directory(tmp_path / "gauss", tmp_path / "g2", x[:8], scope="classifier")
     assert median["models"]["purifier"]["precision"] == "fp32" and "quantization" not in median["models"]["purifier"]
+
+
+def test_quantizer_refusals_are_user_errors(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from onnxruntime import quantization
+
+    src, dst = tmp_path / "m.onnx", tmp_path / "q.onnx"
+    _convtranspose_model(src)
+
+    def refuse(*a: object, **k: object) -> None:
+        raise ValueError("Quantization parameter shared mode is not supported for weight yet")
+
+    monkeypatch.setattr(quantization, "quantize_static", refuse)
+    x = np.random.default_rng(1).random((2, 3, 8, 8), dtype=np.float32)
+    with pytest.raises(ModelError, match="cannot quantize this graph .*shared mode.*--scope"):
+        quantize_model(src, dst, FeedReader(x, [{"name": "image", "shape": [1, 3, 8, 8]}]))

@@ -53,7 +53,7 @@ def calibrate(
     method: Annotated[Method, typer.Option(help="Activation range estimator.")] = Method.entropy,
     scope: Annotated[Scope, typer.Option(
         help="forward: the classifier and the purifier's forward convolutions (gradient paths and noise stay "
-             "FP32); classifier: the classifier only; all: every op ONNX Runtime can quantize.")] = Scope.forward,
+             "FP32); classifier: the classifier only; all: every compute op, gradient paths included.")] = Scope.forward,
     purifier_n: Annotated[int, typer.Option(
         help="Of the --n images, how many calibrate the purifier (the calibrator holds every unrolled step's "
              "activations in memory: 512 NAPPure K=8 images need > 16 GB).")] = 64,
