@@ -55,7 +55,7 @@ def main() -> None:
     rows: dict[int, list[dict]] = {}
     for r in recs:
         rows.setdefault(int((r["time"] - start) // args.window), []).append(r)
-    print(f"\n| time | frames | median latency ms | variants |\n|---|---:|---:|---|")
+    print("\n| time | frames | median latency ms | variants |\n|---|---:|---:|---|")
     for b, rs in sorted(rows.items()):
         counts: dict[str, int] = {}
         for r in rs:
