@@ -34,8 +34,26 @@ def _run(path: Path, images: np.ndarray, inputs: Sequence[dict[str, Any]], seed:
     return np.concatenate([sess.run(None, feed)[0] for feed in reader.feeds()])
 
 
-def _entry(old: dict[str, Any], path: Path, quantize: Optional[dict[str, Any]]) -> dict[str, Any]:
+def _smoke(path: Path, inputs: Sequence[dict[str, Any]], images: np.ndarray) -> None:
+    """The quantized graph must run in ONNX Runtime: one batch, finite outputs (else nothing is written)."""
+    from edgepure.runtime.backends import ort_session
+
+    feed = next(FeedReader(images, inputs).feeds())
+    try:
+        out = ort_session(path).run(None, feed)[0]
+    except Exception as exc:  # noqa: BLE001 - ORT raises its own Fail/RuntimeException types
+        raise ModelError(f"{path.name}: the quantized graph does not run in ONNX Runtime ({str(exc)[:300]}); "
+                         "choose a smaller --scope or --exclude the op types involved") from None
+    if not np.isfinite(out).all():
+        raise ModelError(f"{path.name}: the quantized graph produces NaN or infinity")
+
+
+def _entry(old: dict[str, Any], path: Path, quantize: Optional[dict[str, Any]],
+           images: Optional[np.ndarray] = None) -> dict[str, Any]:
     import onnx
+
+    if quantize and images is not None:
+        _smoke(path, old["inputs"], images)
 
     model = onnx.load(str(path))
     entry = {**old, "sha256": sha256_file(path), "bytes": path.stat().st_size, "nodes": len(model.graph.node)}
@@ -96,7 +114,7 @@ def calibrate_directory(directory: str | Path, out: str | Path, images: np.ndarr
         q_cls = tmp / models["classifier"]["file"]
         info = quantize_model(src / models["classifier"]["file"], q_cls,
                               FeedReader(cls_images, models["classifier"]["inputs"], seed), method, exclude=exclude)
-        new_models["classifier"] = _entry(models["classifier"], q_cls, info)
+        new_models["classifier"] = _entry(models["classifier"], q_cls, info, cls_images)
         if purifier is not None:
             q_pur = tmp / purifier["file"]
             if scope == "classifier":
@@ -107,7 +125,7 @@ def calibrate_directory(directory: str | Path, out: str | Path, images: np.ndarr
                 pinfo = quantize_model(src / purifier["file"], q_pur,
                                        FeedReader(images[:purifier_n], purifier["inputs"], seed), method,
                                        op_types=SCOPE_OPS[scope], exclude=exclude)
-            new_models["purifier"] = _entry(purifier, q_pur, pinfo)
+            new_models["purifier"] = _entry(purifier, q_pur, pinfo, images)
             if "pipeline" in models:
                 import onnx
 
@@ -116,7 +134,8 @@ def calibrate_directory(directory: str | Path, out: str | Path, images: np.ndarr
                 merged = merge_graphs(onnx.load(str(q_pur)), onnx.load(str(q_cls)))
                 q_pipe = tmp / models["pipeline"]["file"]
                 onnx.save(merged, str(q_pipe))
-                new_models["pipeline"] = _entry(models["pipeline"], q_pipe, {"from": ["purifier", "classifier"]})
+                new_models["pipeline"] = _entry(models["pipeline"], q_pipe, {"from": ["purifier", "classifier"]},
+                                                images)
         if trt_cache:
             from onnxruntime.quantization import CalibrationMethod
 

@@ -7,7 +7,7 @@ output-channel axis (axis 0, ConvTranspose included), in the explicit Q/DQ forma
 Scopes: ``forward`` (default) quantizes the classifier, calibrated on *purified* images, and the
 purifier's forward convolutions, keeping gradient paths (ConvTranspose, MatMul) and noise inputs in full
 precision; ``classifier`` leaves the whole purifier in FP32; ``all`` quantizes every compute op of the
-purifier (Conv, ConvTranspose, Gemm, MatMul: gradient paths included), to measure what that costs.
+purifier (Conv, ConvTranspose, Gemm: gradient paths included), to measure what that costs.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ METHODS = ("entropy", "minmax", "percentile")
 SCOPES = ("classifier", "forward", "all")
 # op types quantized in the *purifier* per scope (the classifier is always quantized whole)
 SCOPE_OPS: dict[str, list[str]] = {"classifier": [], "forward": ["Conv"],
-                                   "all": ["Conv", "ConvTranspose", "Gemm", "MatMul"]}
+                                   # MatMul stays out: ORT's CPU QLinearMatMul cannot run per-channel weights
+                                   "all": ["Conv", "ConvTranspose", "Gemm"]}
 
 
 def _imports() -> tuple[Any, Any]:
