@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import logging
 import statistics
-import time
 from collections import deque
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
+from edgepure.runtime.bench import time_calls
 from edgepure.runtime.errors import ConfigError
 
 __all__ = ["BudgetController", "Switch", "measure"]
@@ -34,14 +34,7 @@ class Switch:
 
 def measure(run: Callable[[], object], warmup: int = 3, repeats: int = 10) -> float:
     """Median wall time of ``run()`` in milliseconds, after ``warmup`` untimed calls."""
-    for _ in range(warmup):
-        run()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        run()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+    return float(statistics.median(time_calls([run], warmup, repeats)[0]))
 
 
 class BudgetController:

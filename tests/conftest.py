@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import textwrap
 import zipfile
 from pathlib import Path
 
@@ -139,3 +140,19 @@ def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
                     class_names=names, classifier_info=info)
     write_variants(root / "set", [("plain", "plain"), ("median", "median")])
     return {"plain": root / "set" / "plain", "median": root / "set" / "median", "set": root / "set"}
+
+
+def blocked_imports(*names: str) -> str:
+    """Python source that makes importing any of ``names`` (or their submodules) fail, as on a device
+    without them; run it first in a subprocess, then import what is under test."""
+    return textwrap.dedent(f"""
+        import sys
+
+        class Block:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in {names!r}:
+                    raise ImportError(name + " is blocked in this test")
+                return None
+
+        sys.meta_path.insert(0, Block())
+    """)

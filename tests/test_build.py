@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+
+from conftest import blocked_imports
 import typer
 from typer.testing import CliRunner
 
@@ -527,17 +529,8 @@ def test_cli_builds_then_reports_the_cache_with_fakes(monkeypatch: pytest.Monkey
 
 # --- no torch, onnx or tensorrt at import time ----------------------------------------------------------------
 
-BLOCKED_IMPORT = textwrap.dedent(
+BLOCKED_IMPORT = blocked_imports("torch", "onnx", "tensorrt", "tensorrt_lean", "cuda") + textwrap.dedent(
     """
-    import sys
-
-    class Block:
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in ("torch", "onnx", "tensorrt", "tensorrt_lean", "cuda"):
-                raise ImportError(name + " is blocked in this test")
-            return None
-
-    sys.meta_path.insert(0, Block())
     import edgepure.runtime.engines
     assert not [m for m in sys.modules if m.startswith("edgepure.calibration")]
     import edgepure.calibration.build

@@ -4,17 +4,11 @@ import subprocess
 import sys
 import textwrap
 
-SCRIPT = textwrap.dedent(
+from conftest import blocked_imports
+
+SCRIPT = blocked_imports("torch", "onnx") + textwrap.dedent(
     """
-    import importlib, pkgutil, sys
-
-    class BlockTorch:
-        def find_spec(self, name, path=None, target=None):
-            if name in ("torch", "onnx") or name.startswith(("torch.", "onnx.")):
-                raise ImportError(f"{name} is blocked in this test")
-            return None
-
-    sys.meta_path.insert(0, BlockTorch())
+    import importlib, pkgutil
     import edgepure
     import edgepure.runtime as r
     names = [m.name for m in pkgutil.walk_packages(r.__path__, r.__name__ + ".")]

@@ -21,6 +21,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from conftest import blocked_imports
+
 from edgepure.runtime.backends.base import Backend
 from edgepure.runtime.backends.cuda import (
     CudaError,
@@ -378,17 +380,8 @@ def test_dynamic_shape_is_refused_with_fakes(monkeypatch: pytest.MonkeyPatch, en
 
 # --- torch-free imports -------------------------------------------------------------------------------------
 
-BLOCKED_IMPORT = textwrap.dedent(
+BLOCKED_IMPORT = blocked_imports("torch", "onnx", "tensorrt", "tensorrt_lean", "cuda") + textwrap.dedent(
     """
-    import sys
-
-    class Block:
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in ("torch", "onnx", "tensorrt", "tensorrt_lean", "cuda"):
-                raise ImportError(name + " is blocked in this test")
-            return None
-
-    sys.meta_path.insert(0, Block())
     import edgepure.runtime.backends.cuda as c
     import edgepure.runtime.backends.tensorrt as t
     assert c.has_gpu() is False

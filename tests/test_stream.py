@@ -13,6 +13,8 @@ from typing import Optional
 import numpy as np
 import pytest
 
+from conftest import blocked_imports
+
 from edgepure.runtime.imageio import encode_ppm
 from edgepure.runtime.synth import render_sign
 from edgepure.runtime.stream import Runner, open_output, open_source, run_stream
@@ -21,14 +23,7 @@ from edgepure.runtime.stream.sources import (FolderSource, Frame, OpenCVSource, 
                                              csi_pipeline)
 from edgepure.runtime.errors import ConfigError, EdgepureError
 
-BLOCK = textwrap.dedent("""
-    import sys
-    class Block:
-        def find_spec(self, name, path=None, target=None):
-            if name == "torch" or name.startswith("torch."):
-                raise ImportError("torch is blocked in this test")
-    sys.meta_path.insert(0, Block())
-""")
+BLOCK = blocked_imports("torch")
 
 
 def run_cli(*args: str, block_torch: bool = True, env: Optional[dict[str, str]] = None) -> subprocess.CompletedProcess:
