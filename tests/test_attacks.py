@@ -145,3 +145,32 @@ def test_blind_adversarials_are_cached_per_classifier_images_and_attack(tmp_path
     np.save(files[0], np.zeros((3, 3), np.float32))
     with pytest.raises(ConfigError, match="delete the file"):
         benchmark(m, data, "gaussian", **kw)  # type: ignore[arg-type]
+
+
+def test_adaptive_adversarials_are_cached_per_purifier(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from edgepure.purifiers import create_purifier
+
+    x, y, m = _batch(10)
+    data = ImageSet((x.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8), y.numpy(), [str(i) for i in range(10)],
+                    ("a", "b", "c"))
+    kw = dict(attacks=["additive"], threats=["adaptive"], steps=5, batch_size=5, budgets={"additive": {"eps": 0.3}},
+              cache_dir=tmp_path)
+    first = benchmark(m, data, create_purifier("gaussian", sigma=1.0), **kw)  # type: ignore[arg-type]
+    assert [f.name.split("-")[0] for f in tmp_path.glob("*.npy")] == ["adaptive"]
+    # the same purifier scored again (another backend would be a scorer) reads them back: same numbers
+    calls = []
+
+    def scorer(xb: torch.Tensor, seed: int) -> np.ndarray:
+        calls.append(xb.shape[0])
+        return m(create_purifier("gaussian", sigma=1.0)(xb)).argmax(1).numpy()
+
+    again = benchmark(m, data, create_purifier("gaussian", sigma=1.0), scorer=scorer, **kw)  # type: ignore[arg-type]
+    assert again["robust_accuracy"] == first["robust_accuracy"] and len(list(tmp_path.glob("*.npy"))) == 1
+    assert sum(calls) == 20  # clean and attacked images, scored by the scorer
+    (entry,) = tmp_path.glob("adaptive-*.npy")
+    np.save(entry, x.numpy())  # what is on disk is what gets scored: clean images score as clean
+    read = benchmark(m, data, create_purifier("gaussian", sigma=1.0), **kw)  # type: ignore[arg-type]
+    assert read["robust_accuracy"]["additive"]["adaptive"] == read["clean_accuracy"]
+    # other settings of the purifier are another attack: a new entry
+    benchmark(m, data, create_purifier("gaussian", sigma=2.0), **kw)  # type: ignore[arg-type]
+    assert len(list(tmp_path.glob("adaptive-*.npy"))) == 2

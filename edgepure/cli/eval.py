@@ -108,7 +108,8 @@ def robust(
     examples: Annotated[int, typer.Option(help="Images per attack in the examples figure.")] = 4,
     out: Annotated[Optional[Path], typer.Option(help="Write results.json, results.csv and figures here.")] = None,
     cache: Annotated[Optional[Path], typer.Option(
-        help="Keep blind adversarial examples here and reuse them for other defenses (same classifier, images, attack).")] = None,
+        help="Keep adversarial examples here and reuse them: blind ones for other defenses (same classifier, images, "
+             "attack), adaptive ones for the same purifier scored again (e.g. its exported --model).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of the table.")] = False,
 ) -> None:
     """Clean and robust accuracy per attack and threat model (APGD-CE over each perturbation family)."""

@@ -28,6 +28,7 @@ def classifier(
     augment: Annotated[bool, typer.Option(help="Geometric, photometric, blur, occlusion and noise augmentation.")] = True,
     occlude: Annotated[float, typer.Option(help="Probability of an occluding patch per training image.")] = 0.25,
     occlude_max: Annotated[int, typer.Option(help="Largest occluding patch side in pixels.")] = 11,
+    stickers: Annotated[float, typer.Option(help="Probability of 2-6 small, mostly white sticker patches per image.")] = 0.0,
     ema: Annotated[float, typer.Option(help="EMA decay of the weights (0: off); the EMA is validated and saved as best.")] = 0.0,
     val_fraction: Annotated[float, typer.Option(help="Fraction of tracks held out for validation.")] = 0.1,
     resume: Annotated[bool, typer.Option(help="Continue from the run folder's last checkpoint.")] = False,
@@ -40,7 +41,7 @@ def classifier(
     cfg = TrainConfig(
         data=data, out=str(out), model=model, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
         seed=seed, synth=synth, synth_pool=synth_pool, augment=augment, occlude=occlude, occlude_max=occlude_max,
-        ema=ema, val_fraction=val_fraction, max_steps=max_steps or None,
+        stickers=stickers, ema=ema, val_fraction=val_fraction, max_steps=max_steps or None,
     )
     record = train_classifier(cfg, resume=resume, log=lambda s: typer.echo(s, err=True))
     summary = {"out": str(out), "epochs_done": record["epoch"] + 1, "best_val_accuracy": record["best_val_accuracy"],

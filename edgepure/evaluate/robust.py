@@ -47,30 +47,36 @@ def _defended_predict(classifier: nn.Module, purifier: Optional[Purifier], x: to
     return classifier(xp).argmax(1).numpy(), xp
 
 
-def _fingerprint(classifier: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: dict[str, Any]) -> str:
-    """A key for blind adversarial examples: the classifier's weights, the images and the attack settings."""
+def _fingerprint(classifier: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: dict[str, Any],
+                 purifier: Optional[nn.Module] = None) -> str:
+    """A key for adversarial examples: the weights of what the attack differentiates (the classifier, and the
+    purifier for the adaptive threats), the images and the attack settings."""
     h = hashlib.sha256()
-    for name, t in sorted(classifier.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    for prefix, module in (("classifier.", classifier), ("purifier.", purifier)):
+        if module is None:
+            continue
+        for name, t in sorted(module.state_dict().items()):
+            h.update((prefix + name).encode())
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
     h.update(x.numpy().tobytes())
     h.update(y.numpy().tobytes())
     h.update(json.dumps(spec, sort_keys=True, default=str).encode())
     return h.hexdigest()[:24]
 
 
-class _BlindCache:
-    """Blind adversarial examples on disk: the attack does not see the defense, so one run serves every
-    defense evaluated against the same classifier, images and attack settings."""
+class _AdvCache:
+    """Adversarial examples on disk. A blind attack does not see the defense, so one run serves every
+    defense evaluated against the same classifier, images and attack settings; an adaptive one is keyed by
+    the purifier too (its weights and settings), and serves every backend that runs that purifier."""
 
     def __init__(self, directory: Optional[Path]) -> None:
         self.dir = Path(directory) if directory is not None else None
 
-    def _path(self, key: str) -> Optional[Path]:
-        return None if self.dir is None else self.dir / f"blind-{key}.npy"
+    def _path(self, threat: str, key: str) -> Optional[Path]:
+        return None if self.dir is None else self.dir / f"{threat}-{key}.npy"
 
-    def load(self, key: str, shape: tuple[int, ...]) -> Optional[torch.Tensor]:
-        path = self._path(key)
+    def load(self, threat: str, key: str, shape: tuple[int, ...]) -> Optional[torch.Tensor]:
+        path = self._path(threat, key)
         if path is None or not path.is_file():
             return None
         arr = np.load(path, allow_pickle=False)
@@ -79,8 +85,8 @@ class _BlindCache:
                               f"expected {shape} float32; delete the file")
         return torch.from_numpy(arr)
 
-    def save(self, key: str, x_adv: torch.Tensor) -> None:
-        path = self._path(key)
+    def save(self, threat: str, key: str, x_adv: torch.Tensor) -> None:
+        path = self._path(threat, key)
         if path is None:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -113,8 +119,9 @@ def benchmark(
 
     ``scorer(x, seed) -> predictions`` replaces PyTorch for scoring clean and attacked images (an exported
     graph in ONNX Runtime, :class:`edgepure.evaluate.exported.OnnxScorer`); the attacks still differentiate
-    the PyTorch modules. ``cache_dir`` keeps blind adversarial examples on disk (keyed by the classifier's
-    weights, the images and every attack setting) and reuses them for the next defense."""
+    the PyTorch modules. ``cache_dir`` keeps adversarial examples on disk (keyed by the classifier's
+    weights, the images and every attack setting, and for adaptive threats the purifier's weights and
+    settings) and reuses them: blind ones for the next defense, adaptive ones for the next backend."""
     unknown = [a for a in attacks if a not in PERTURBATIONS]
     if unknown:
         raise ConfigError(f"unknown attack(s) {', '.join(unknown)} (expected {', '.join(PERTURBATIONS)})")
@@ -142,7 +149,7 @@ def benchmark(
         pred, purified = _defended_predict(classifier, purifier, x, seed + s)
         return (scorer(x, seed + s) if scorer is not None else pred), purified
 
-    cache = _BlindCache(Path(cache_dir) if cache_dir is not None else None)
+    cache = _AdvCache(Path(cache_dir) if cache_dir is not None else None)
     clean_pred = np.concatenate([predict(x_all[s : s + batch_size], s)[0] for s in starts])
     with torch.no_grad():
         bare_pred = np.concatenate([classifier(x_all[s : s + batch_size]).argmax(1).numpy() for s in starts])
@@ -165,11 +172,17 @@ def benchmark(
         for threat in threat_list:
             ok = np.zeros(n, dtype=bool)
             cached, key = None, ""
-            if threat is Threat.blind and cache.dir is not None:
+            if cache.dir is not None:
                 spec = {"attack": name, "budget": budget, "dataset": dataset, "method": method, "steps": steps,
                         "eot": eot, "restarts": restarts, "seed": seed, "batch_size": batch_size}
-                key = _fingerprint(classifier, x_all, y_all, spec)
-                cached = cache.load(key, tuple(x_all.shape))
+                seen = None
+                if threat is not Threat.blind:
+                    assert purifier is not None
+                    spec.update(threat=threat.value, defense=getattr(purifier, "edgepure_name", type(purifier).__name__),
+                                defense_config=purifier.config())
+                    seen = purifier
+                key = _fingerprint(classifier, x_all, y_all, spec, seen)
+                cached = cache.load(threat.value, key, tuple(x_all.shape))
             fresh = []
             for s in starts:
                 x, y = x_all[s : s + batch_size], y_all[s : s + batch_size]
@@ -191,7 +204,7 @@ def benchmark(
                     bar.set_postfix(attack=name, threat=threat.value)
                     bar.update(1)
             if key and cached is None:
-                cache.save(key, torch.cat(fresh))
+                cache.save(threat.value, key, torch.cat(fresh))
             robust[name][threat.value] = float((ok & clean_ok).mean())
             ok_all &= ok
         robust[name]["worst"] = float(ok_all.mean())

@@ -2,7 +2,7 @@
 
 Geometry (rotation, scale, shear, translation, mild perspective-like anisotropy), photometry (brightness,
 contrast, saturation, gamma), and the natural perturbations purification deals with: Gaussian blur,
-occluding patches and additive noise. Every draw comes from the ``torch.Generator`` passed in.
+occluding patches, stickers and additive noise. Every draw comes from the ``torch.Generator`` passed in.
 """
 
 from __future__ import annotations
@@ -30,13 +30,16 @@ class AugmentConfig:
     blur_sigma: tuple[float, float] = (0.3, 1.3)
     p_occlude: float = 0.25
     occlude_px: tuple[int, int] = (4, 11)
+    p_stickers: float = 0.0
+    stickers: tuple[int, int] = (2, 6)  # how many stickers per image
+    sticker_px: tuple[int, int] = (2, 5)  # side of one sticker in pixels
     p_noise: float = 0.25
     noise_std: float = 0.05
 
     @classmethod
     def none(cls) -> AugmentConfig:
         return cls(rotate_deg=0.0, scale=(1.0, 1.0), shear=0.0, aspect=0.0, translate_px=0.0, brightness=0.0,
-                   contrast=0.0, saturation=0.0, p_blur=0.0, p_occlude=0.0, p_noise=0.0)
+                   contrast=0.0, saturation=0.0, p_blur=0.0, p_occlude=0.0, p_stickers=0.0, p_noise=0.0)
 
 
 def _u(n: int, lo: float, hi: float, g: torch.Generator) -> torch.Tensor:
@@ -99,6 +102,21 @@ def augment_batch(x: torch.Tensor, cfg: AugmentConfig, g: torch.Generator) -> to
             r0 = int(torch.randint(0, h - ph + 1, (1,), generator=g))
             c0 = int(torch.randint(0, w - pw + 1, (1,), generator=g))
             y[i, :, r0 : r0 + ph, c0 : c0 + pw] = torch.rand(3, 1, 1, generator=g)
+    # --- stickers: several small patches, mostly white/grey (the stickers people put on real signs)
+    if cfg.p_stickers > 0:
+        m = (torch.rand(n, generator=g) < cfg.p_stickers).nonzero().flatten()
+        lo, hi = cfg.sticker_px
+        for i in m.tolist():
+            for _ in range(int(torch.randint(cfg.stickers[0], cfg.stickers[1] + 1, (1,), generator=g))):
+                ph = int(torch.randint(lo, hi + 1, (1,), generator=g))
+                pw = int(torch.randint(lo, hi + 1, (1,), generator=g))
+                r0 = int(torch.randint(0, h - ph + 1, (1,), generator=g))
+                c0 = int(torch.randint(0, w - pw + 1, (1,), generator=g))
+                if float(torch.rand(1, generator=g)) < 0.7:
+                    colour = (0.75 + 0.25 * torch.rand(1, generator=g)).expand(3).reshape(3, 1, 1)
+                else:
+                    colour = torch.rand(3, 1, 1, generator=g)
+                y[i, :, r0 : r0 + ph, c0 : c0 + pw] = colour
     # --- additive noise
     if cfg.p_noise > 0:
         m = (torch.rand(n, generator=g) < cfg.p_noise).float().view(n, 1, 1, 1)

@@ -43,6 +43,7 @@ class TrainConfig:
     augment: bool = True
     occlude: float = 0.25  # probability of an occluding patch per image
     occlude_max: int = 11  # largest patch side (pixels)
+    stickers: float = 0.0  # probability of 2-6 small (mostly white) sticker patches per image
     ema: float = 0.0  # decay of an exponential moving average of the weights (0: off); evaluated and shipped
     max_steps: int | None = None  # stop early (smoke tests); None = full epochs
     model_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -130,7 +131,7 @@ def train_classifier(cfg: TrainConfig, resume: bool = False, log: Any = print) -
     steps_per_epoch = math.ceil(n_per_epoch / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
     warmup = int(cfg.warmup_epochs * steps_per_epoch)
-    aug_cfg = (AugmentConfig(p_occlude=cfg.occlude, occlude_px=(4, cfg.occlude_max)) if cfg.augment
+    aug_cfg = (AugmentConfig(p_occlude=cfg.occlude, occlude_px=(4, cfg.occlude_max), p_stickers=cfg.stickers) if cfg.augment
                else AugmentConfig.none())
     result: dict[str, Any] = {}
     steps_done = 0
