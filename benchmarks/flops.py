@@ -12,27 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import time
 from pathlib import Path
-from typing import Any
-
-
-def measured_peak(repeats: int = 5) -> dict[str, float]:
-    import numpy as np
-
-    best = 0.0
-    for n in (256, 512, 1024, 2048):
-        a = np.random.default_rng(0).random((n, n), dtype=np.float32)
-        a @ a
-        t = min(_time(lambda: a @ a) for _ in range(repeats))
-        best = max(best, 2 * n**3 / t / 1e9)
-    return {"gflops": round(best, 1)}
-
-
-def _time(fn: Any) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
 
 
 def main() -> None:
@@ -48,10 +28,11 @@ def main() -> None:
 
     from edgepure.export.flops import count_macs
     from edgepure.runtime.bench import bench_directory
+    from edgepure.runtime.machine import describe_machine, matmul_peak_gflops
     from edgepure.runtime.manifest import load_manifest
     from edgepure.runtime.variants import list_variants
 
-    peak = measured_peak()
+    peak = {"gflops": matmul_peak_gflops()}
     rows = []
     for d in args.models:
         for v in list_variants(d):
@@ -65,7 +46,7 @@ def main() -> None:
                          "mflops_per_crop": round(2 * macs["macs"] / 1e6, 1), "by_op_mmacs":
                          {k: round(x / 1e6, 2) for k, x in macs["by_op"].items()}, "p50_ms": ms,
                          "gflops_achieved": round(gflops, 2), "fraction_of_peak": round(gflops / peak["gflops"], 3)})
-    report = {"threads": args.threads, "peak": peak, "results": rows}
+    report = {"machine": describe_machine(), "threads": args.threads, "peak": peak, "results": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"measured peak (float32 matrix product, {args.threads} thread): {peak['gflops']} GFLOP/s\n")

@@ -1,0 +1,91 @@
+"""The benchmark report script, in its smoke mode (synthetic signs, tiny settings): it measures, writes
+BENCHMARKS.md, the figures and report.json, and the Markdown says what the JSON says."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from report import parse_purifier  # noqa: E402
+from report_render import pareto  # noqa: E402
+
+
+def test_purifier_specs_parse_to_name_settings_and_label() -> None:
+    assert parse_purifier("none") == ("none", "none", {})
+    assert parse_purifier("nappure:kind=joint:steps=8") == ("nappure-joint-K8", "nappure", {"kind": "joint", "steps": 8})
+    assert parse_purifier("gaussian:sigma=1.5") == ("gaussian-1.5", "gaussian", {"sigma": 1.5})
+
+
+def test_pareto_front_keeps_only_undominated_points() -> None:
+    pts = [(1.0, 20.0), (2.0, 30.0), (1.5, 10.0), (3.0, 25.0), (10.0, 60.0), (0.5, 5.0)]
+    assert pareto(pts) == [5, 0, 1, 4]  # by latency; (1.5, 10) and (3, 25) are beaten by a faster, better point
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    out = tmp_path_factory.mktemp("report")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "report.py"), "--smoke", "--out", str(out / "run"),
+                        "--md", str(out / "BENCHMARKS.md"), "--figures", str(out / "figures")],
+                       capture_output=True, text=True, env=env, cwd=out, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return {"out": out, "report": json.loads((out / "run" / "report.json").read_text()),
+            "md": (out / "BENCHMARKS.md").read_text(), "stderr": r.stderr}
+
+
+def test_smoke_report_measures_every_purifier_on_three_backends(smoke: dict[str, Any]) -> None:
+    rep = smoke["report"]
+    assert [r["label"] for r in rep["purifiers"]] == ["none", "median", "nappure-additive-K1"]
+    for r in rep["purifiers"]:
+        assert set(r["accuracy"]) == {"torch", "ort-fp32", "ort-int8"}
+        threats = {"blind"} if r["purifier"] == "none" else {"blind", "adaptive"}
+        for backend, acc in r["accuracy"].items():
+            assert set(acc) == threats
+            for threat, row in acc.items():
+                assert set(row) == {"clean", "conv", "patch", "flow", "additive", "all", "mean"}
+                assert all(0.0 <= v <= row["clean"] for k, v in row.items() if k != "clean")
+        # the FP32 graph is the torch model (parity-checked): at most one of 8 images may flip per attack
+        for threat in threats:
+            t, o = r["accuracy"]["torch"][threat], r["accuracy"]["ort-fp32"][threat]
+            assert all(abs(t[k] - o[k]) <= 1 / 8 + 1e-9 for k in t)
+        assert all(ms > 0 for ms in r["latency_ms"].values()) and set(r["latency_ms"]) == {"torch", "ort-fp32", "ort-int8"}
+        assert r["mflops_per_crop"] > 100  # the classifier alone is ~134 MFLOPs per 32×32 crop
+    nap = rep["purifiers"][2]
+    assert nap["mflops_per_crop"] > rep["purifiers"][0]["mflops_per_crop"]  # the prior's VJP is on top
+    manifest = json.loads((smoke["out"] / "run" / "models" / "nappure-additive-K1-int8" / "manifest.json").read_text())
+    assert manifest["precision"] == "int8"
+    cache = smoke["out"] / "run" / "advcache"
+    # one per attack family, shared by every purifier and backend; + the sweep's reference images (additive)
+    assert len(list(cache.glob("blind-*.npy"))) == 6
+    assert len(list(cache.glob("adaptive-*.npy"))) == 10  # per purifier (median, NAPPure) and attack
+    assert rep["machine"]["matmul_peak_gflops"] > 0 and rep["machine"]["threads_used"] == 1
+
+
+def test_smoke_report_markdown_and_figures_match_the_json(smoke: dict[str, Any]) -> None:
+    rep, md = smoke["report"], smoke["md"]
+    for name in ("pareto.png", "nappure_sweep.png"):
+        data = (smoke["out"] / "figures" / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+        assert f"](figures/{name})" in md
+    lines = md.splitlines()
+    for r in rep["purifiers"]:
+        for backend, label in (("torch", "torch eager"), ("ort-fp32", "ORT CPU FP32"), ("ort-int8", "ORT CPU INT8")):
+            for threat in r["accuracy"][backend]:
+                section = lines.index(next(s for s in lines if s.startswith(f"### {threat.capitalize()} threat")))
+                row = next(s for s in lines[section:] if s.startswith(f"| {r['label']} | {label} |"))
+                assert row.endswith(f"| **{100 * r['accuracy'][backend][threat]['mean']:.1f}** |")
+        cost = next(s for s in lines if s.startswith(f"| {r['label']} | {r['latency_ms']['torch']:.2f} |"))
+        assert f"| {r['latency_ms']['ort-fp32']:.2f} | {r['latency_ms']['ort-int8']:.2f} |" in cost
+    sweep = rep["sweep"]
+    assert sweep["kind"] == "additive" and [row["steps"] for row in sweep["rows"]] == [1]
+    assert sweep["reference"]["steps"] == 3 and f"| {sweep['reference']['steps']} (reference) |" in md
+    assert rep["machine"]["cpu"] in md and f"{rep['machine']['matmul_peak_gflops']} GFLOP/s" in md
