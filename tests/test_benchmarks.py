@@ -89,3 +89,32 @@ def test_smoke_report_markdown_and_figures_match_the_json(smoke: dict[str, Any])
     assert sweep["kind"] == "additive" and [row["steps"] for row in sweep["rows"]] == [1]
     assert sweep["reference"]["steps"] == 3 and f"| {sweep['reference']['steps']} (reference) |" in md
     assert rep["machine"]["cpu"] in md and f"{rep['machine']['matmul_peak_gflops']} GFLOP/s" in md
+
+
+# every other benchmark script, with settings small enough for CI: it runs to the end and prints its table
+SCRIPTS = {
+    "runtime": (["--models", "{plain}", "--batches", "1", "--iters", "3", "--warmup", "1", "--out", "{tmp}/rt.json"],
+                "| model | variant | graph |"),
+    "flops": (["--models", "{median}", "--iters", "3", "--out", "{tmp}/flops.json"], "| pipeline | graph | MFLOPs / crop |"),
+    "attacks": (["--data", "synth", "--n", "4", "--steps", "1", "--attack", "additive", "--threads", "1"], "additive"),
+    "classifier": (["--synth-n", "43", "--threads", "1"], '"synthetic_test"'),
+    "nappure": (["--latency", "--kind", "additive", "--steps", "1", "--repeat", "1", "--batch", "1", "--threads", "1"],
+                '"ms_per_image"'),
+    "export": (["--purifiers", "median", "--batches", "1", "--repeats", "2", "--threads", "1", "--out", "{tmp}/exp"],
+               "median"),
+    "precision": (["--data", "synth", "--n", "4", "--calib-n", "4", "--purifiers", "none", "--attacks", "additive",
+                   "--steps", "1", "--out", "{tmp}/prec", "--cache", "{tmp}/cache"], "none"),
+    "budget": (["--model", "{set}", "--budget-ms", "50", "--load-at", "1", "--load-for", "1", "--total", "4",
+                "--hogs", "1", "--window", "1"], "start-up:"),
+}
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_benchmark_scripts_run_in_smoke_settings(script: str, model_dirs: dict[str, Path], tmp_path: Path) -> None:
+    args, expected = SCRIPTS[script]
+    fill = {**{k: str(v) for k, v in model_dirs.items()}, "tmp": str(tmp_path)}
+    argv = [a.format(**fill) for a in args]
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / f"{script}.py"), *argv], capture_output=True, text=True,
+                       env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=tmp_path, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert expected in r.stdout, r.stdout[-2000:]
