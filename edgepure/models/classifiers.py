@@ -64,10 +64,12 @@ class SignNet(nn.Module):
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
         layers: list[nn.Module] = [_conv_bn(3, widths[0])]
         cin = widths[0]
+        self.stage_ends: list[int] = []  # index in ``features`` of each stage's last layer
         for i, (w, n) in enumerate(zip(widths, blocks)):
             if i > 0:
                 layers.append(_conv_bn(cin, w, stride=2))
             layers.extend(ResidualBlock(w) for _ in range(n))
+            self.stage_ends.append(len(layers) - 1)
             cin = w
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -78,6 +80,17 @@ class SignNet(nn.Module):
         x = (x - self.mean) / self.std
         x = self.pool(self.features(x)).flatten(1)
         return self.head(self.dropout(x))
+
+    def stage_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The output of each stage's last block (finest first) for ``x`` in [0, 1]: what an attention
+        mask made from the classifier's own activations reads."""
+        h = (x - self.mean) / self.std
+        out = []
+        for i, layer in enumerate(self.features):
+            h = layer(h)
+            if i in self.stage_ends:
+                out.append(h)
+        return out
 
 
 @register_classifier("signnet_s", pretrained_tag="signnet_s_gtsrb")
