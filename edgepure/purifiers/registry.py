@@ -35,6 +35,7 @@ def register_purifier(name: str, has_weights: bool = False) -> Callable[[Callabl
 
 def _ensure_builtin() -> None:
     import edgepure.purifiers.baselines  # noqa: F401
+    import edgepure.purifiers.coup  # noqa: F401
     import edgepure.purifiers.diffusion  # noqa: F401
     import edgepure.purifiers.nappure  # noqa: F401
 
