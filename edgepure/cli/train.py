@@ -84,3 +84,34 @@ def prior(
         echo_json(summary)
     else:
         typer.echo(f"best validation MSE at σ=0.5: {summary['best_val_mse']:.5f}; checkpoints in {out}")
+
+
+@app.command("blindspot")
+@user_errors
+def blindspot(
+    data: Annotated[str, typer.Option("--data", help="GTSRB folder/zip or 'synth' (the training split is used).")],
+    out: Annotated[Path, typer.Option("--out", help="Run folder: checkpoints (safetensors + JSON) go here.")],
+    model: Annotated[str, typer.Option(help="Registered blind-spot architecture.")] = "bsn_s",
+    epochs: Annotated[int, typer.Option(help="Number of epochs.")] = 6,
+    batch_size: Annotated[int, typer.Option(help="Batch size.")] = 64,
+    lr: Annotated[float, typer.Option(help="Peak learning rate (Adam, cosine after warm-up).")] = 1e-3,
+    seed: Annotated[int, typer.Option(help="Seed of initialisation, shuffling, noise and augmentation.")] = 0,
+    noise_max: Annotated[float, typer.Option(help="Largest training noise std in [0, 1] units (zero-mean, symmetric).")] = 32 / 255,
+    ema: Annotated[float, typer.Option(help="EMA decay of the weights (0: off); the EMA is validated and saved as best.")] = 0.999,
+    val_fraction: Annotated[float, typer.Option(help="Fraction of tracks held out for validation.")] = 0.1,
+    resume: Annotated[bool, typer.Option(help="Continue from the run folder's last checkpoint.")] = False,
+    max_steps: Annotated[int, typer.Option(help="Stop after this many optimiser steps (0: no limit).")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the final record as JSON.")] = False,
+) -> None:
+    """Train a blind-spot network self-supervised on noisy training images (NCIS's restorer); resumable."""
+    from edgepure.training.blindspot import BlindSpotConfig, train_blindspot
+
+    cfg = BlindSpotConfig(data=data, out=str(out), model=model, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                          noise_max=noise_max, ema=ema, val_fraction=val_fraction, max_steps=max_steps or None)
+    record = train_blindspot(cfg, resume=resume, log=lambda s: typer.echo(s, err=True))
+    summary = {"out": str(out), "epochs_done": record["epoch"] + 1, "best_val_mse": record["best_val_mse"],
+               "last": record["history"][-1]}
+    if as_json:
+        echo_json(summary)
+    else:
+        typer.echo(f"best validation MSE at 16/255 noise: {summary['best_val_mse']:.5f}; checkpoints in {out}")

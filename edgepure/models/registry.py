@@ -52,7 +52,7 @@ ClassifierEntry = ModelEntry  # the name this module exported first
 
 # one registry per kind of network: classifiers, and the image priors (denoisers) purifiers use
 _REGISTRIES: dict[str, dict[str, ModelEntry]] = {"classifier": {}, "prior": {}}
-_BUILTIN = {"classifier": "edgepure.models.classifiers", "prior": "edgepure.models.priors"}
+_BUILTIN = {"classifier": ("edgepure.models.classifiers",), "prior": ("edgepure.models.priors", "edgepure.models.blindspot")}
 
 
 def _register(kind: str, name: str | None, pretrained_tag: str | None, defaults: dict[str, Any]
@@ -85,7 +85,8 @@ def register_prior(
 def _registry(kind: str) -> dict[str, ModelEntry]:
     import importlib
 
-    importlib.import_module(_BUILTIN[kind])  # registers the built-in architectures
+    for module in _BUILTIN[kind]:
+        importlib.import_module(module)  # registers the built-in architectures
     return _REGISTRIES[kind]
 
 
