@@ -23,7 +23,14 @@ from torch import nn
 
 from edgepure.models.registry import register_prior
 
-__all__ = ["EDMDenoiser", "edm_unet_s", "edm_unet_xs"]
+__all__ = ["EDMDenoiser", "ddpm_alphas_bar", "edm_unet_s", "edm_unet_xs"]
+
+
+def ddpm_alphas_bar(steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
+    """ᾱ_t for t = 0..steps of the linear-β DDPM schedule (ᾱ_0 = 1), float64; with ``x_t = √ᾱ_t·x_0 +
+    √(1 − ᾱ_t)·ε`` the EDM denoiser sees ``x_t/√ᾱ_t`` at ``σ = √((1 − ᾱ_t)/ᾱ_t)``."""
+    betas = torch.linspace(beta_start, beta_end, steps, dtype=torch.float64)
+    return torch.cat([torch.ones(1, dtype=torch.float64), torch.cumprod(1.0 - betas, 0)])
 
 
 def _norm(channels: int) -> nn.GroupNorm:
@@ -61,7 +68,7 @@ class UNet(nn.Module):
     """``F(x; c_noise)``: levels with ``channels[i]`` channels and ``blocks[i]`` residual blocks each way."""
 
     def __init__(self, channels: Sequence[int], blocks: Sequence[int], mid_blocks: int = 1,
-                 emb_dim: int = 128, dropout: float = 0.0, in_channels: int = 3) -> None:
+                 emb_dim: int = 128, dropout: float = 0.0, in_channels: int = 3, out_channels: int | None = None) -> None:
         super().__init__()
         if len(channels) != len(blocks) or not channels:
             raise ValueError(f"channels and blocks need one entry per level, got {channels} and {blocks}")
@@ -94,7 +101,7 @@ class UNet(nn.Module):
                 self.up.append(nn.Conv2d(c, channels[i - 1], 3, padding=1))
                 c = channels[i - 1]
         self.out_norm = _norm(c)
-        self.out = nn.Conv2d(c, in_channels, 3, padding=1)
+        self.out = nn.Conv2d(c, out_channels or in_channels, 3, padding=1)
         nn.init.zeros_(self.out.weight)
         nn.init.zeros_(self.out.bias)
 

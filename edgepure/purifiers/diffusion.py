@@ -32,17 +32,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgepure.models.priors import ddpm_alphas_bar
 from edgepure.purifiers.base import Purifier
 from edgepure.purifiers.registry import register_purifier
 from edgepure.runtime.errors import ConfigError
 
 __all__ = ["HeteroDiffusion", "attention_mask", "ddpm_alphas_bar"]
-
-
-def ddpm_alphas_bar(steps: int = 1000, beta_start: float = 1e-4, beta_end: float = 0.02) -> torch.Tensor:
-    """ᾱ_t for t = 0..steps of the linear-β DDPM schedule (ᾱ_0 = 1), float64."""
-    betas = torch.linspace(beta_start, beta_end, steps, dtype=torch.float64)
-    return torch.cat([torch.ones(1, dtype=torch.float64), torch.cumprod(1.0 - betas, 0)])
 
 
 def attention_mask(classifier: nn.Module, x: torch.Tensor, tau: float) -> torch.Tensor:

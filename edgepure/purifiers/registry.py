@@ -37,6 +37,7 @@ def _ensure_builtin() -> None:
     import edgepure.purifiers.baselines  # noqa: F401
     import edgepure.purifiers.coup  # noqa: F401
     import edgepure.purifiers.diffusion  # noqa: F401
+    import edgepure.purifiers.impure  # noqa: F401
     import edgepure.purifiers.ncis  # noqa: F401
     import edgepure.purifiers.nappure  # noqa: F401
 
