@@ -47,9 +47,9 @@ def _accuracy_table(rows: list[dict[str, Any]], threat: str) -> list[str]:
 def _cost_table(rows: list[dict[str, Any]], peak: float) -> list[str]:
     floor = next((r for r in rows if r["purifier"] == "none"), rows[0])
     f_ms = floor["latency_ms"]["ort-fp32"]
-    out = ["| purifier | torch ms | ORT FP32 ms | ORT INT8 ms | × classifier (FP32) | ORT vs torch | INT8 vs FP32 | "
+    out = ["| purifier | network calls / crop | torch ms | ORT FP32 ms | ORT INT8 ms | × classifier (FP32) | ORT vs torch | INT8 vs FP32 | "
            "MFLOPs / crop | GFLOP/s | of peak | blind mean gain per ms (FP32) |",
-           "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     base = floor["accuracy"]["ort-fp32"]["blind"]["mean"]
     for r in rows:
         lat = r["latency_ms"]
@@ -57,7 +57,8 @@ def _cost_table(rows: list[dict[str, Any]], peak: float) -> list[str]:
         extra = lat["ort-fp32"] - f_ms
         gain = r["accuracy"]["ort-fp32"]["blind"]["mean"] - base
         per_ms = f"{100 * gain / extra:+.2f} pts" if r is not floor and extra > 0 else "–"
-        out.append(f"| {r['label']} | {lat['torch']:.2f} | {lat['ort-fp32']:.2f} | {lat['ort-int8']:.2f} | "
+        calls = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in r.get("calls_per_image", {}).items()) or "–"
+        out.append(f"| {r['label']} | {calls} + classifier | {lat['torch']:.2f} | {lat['ort-fp32']:.2f} | {lat['ort-int8']:.2f} | "
                    f"{lat['ort-fp32'] / f_ms:.1f}× | {lat['torch'] / lat['ort-fp32']:.2f}× faster | "
                    f"{lat['ort-fp32'] / lat['ort-int8']:.2f}× | {r['mflops_per_crop']:.1f} | {gflops:.1f} | "
                    f"{100 * gflops / peak:.1f} % | {per_ms} |")
@@ -72,8 +73,10 @@ def _sweep_table(sweep: dict[str, Any], n: int) -> list[str]:
     out = ["| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
     for r in sweep["rows"]:
         acc, sub = r["accuracy"], r["accuracy_reference_images"]
+        ort = r["latency_ms"].get("ort-fp32")
         cells = [str(r["steps"]), _pct(acc["clean"]), *[_pct(acc[a]) for a in attacks], _pct(sub["clean"]),
-                 *[_pct(sub[a]) for a in attacks], f"{r['latency_ms']['torch']:.1f}", f"{r['latency_ms']['ort-fp32']:.1f}"]
+                 *[_pct(sub[a]) for a in attacks], f"{r['latency_ms']['torch']:.1f}",
+                 f"{ort:.1f}" if ort is not None else "– (not exported)"]
         out.append("| " + " | ".join(cells) + " |")
     acc = ref["accuracy"]
     cells = [f"{ref['steps']} (reference)", "–", *["–" for _ in attacks], _pct(acc["clean"]),

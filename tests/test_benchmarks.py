@@ -61,6 +61,7 @@ def test_smoke_report_measures_every_purifier_on_three_backends(smoke: dict[str,
         assert r["mflops_per_crop"] > 100  # the classifier alone is ~134 MFLOPs per 32×32 crop
     nap = rep["purifiers"][2]
     assert nap["mflops_per_crop"] > rep["purifiers"][0]["mflops_per_crop"]  # the prior's VJP is on top
+    assert nap["calls_per_image"] == {"denoiser_with_gradient": 1} and rep["purifiers"][1]["calls_per_image"] == {}
     manifest = json.loads((smoke["out"] / "run" / "models" / "nappure-additive-K1-int8" / "manifest.json").read_text())
     assert manifest["precision"] == "int8"
     cache = smoke["out"] / "run" / "advcache"
@@ -83,7 +84,8 @@ def test_smoke_report_markdown_and_figures_match_the_json(smoke: dict[str, Any])
                 section = lines.index(next(s for s in lines if s.startswith(f"### {threat.capitalize()} threat")))
                 row = next(s for s in lines[section:] if s.startswith(f"| {r['label']} | {label} |"))
                 assert row.endswith(f"| **{100 * r['accuracy'][backend][threat]['mean']:.1f}** |")
-        cost = next(s for s in lines if s.startswith(f"| {r['label']} | {r['latency_ms']['torch']:.2f} |"))
+        cost = next(s for s in lines if s.startswith(f"| {r['label']} |") and
+                    f" + classifier | {r['latency_ms']['torch']:.2f} |" in s)
         assert f"| {r['latency_ms']['ort-fp32']:.2f} | {r['latency_ms']['ort-int8']:.2f} |" in cost
     sweep = rep["sweep"]
     assert sweep["kind"] == "additive" and [row["steps"] for row in sweep["rows"]] == [1]

@@ -53,8 +53,10 @@ ClassifierEntry = ModelEntry  # the name this module exported first
 # one registry per kind of network: classifiers, and the image networks purifiers use ("priors": denoisers,
 # blind-spot and masked-reconstruction networks)
 _REGISTRIES: dict[str, dict[str, ModelEntry]] = {"classifier": {}, "prior": {}}
-_BUILTIN = {"classifier": ("edgepure.models.classifiers",), "prior": ("edgepure.models.priors", "edgepure.models.blindspot",
-                                                                 "edgepure.models.impure")}
+_BUILTIN = {
+    "classifier": ("edgepure.models.classifiers",),
+    "prior": ("edgepure.models.priors", "edgepure.models.blindspot", "edgepure.models.impure"),
+}
 
 
 def _register(kind: str, name: str | None, pretrained_tag: str | None, defaults: dict[str, Any]

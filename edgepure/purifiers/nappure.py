@@ -285,6 +285,10 @@ class NAPPure(Purifier):
             return {"flow": theta["flow"].clamp(-self.cfg.flow_eps, self.cfg.flow_eps)}
         return theta
 
+    def calls_per_image(self) -> dict[str, int]:
+        """Network evaluations per purified image: each step one prior forward and its vector-Jacobian product."""
+        return {"denoiser_with_gradient": self.cfg.steps}
+
     def config(self) -> dict[str, object]:
         d = asdict(self.cfg)
         d["mode"] = self.mode
