@@ -57,8 +57,8 @@ def _cost_table(rows: list[dict[str, Any]], peak: float) -> list[str]:
         extra = lat["ort-fp32"] - f_ms
         gain = r["accuracy"]["ort-fp32"]["blind"]["mean"] - base
         per_ms = f"{100 * gain / extra:+.2f} pts" if r is not floor and extra > 0 else "–"
-        calls = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in r.get("calls_per_image", {}).items()) or "–"
-        out.append(f"| {r['label']} | {calls} + classifier | {lat['torch']:.2f} | {lat['ort-fp32']:.2f} | {lat['ort-int8']:.2f} | "
+        calls = ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in r.get("calls_per_image", {}).items())
+        out.append(f"| {r['label']} | {calls + ' + ' if calls else ''}classifier | {lat['torch']:.2f} | {lat['ort-fp32']:.2f} | {lat['ort-int8']:.2f} | "
                    f"{lat['ort-fp32'] / f_ms:.1f}× | {lat['torch'] / lat['ort-fp32']:.2f}× faster | "
                    f"{lat['ort-fp32'] / lat['ort-int8']:.2f}× | {r['mflops_per_crop']:.1f} | {gflops:.1f} | "
                    f"{100 * gflops / peak:.1f} % | {per_ms} |")

@@ -85,7 +85,7 @@ def test_smoke_report_markdown_and_figures_match_the_json(smoke: dict[str, Any])
                 row = next(s for s in lines[section:] if s.startswith(f"| {r['label']} | {label} |"))
                 assert row.endswith(f"| **{100 * r['accuracy'][backend][threat]['mean']:.1f}** |")
         cost = next(s for s in lines if s.startswith(f"| {r['label']} |") and
-                    f" + classifier | {r['latency_ms']['torch']:.2f} |" in s)
+                    f"classifier | {r['latency_ms']['torch']:.2f} |" in s)
         assert f"| {r['latency_ms']['ort-fp32']:.2f} | {r['latency_ms']['ort-int8']:.2f} |" in cost
     sweep = rep["sweep"]
     assert sweep["kind"] == "additive" and [row["steps"] for row in sweep["rows"]] == [1]
