@@ -256,7 +256,18 @@ def main(argv: Optional[list[str]] = None) -> None:
     ap.add_argument("--out", type=Path, default=Path("runs/report"))
     ap.add_argument("--md", type=Path, default=Path("BENCHMARKS.md"))
     ap.add_argument("--figures", type=Path, default=Path("benchmarks/figures"), help="where the PNG figures go")
+    ap.add_argument("--note", default="", help="a remark on the run's conditions, printed under the machine")
+    ap.add_argument("--from-json", type=Path, help="re-render the Markdown and figures of a finished run's report.json")
     args = ap.parse_args(argv)
+    if args.from_json:
+        from report_render import write_report
+
+        report = json.loads(args.from_json.read_text())
+        report["note"] = args.note or report.get("note", "")
+        args.from_json.write_text(json.dumps(report, indent=2) + "\n")
+        for path in write_report(report, args.md, args.figures):
+            print(f"wrote {path}", file=sys.stderr)
+        return
     if args.smoke:
         args.n, args.adaptive_n, args.steps, args.adaptive_steps = min(args.n, 8), min(args.adaptive_n, 4), 2, 2
         args.calib_n, args.purifier_n, args.reference_n = 8, 2, min(args.reference_n, 2)
@@ -292,7 +303,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     rows = [measure_purifier(b, spec) for spec in args.purifiers.split(",") if spec]
     sweep = measure_sweep(b)
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    report = {"machine": machine, "settings": settings, "data": b.described, "n": len(b.data),
+    report = {"machine": machine, "settings": settings, "note": args.note, "data": b.described, "n": len(b.data),
               "adaptive_n": len(b.data_adaptive), "purifiers": rows, "sweep": sweep,
               "command": " ".join(["python", "benchmarks/report.py", *(argv if argv is not None else sys.argv[1:])]),
               "date": time.strftime("%Y-%m-%d"), "minutes": round((time.perf_counter() - t0) / 60, 1)}

@@ -120,3 +120,15 @@ def test_benchmark_scripts_run_in_smoke_settings(script: str, model_dirs: dict[s
                        env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=tmp_path, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert expected in r.stdout, r.stdout[-2000:]
+
+
+def test_a_finished_run_re_renders_from_its_json_with_a_note(smoke: dict[str, Any], tmp_path: Path) -> None:
+    src = tmp_path / "report.json"
+    src.write_text(json.dumps(smoke["report"]))
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "report.py"), "--from-json", str(src), "--md",
+                        str(tmp_path / "B.md"), "--figures", str(tmp_path / "figures"), "--note", "Quiet machine."],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    md = (tmp_path / "B.md").read_text()
+    assert "batch 1. Quiet machine." in md and md.replace(" Quiet machine.", "") == smoke["md"]
+    assert json.loads(src.read_text())["note"] == "Quiet machine."
