@@ -44,7 +44,7 @@ def test_iterative_smoothing_is_the_special_case_alpha_zero(bsn: torch.nn.Module
     plain = NCIS(bsn, iterations=2, sigma=1.0, kernel_size=5, alpha=0.0)
     assert torch.allclose(plain(x), gs(gs(x)), atol=1e-6)
     assert torch.equal(NCIS(bsn, iterations=0)(x), x)
-    full = NCIS(bsn, iterations=2)
+    full = NCIS(bsn, iterations=2, alpha=1.0)
     out = full(x)
     assert torch.equal(out, full(x)) and out.shape == x.shape and 0 <= float(out.min()) and float(out.max()) <= 1
     assert not torch.allclose(out, plain(x))  # the blind-spot detail is added back
@@ -54,6 +54,7 @@ def test_iterative_smoothing_is_the_special_case_alpha_zero(bsn: torch.nn.Module
 def test_settings_round_trip_and_bad_settings(bsn: torch.nn.Module) -> None:
     p = edgepure.create_purifier("ncis", pretrained=False, bsn="bsn_xs", iterations=2, alpha=0.5)
     assert p.config() == {"iterations": 2, "sigma": 1.0, "kernel_size": 5, "alpha": 0.5}
+    assert edgepure.create_purifier("ncis").config() == {"iterations": 3, "sigma": 1.0, "kernel_size": 5, "alpha": 0.5}
     with pytest.raises(ConfigError, match="odd kernel_size"):
         NCIS(bsn, kernel_size=4)
     with pytest.raises(ConfigError, match="alpha"):
@@ -85,3 +86,19 @@ def test_train_blindspot_cli_learns_and_resumes(tmp_path) -> None:  # type: igno
     assert json.loads(r.stdout[r.stdout.index("{"):])["epochs_done"] == 2
     r = runner.invoke(app, [*args[:-3], "--resume", "--seed", "1"])
     assert r.exit_code == 1 and "seed" in r.output
+
+
+def test_shipped_ncis_undoes_a_blind_additive_attack_better_than_smoothing_alone() -> None:
+    from edgepure.attacks import APGD
+    from edgepure.data import open_dataset
+    from edgepure.perturb import create_perturbation
+
+    data = open_dataset("synth", "val", n=48, seed=3)
+    x, y = torch.from_numpy(data.as_float_nchw()), torch.from_numpy(data.labels)
+    clf = edgepure.load_classifier()
+    x_adv = APGD(clf, create_perturbation("additive", "gtsrb"), steps=10, seed=0)(x, y).detach()
+    ncis = edgepure.create_purifier("ncis")
+    with torch.no_grad():
+        acc = {name: float((clf(p(z)).argmax(1) == y).float().mean()) for name, p, z in
+               [("bare", torch.nn.Identity(), x_adv), ("ncis", ncis, x_adv), ("ncis_clean", ncis, x)]}
+    assert acc["bare"] < 0.1 and acc["ncis"] > acc["bare"] + 0.2 and acc["ncis_clean"] >= 0.9, acc

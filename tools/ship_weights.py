@@ -1,8 +1,9 @@
-"""Copy a trained classifier or image prior into the package: weights (safetensors) + the JSON beside them.
+"""Copy a trained classifier, image prior, blind-spot or IMPure network into the package: weights (safetensors) + the JSON beside them.
 
     python tools/ship_weights.py RUN_DIR --tag signnet_s_gtsrb --command "edgepure train classifier ..." \
         [--metrics bench.json]
     python tools/ship_weights.py RUN_DIR --tag edm_unet_s_gtsrb --command "edgepure train prior ..."
+    python tools/ship_weights.py RUN_DIR --tag bsn_s_gtsrb --command "edgepure train blindspot ..."
 
 The JSON records the architecture and its arguments, preprocessing (and class names for a classifier),
 the training command and configuration, per-epoch history, the measured metrics, the sha256 of the
@@ -54,6 +55,15 @@ def main() -> None:
                 "input": "float32 RGB NCHW in [-1, 1] (EDM convention, sigma_data 0.5) and sigma of shape (N,)",
                 "size": [record["input_size"], record["input_size"]],
             },
+        }
+    elif record.get("kind") in ("blindspot", "impure"):
+        meta = {
+            "name": record["name"],
+            "kind": "prior",
+            "role": {"blindspot": "blind-spot network (NCIS)", "impure": "masked-view reconstruction (IMPure)"}[record["kind"]],
+            "config": record.get("model_config", {}),
+            "dataset": "GTSRB (training split of the track split; validation tracks held out)",
+            "preprocessing": {"input": "float32 RGB NCHW in [0, 1]", "size": [record["input_size"], record["input_size"]]},
         }
     else:
         meta = {"name": record["name"], "kind": "classifier", "config": record.get("model_config", {}),
