@@ -35,7 +35,7 @@ from typing import Any, Callable, Optional
 
 ATTACKS = ("conv", "patch", "flow", "additive", "all")
 MATCH = {"blur": ["conv"], "occlusion": ["patch"], "distortion": ["flow"], "additive": ["additive"], "joint": list(ATTACKS)}
-DEFAULT_PURIFIERS = ("none,gaussian,median,bitdepth,hetero_diffusion,coup:steps=4,nappure:kind=distortion:steps=4,"
+DEFAULT_PURIFIERS = ("none,gaussian,median,bitdepth,ncis,hetero_diffusion,coup:steps=4,nappure:kind=distortion:steps=4,"
                      "nappure:kind=joint:steps=4")
 
 
