@@ -10,10 +10,8 @@ held-out images at fixed noise levels (what the network is for), and of the nois
 
 from __future__ import annotations
 
-import copy
 import math
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +20,8 @@ import torch
 from edgepure.data import open_dataset
 from edgepure.models.registry import create_prior
 from edgepure.runtime.errors import ConfigError
-from edgepure.training.checkpoint import check_resumable, load_checkpoint, save_checkpoint
-from edgepure.training.classifier import _ema_update, _lr_at, _to_tensor
+from edgepure.training.classifier import _to_tensor
+from edgepure.training.loop import fit
 from edgepure.training.prior import _shift
 
 __all__ = ["BlindSpotConfig", "train_blindspot", "validate_blindspot"]
@@ -82,8 +80,6 @@ def validate_blindspot(model: torch.nn.Module, images: torch.Tensor, levels: tup
 def train_blindspot(cfg: BlindSpotConfig, resume: bool = False, log: Any = print) -> dict[str, Any]:
     """Train ``cfg.model`` on the training split of ``cfg.data``; the best checkpoint has the lowest
     validation MSE at 16/255 noise (of the EMA weights when ``ema`` > 0)."""
-    from tqdm import tqdm
-
     if cfg.epochs <= 0 or cfg.batch_size <= 0:
         raise ConfigError(f"epochs and batch size must be positive, got {cfg.epochs} and {cfg.batch_size}")
     if not 0 <= cfg.ema < 1 or cfg.noise_max < 0:
@@ -97,65 +93,11 @@ def train_blindspot(cfg: BlindSpotConfig, resume: bool = False, log: Any = print
     x_train = _to_tensor(open_dataset(cfg.data, "train", **common).images)
     val = _to_tensor(open_dataset(cfg.data, "val", **common).images)
     x_val = val[torch.randperm(len(val), generator=torch.Generator().manual_seed(0))[: cfg.val_n]]
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99))
-    ema_model = copy.deepcopy(model).eval() if cfg.ema > 0 else None
-    if ema_model is not None:
-        for p in ema_model.parameters():
-            p.requires_grad_(False)
-    start_epoch, history, best = 0, [], math.inf
-    if resume:
-        record = load_checkpoint(out, "last", model, opt)
-        if ema_model is not None:
-            load_checkpoint(out, "last_ema", ema_model)
-        check_resumable(out, record, cfg)
-        start_epoch, history = int(record["epoch"]) + 1, list(record.get("history", []))
-        best = float(record.get("best_val_mse", math.inf))
-        log(f"resuming from epoch {start_epoch} of {cfg.epochs} ({out})")
-    steps_per_epoch = math.ceil(len(x_train) / cfg.batch_size)
-    total, steps_done = steps_per_epoch * cfg.epochs, 0
-    record = {}
-    for epoch in range(start_epoch, cfg.epochs):
-        g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-        order = torch.randperm(len(x_train), generator=g)
-        model.train()
-        t0, seen, loss_sum = time.time(), 0, 0.0
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step", leave=False)
-        for i in bar:
-            step = epoch * steps_per_epoch + i
-            for group in opt.param_groups:
-                group["lr"] = _lr_at(step, total, cfg.warmup_steps, cfg.lr)
-            idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-            noisy = add_symmetric_noise(_shift(x_train[idx].float() / 255, cfg.shift, g), cfg.noise_max, g)
-            loss = (model(noisy) - noisy).square().mean()
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            if ema_model is not None:
-                _ema_update(ema_model, model, min(cfg.ema, (1 + step) / (10 + step)))
-            seen += len(idx)
-            loss_sum += loss.item() * len(idx)
-            bar.set_postfix(loss=f"{loss_sum / seen:.5f}")
-            steps_done += 1
-            if cfg.max_steps is not None and steps_done >= cfg.max_steps:
-                break
-        shipped = ema_model if ema_model is not None else model
-        metrics = validate_blindspot(shipped, x_val)
-        entry = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1), **metrics, "seconds": round(time.time() - t0, 1)}
-        history.append(entry)
-        score = metrics["mse@16"]
-        record = {"name": cfg.model, "kind": "blindspot", "config": asdict(cfg),
-                  "model_config": getattr(model, "edgepure_config", {}), "epoch": epoch, "history": history,
-                  "best_val_mse": min(best, score), "input_size": size, "dataset": "gtsrb"}
-        if score < best:
-            best = score
-            save_checkpoint(out, "best", shipped, None, record)
-        if ema_model is not None:
-            save_checkpoint(out, "last_ema", ema_model, None, record)
-        save_checkpoint(out, "last", model, opt, record)
-        log(f"epoch {epoch + 1}/{cfg.epochs}: loss {entry['train_loss']:.5f} "
-            + " ".join(f"{k} {v:.5f}" for k, v in metrics.items()) + f" {entry['seconds']}s")
-        if cfg.max_steps is not None and steps_done >= cfg.max_steps:
-            break
-    return record
+
+    def loss_fn(idx: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        noisy = add_symmetric_noise(_shift(x_train[idx].float() / 255, cfg.shift, g), cfg.noise_max, g)
+        return (model(noisy) - noisy).square().mean()
+
+    return fit(model, cfg, len(x_train), loss_fn, lambda m: validate_blindspot(m, x_val), out, score="mse@16",
+               minimize=True, best_key="best_val_mse",
+               record={"kind": "blindspot", "input_size": size, "dataset": "gtsrb"}, resume=resume, log=log)

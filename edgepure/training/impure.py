@@ -15,10 +15,7 @@ network). Validation: the classifier's accuracy on the reconstructions of a fixe
 
 from __future__ import annotations
 
-import copy
-import math
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +24,8 @@ import torch
 from edgepure.data import open_dataset
 from edgepure.models.registry import create_prior
 from edgepure.runtime.errors import ConfigError
-from edgepure.training.checkpoint import check_resumable, load_checkpoint, save_checkpoint
-from edgepure.training.classifier import _ema_update, _lr_at, _to_tensor
+from edgepure.training.classifier import _to_tensor
+from edgepure.training.loop import fit
 
 __all__ = ["ImpureConfig", "perturb_batch", "train_impure"]
 
@@ -111,8 +108,6 @@ def _validate(model: torch.nn.Module, classifier: torch.nn.Module, clean: torch.
 
 def train_impure(cfg: ImpureConfig, resume: bool = False, log: Any = print) -> dict[str, Any]:
     """Train ``cfg.model`` on the training split of ``cfg.data``; checkpoints go to ``cfg.out``."""
-    from tqdm import tqdm
-
     from edgepure.models.loading import load_classifier
 
     if cfg.epochs <= 0 or cfg.batch_size < 5:
@@ -136,70 +131,18 @@ def train_impure(cfg: ImpureConfig, resume: bool = False, log: Any = print) -> d
     v_pert = perturb_batch(v_clean, v_labels, classifier, gv)
     v_noise = torch.randn(v_clean.shape, generator=gv)
 
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99))
-    ema_model = copy.deepcopy(model).eval() if cfg.ema > 0 else None
-    if ema_model is not None:
-        for p in ema_model.parameters():
-            p.requires_grad_(False)
-    start_epoch, history, best = 0, [], -math.inf
-    if resume:
-        record = load_checkpoint(out, "last", model, opt)
-        if ema_model is not None:
-            load_checkpoint(out, "last_ema", ema_model)
-        check_resumable(out, record, cfg)
-        start_epoch, history = int(record["epoch"]) + 1, list(record.get("history", []))
-        best = float(record.get("best_val_accuracy", -math.inf))
-        log(f"resuming from epoch {start_epoch} of {cfg.epochs} ({out})")
-    steps_per_epoch = math.ceil(len(x_train) / cfg.batch_size)
-    total, steps_done = steps_per_epoch * cfg.epochs, 0
     patch = int(getattr(model, "patch", 4))
-    record = {}
-    for epoch in range(start_epoch, cfg.epochs):
-        g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-        order = torch.randperm(len(x_train), generator=g)
-        model.train()
-        t0, seen, loss_sum = time.time(), 0, 0.0
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step", leave=False)
-        for i in bar:
-            step = epoch * steps_per_epoch + i
-            for group in opt.param_groups:
-                group["lr"] = _lr_at(step, total, cfg.warmup_steps, cfg.lr)
-            idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-            clean, labels = x_train[idx].float() / 255, y_train[idx]
-            inp = perturb_batch(clean, labels, classifier, g)
-            rec = model(inp, torch.randn(inp.shape, generator=g))
-            loss = (rec - clean).abs().mean()
-            if cfg.feature_weight > 0:
-                loss = loss + cfg.feature_weight * _feature_loss(classifier, _mix(inp, rec, patch, g), clean)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            if ema_model is not None:
-                _ema_update(ema_model, model, min(cfg.ema, (1 + step) / (10 + step)))
-            seen += len(idx)
-            loss_sum += loss.item() * len(idx)
-            bar.set_postfix(loss=f"{loss_sum / seen:.4f}")
-            steps_done += 1
-            if cfg.max_steps is not None and steps_done >= cfg.max_steps:
-                break
-        shipped = ema_model if ema_model is not None else model
-        metrics = _validate(shipped, classifier, v_clean, v_pert, v_labels, v_noise)
-        entry = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1), **metrics, "seconds": round(time.time() - t0, 1)}
-        history.append(entry)
-        score = metrics["val_accuracy"]
-        record = {"name": cfg.model, "kind": "impure", "config": asdict(cfg),
-                  "model_config": getattr(model, "edgepure_config", {}), "epoch": epoch, "history": history,
-                  "best_val_accuracy": max(best, score), "input_size": size, "dataset": "gtsrb"}
-        if score > best:
-            best = score
-            save_checkpoint(out, "best", shipped, None, record)
-        if ema_model is not None:
-            save_checkpoint(out, "last_ema", ema_model, None, record)
-        save_checkpoint(out, "last", model, opt, record)
-        log(f"epoch {epoch + 1}/{cfg.epochs}: loss {entry['train_loss']:.4f} "
-            + " ".join(f"{k} {v:.4f}" for k, v in metrics.items()) + f" {entry['seconds']}s")
-        if cfg.max_steps is not None and steps_done >= cfg.max_steps:
-            break
-    return record
+
+    def loss_fn(idx: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        clean, labels = x_train[idx].float() / 255, y_train[idx]
+        inp = perturb_batch(clean, labels, classifier, g)
+        rec = model(inp, torch.randn(inp.shape, generator=g))
+        loss = (rec - clean).abs().mean()
+        if cfg.feature_weight > 0:
+            loss = loss + cfg.feature_weight * _feature_loss(classifier, _mix(inp, rec, patch, g), clean)
+        return loss
+
+    return fit(model, cfg, len(x_train), loss_fn,
+               lambda m: _validate(m, classifier, v_clean, v_pert, v_labels, v_noise), out, score="val_accuracy",
+               minimize=False, best_key="best_val_accuracy",
+               record={"kind": "impure", "input_size": size, "dataset": "gtsrb"}, resume=resume, log=log, digits=4)

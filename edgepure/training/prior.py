@@ -10,10 +10,7 @@ drawn from a fixed seed (identical every epoch), in [−1, 1] units.
 
 from __future__ import annotations
 
-import copy
-import math
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +19,8 @@ import torch
 from edgepure.data import open_dataset
 from edgepure.models.registry import create_prior
 from edgepure.runtime.errors import ConfigError
-from edgepure.training.checkpoint import check_resumable, load_checkpoint, save_checkpoint
-from edgepure.training.classifier import _ema_update, _lr_at, _to_tensor
+from edgepure.training.classifier import _to_tensor
+from edgepure.training.loop import fit
 
 __all__ = ["PriorConfig", "train_prior", "validate_prior"]
 
@@ -107,8 +104,6 @@ def train_prior(cfg: PriorConfig, resume: bool = False, log: Any = print) -> dic
     The best checkpoint is the one with the lowest validation error at σ = 0.5 (of the EMA weights
     when ``ema`` > 0). Resuming from the last checkpoint continues exactly as the uninterrupted run.
     """
-    from tqdm import tqdm
-
     if cfg.epochs <= 0 or cfg.batch_size <= 0:
         raise ConfigError(f"epochs and batch size must be positive, got {cfg.epochs} and {cfg.batch_size}")
     if not 0 <= cfg.ema < 1:
@@ -128,72 +123,11 @@ def train_prior(cfg: PriorConfig, resume: bool = False, log: Any = print) -> dic
     pick = torch.randperm(len(val.images), generator=torch.Generator().manual_seed(0))[: cfg.val_n]
     x_val = _to_tensor(val.images)[pick]
 
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99))
-    ema_model = copy.deepcopy(model).eval() if cfg.ema > 0 else None
-    if ema_model is not None:
-        for p in ema_model.parameters():
-            p.requires_grad_(False)
-    start_epoch, history, best = 0, [], math.inf
-    if resume:
-        record = load_checkpoint(out, "last", model, opt)
-        if ema_model is not None:
-            load_checkpoint(out, "last_ema", ema_model)
-        check_resumable(out, record, cfg)
-        start_epoch = int(record["epoch"]) + 1
-        history = list(record.get("history", []))
-        best = float(record.get("best_val_mse", math.inf))
-        log(f"resuming from epoch {start_epoch} of {cfg.epochs} ({out})")
+    def loss_fn(idx: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        y = _shift(x_train[idx].float() / 127.5 - 1, cfg.shift, g)
+        sigma = sample_sigmas(len(y), cfg, g)
+        return edm_loss(model, y, sigma, torch.randn(y.shape, generator=g))
 
-    steps_per_epoch = math.ceil(len(x_train) / cfg.batch_size)
-    total = steps_per_epoch * cfg.epochs
-    steps_done = 0
-    record: dict[str, Any] = {}
-    for epoch in range(start_epoch, cfg.epochs):
-        g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-        order = torch.randperm(len(x_train), generator=g)
-        model.train()
-        t0, seen, loss_sum = time.time(), 0, 0.0
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step", leave=False)
-        for i in bar:
-            step = epoch * steps_per_epoch + i
-            for group in opt.param_groups:
-                group["lr"] = _lr_at(step, total, cfg.warmup_steps, cfg.lr)
-            idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-            y = _shift(x_train[idx].float() / 127.5 - 1, cfg.shift, g)
-            sigma = sample_sigmas(len(y), cfg, g)
-            noise = torch.randn(y.shape, generator=g)
-            loss = edm_loss(model, y, sigma, noise)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            if ema_model is not None:
-                _ema_update(ema_model, model, min(cfg.ema, (1 + step) / (10 + step)))
-            seen += len(y)
-            loss_sum += loss.item() * len(y)
-            bar.set_postfix(loss=f"{loss_sum / seen:.4f}")
-            steps_done += 1
-            if cfg.max_steps is not None and steps_done >= cfg.max_steps:
-                break
-        shipped = ema_model if ema_model is not None else model
-        metrics = validate_prior(shipped, x_val)
-        entry = {"epoch": epoch, "train_loss": loss_sum / max(seen, 1), **metrics, "seconds": round(time.time() - t0, 1)}
-        history.append(entry)
-        score = metrics["mse@0.5"]
-        record = {
-            "name": cfg.model, "kind": "prior", "config": asdict(cfg),
-            "model_config": getattr(model, "edgepure_config", {}), "epoch": epoch, "history": history,
-            "best_val_mse": min(best, score), "input_size": size, "dataset": "gtsrb",
-        }
-        if score < best:
-            best = score
-            save_checkpoint(out, "best", shipped, None, record)
-        if ema_model is not None:
-            save_checkpoint(out, "last_ema", ema_model, None, record)
-        save_checkpoint(out, "last", model, opt, record)
-        log(f"epoch {epoch + 1}/{cfg.epochs}: loss {entry['train_loss']:.4f} "
-            + " ".join(f"{k} {v:.5f}" for k, v in metrics.items()) + f" {entry['seconds']}s")
-        if cfg.max_steps is not None and steps_done >= cfg.max_steps:
-            break
-    return record
+    return fit(model, cfg, len(x_train), loss_fn, lambda m: validate_prior(m, x_val), out, score="mse@0.5",
+               minimize=True, best_key="best_val_mse", record={"kind": "prior", "input_size": size, "dataset": "gtsrb"},
+               resume=resume, log=log)
