@@ -233,6 +233,40 @@ def measure_sweep(b: Bench) -> dict[str, Any]:
     return {"kind": kind, "attacks": attacks, "rows": rows, "reference": ref}
 
 
+def remeasure_latency(report: dict[str, Any], models: Path, threads: int, iters: int, iters_torch: int,
+                      log: Callable[[str], None]) -> None:
+    """Time every row of a finished run again, in one pass (same model directories, same settings): for a
+    run whose accuracy pass shared the machine, so that all its latencies come from one quiet pass."""
+    import torch
+
+    import edgepure
+    from edgepure.data import open_dataset
+    from edgepure.purifiers import create_purifier
+
+    s = report["settings"]
+    clf = edgepure.load_classifier()
+    x1 = torch.from_numpy(open_dataset("synth" if s["smoke"] else s["data"], "val", n=s["n"], seed=s["seed"])
+                          .as_float_nchw()[:1])
+    for row in report["purifiers"]:
+        log(f"latency: {row['label']}")
+        pur = None if row["purifier"] == "none" else create_purifier(row["purifier"], **row["settings"])
+        row["latency_ms"] = {"torch": round(torch_latency_ms(clf, pur, x1, iters_torch), 3),
+                             **{f"ort-{p}": round(runtime_latency_ms(models / f"{row['label']}-{p}", iters, threads), 3)
+                                for p in ("fp32", "int8")}}
+    sw = report["sweep"]
+    for r in sw["rows"]:
+        log(f"latency: NAPPure {sw['kind']} K={r['steps']}")
+        pur = create_purifier("nappure", kind=sw["kind"], steps=r["steps"])
+        r["latency_ms"]["torch"] = round(torch_latency_ms(clf, pur, x1, iters_torch), 3)
+        if "ort-fp32" in r["latency_ms"]:
+            d = models / f"nappure-{sw['kind']}-K{r['steps']}-fp32"
+            r["latency_ms"]["ort-fp32"] = round(runtime_latency_ms(d, iters, threads), 3)
+    ref = sw["reference"]
+    pur = create_purifier("nappure", kind=sw["kind"], mode="reference", steps=ref["steps"])
+    ref["latency_ms"]["torch"] = round(torch_latency_ms(clf, pur, x1, 1, warmup=0), 1)
+    report["latency_pass"] = time.strftime("%Y-%m-%d %H:%M")
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", help="GTSRB folder or zip (the track-validation split is scored)")
@@ -258,12 +292,21 @@ def main(argv: Optional[list[str]] = None) -> None:
     ap.add_argument("--figures", type=Path, default=Path("benchmarks/figures"), help="where the PNG figures go")
     ap.add_argument("--note", default="", help="a remark on the run's conditions, printed under the machine")
     ap.add_argument("--from-json", type=Path, help="re-render the Markdown and figures of a finished run's report.json")
+    ap.add_argument("--retime", action="store_true",
+                    help="with --from-json: time every row again in one pass (its model directories must be in --out)")
     args = ap.parse_args(argv)
     if args.from_json:
         from report_render import write_report
 
         report = json.loads(args.from_json.read_text())
         report["note"] = args.note or report.get("note", "")
+        if args.retime:
+            for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+                os.environ[var] = str(args.threads)
+            import torch
+
+            torch.set_num_threads(args.threads)
+            remeasure_latency(report, args.out / "models", args.threads, args.latency_iters, args.latency_iters_torch, Log())
         args.from_json.write_text(json.dumps(report, indent=2) + "\n")
         for path in write_report(report, args.md, args.figures):
             print(f"wrote {path}", file=sys.stderr)

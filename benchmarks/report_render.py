@@ -186,7 +186,9 @@ def write_report(report: dict[str, Any], md: Path, figures: Path) -> list[Path]:
         f"**Machine.** {m['cpu']}, {m['logical_cpus']} logical CPUs, {m.get('memory_gib', '?')} GiB, {m['os']}, "
         f"Python {m['python']}; {versions}. Measured peak: **{m['matmul_peak_gflops']} GFLOP/s** (best float32 "
         f"matrix product, numpy, {m['threads_used']} thread). All timings use {m['threads_used']} thread, batch 1."
-        + (f" {report['note']}" if report.get("note") else ""),
+        + (f" {report['note']}" if report.get("note") else "")
+        + (f" Every latency on this page was re-measured in one pass on {report['latency_pass']} "
+           "(`--from-json report.json --retime`, the same model directories)." if report.get("latency_pass") else ""),
         "",
         f"**Data and attacks.** {report['data']}: {n} images (seed {s['seed']}) under the blind threat (APGD-{s['steps']} "
         f"on the classifier alone), the first {na} of them under the adaptive threat (APGD-{s['adaptive_steps']} "

@@ -132,3 +132,19 @@ def test_a_finished_run_re_renders_from_its_json_with_a_note(smoke: dict[str, An
     md = (tmp_path / "B.md").read_text()
     assert "batch 1. Quiet machine." in md and md.replace(" Quiet machine.", "") == smoke["md"]
     assert json.loads(src.read_text())["note"] == "Quiet machine."
+
+
+def test_a_finished_run_can_be_timed_again_in_one_pass(smoke: dict[str, Any], tmp_path: Path) -> None:
+    src = tmp_path / "report.json"
+    src.write_text(json.dumps(smoke["report"]))
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "report.py"), "--from-json", str(src), "--retime",
+                        "--out", str(smoke["out"] / "run"), "--latency-iters", "3", "--latency-iters-torch", "2",
+                        "--md", str(tmp_path / "B.md"), "--figures", str(tmp_path / "figures")],
+                       capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    rep = json.loads(src.read_text())
+    assert rep["latency_pass"] and "re-measured in one pass" in (tmp_path / "B.md").read_text()
+    for old, new in zip(smoke["report"]["purifiers"], rep["purifiers"]):
+        assert set(new["latency_ms"]) == set(old["latency_ms"]) and all(v > 0 for v in new["latency_ms"].values())
+        assert new["accuracy"] == old["accuracy"]  # only the timings are measured again
+    assert rep["sweep"]["reference"]["latency_ms"]["torch"] > 0
