@@ -34,7 +34,10 @@ def main() -> None:
     out = Path(tempfile.mkdtemp()) / "budget.jsonl"
     cmd = [sys.executable, "-m", "edgepure.cli.main", "run", "synth://?n=1000000&hold=10", str(out), "--model",
            str(args.model), "--threads", "1", "--budget-ms", str(args.budget_ms), "--json"]
-    run = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Ctrl-C is what stops the run: give it the default SIGINT even when this script was started with SIGINT
+    # ignored (nohup, a background job without job control), which the child would otherwise inherit
+    run = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 300
     while not (out.is_file() and out.stat().st_size > 0):  # the clock starts with the first frame, after start-up
         if run.poll() is not None or time.monotonic() > deadline:
