@@ -1,6 +1,6 @@
 """The benchmark report: what each purifier costs and buys, measured in one run, written to BENCHMARKS.md.
 
-    python benchmarks/report.py --data ../shared/data/gtsrb            # the published report (about an hour on 2 cores)
+    python benchmarks/report.py --data ../shared/data/gtsrb            # the published report (109 min here, 1 thread)
     python benchmarks/report.py --smoke --out /tmp/report --md /tmp/report/BENCHMARKS.md   # seconds, synthetic signs
 
 For every purifier (``--purifiers``; ``none`` is the classifier alone, the floor) on the GTSRB
