@@ -36,11 +36,15 @@ class GaussianSmoothing(Purifier):
             if noise is None:
                 noise = torch.randn_like(x)
             x = x + self.noise_std * noise
+        return self.blur(x).clamp(0.0, 1.0)
+
+    def blur(self, x: torch.Tensor) -> torch.Tensor:
+        """The separable Gaussian blur alone (replicate padding, no noise, no clamping)."""
         n, c, h, w = x.shape
         r = self.kernel_size // 2
         y = F.pad(x.reshape(n * c, 1, h, w), (r, r, r, r), mode="replicate")
         y = F.conv2d(F.conv2d(y, self.k.view(1, 1, 1, -1)), self.k.view(1, 1, -1, 1))
-        return y.view(n, c, h, w).clamp(0.0, 1.0)
+        return y.view(n, c, h, w)
 
     def config(self) -> dict[str, object]:
         return {"sigma": self.sigma, "kernel_size": self.kernel_size, "noise_std": self.noise_std}

@@ -22,11 +22,10 @@ from __future__ import annotations
 from typing import Any, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from edgepure.perturb.families import gaussian_kernel1d
 from edgepure.purifiers.base import Purifier
+from edgepure.purifiers.baselines import GaussianSmoothing
 from edgepure.purifiers.registry import register_purifier
 from edgepure.runtime.errors import ConfigError
 
@@ -37,21 +36,17 @@ class NCIS(Purifier):
     def __init__(self, bsn: nn.Module, iterations: int = 3, sigma: float = 1.0, kernel_size: int = 5,
                  alpha: float = 0.5) -> None:
         super().__init__()
-        if iterations < 0 or sigma <= 0 or kernel_size % 2 != 1 or alpha < 0:
+        if iterations < 0 or sigma <= 0 or kernel_size % 2 != 1 or kernel_size < 1 or alpha < 0:
             raise ConfigError(f"ncis: need iterations ≥ 0, sigma > 0, an odd kernel_size and alpha ≥ 0; got "
                               f"{iterations}, {sigma}, {kernel_size}, {alpha}")
         self.bsn = bsn.eval()
         for p in self.bsn.parameters():
             p.requires_grad_(False)
         self.iterations, self.sigma, self.kernel_size, self.alpha = iterations, sigma, kernel_size, alpha
-        self.register_buffer("k", gaussian_kernel1d(kernel_size, sigma), persistent=False)
+        self.gs = GaussianSmoothing(sigma, kernel_size)
 
     def smooth(self, x: torch.Tensor) -> torch.Tensor:
-        n, c, h, w = x.shape
-        r = self.kernel_size // 2
-        y = F.pad(x.reshape(n * c, 1, h, w), (r, r, r, r), mode="replicate")
-        y = F.conv2d(F.conv2d(y, self.k.view(1, 1, 1, -1)), self.k.view(1, 1, -1, 1))
-        return y.view(n, c, h, w)
+        return self.gs.blur(x)
 
     def forward(self, x: torch.Tensor, noise: Optional[torch.Tensor] = None) -> torch.Tensor:  # type: ignore[override]
         for _ in range(self.iterations):
