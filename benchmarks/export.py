@@ -23,7 +23,8 @@ import torch
 
 import edgepure
 from edgepure.data import open_dataset
-from edgepure.export.pipeline import FusedPipeline, export_pipeline
+from edgepure.export.pipeline import export_pipeline
+from edgepure.export.voting import pipeline_module
 from edgepure.runtime.backends import ort_session
 
 
@@ -62,7 +63,7 @@ def main() -> None:
             sess = ort_session(out / entry["file"], threads=args.threads)
             x = images[:b] if b <= len(images) else np.repeat(images, -(-b // len(images)), 0)[:b]
             feed = {"image": x}
-            module = FusedPipeline(purifier, classifier).eval() if purifier is not None else classifier
+            module = pipeline_module(purifier, classifier).eval() if purifier is not None else classifier
             xt = torch.from_numpy(x)
             with torch.inference_mode():
                 eager = median_ms(lambda: module(xt), args.repeats)

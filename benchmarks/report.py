@@ -73,13 +73,15 @@ def torch_latency_ms(classifier: Any, purifier: Any, x: Any, iters: int, warmup:
     import numpy as np
     import torch
 
-    noise = purifier.sample_noise(x, torch.Generator().manual_seed(0)) if purifier is not None else None
+    from edgepure.export.voting import pipeline_module
+
+    model = pipeline_module(purifier, classifier) if purifier is not None else None  # votes, where the purifier votes
+    noise = model.sample_noise(x, torch.Generator().manual_seed(0)) if model is not None else None
     ctx = contextlib.nullcontext if getattr(purifier, "needs_autograd", False) else torch.no_grad
 
     def step() -> None:
         with ctx():
-            xp = purifier(x, noise) if purifier is not None else x
-            classifier(xp).argmax(1)
+            (model(x, noise) if model is not None else classifier(x)).argmax(1)
 
     for _ in range(warmup):
         step()

@@ -25,6 +25,7 @@ from torch import nn
 from edgepure.export.checks import check_model, parity, simplify
 from edgepure.export.graph import OPSET, to_onnx
 from edgepure.export.lint import lint_model
+from edgepure.export.voting import FusedPipeline, pipeline_module
 from edgepure.runtime.errors import ConfigError
 from edgepure.runtime.manifest import MANIFEST_NAME, SCHEMA_VERSION, sha256_file
 
@@ -34,17 +35,6 @@ PRECISIONS = ("fp32", "fp16")
 # parity tolerance on any output when none is given: float32 graphs reproduce PyTorch to rounding,
 # float16 graphs are compared with the float32 PyTorch model
 DEFAULT_ATOL = {"fp32": 1e-3, "fp16": 5e-2}
-
-
-class FusedPipeline(nn.Module):
-    """``classifier(purifier(image, noise))`` as one module: image (and noise) in, logits out."""
-
-    def __init__(self, purifier: nn.Module, classifier: nn.Module) -> None:
-        super().__init__()
-        self.purifier, self.classifier = purifier, classifier
-
-    def forward(self, image: torch.Tensor, noise: Optional[torch.Tensor] = None) -> torch.Tensor:  # type: ignore[override]
-        return self.classifier(self.purifier(image, noise))
 
 
 class GraphNoise(nn.Module):
@@ -325,7 +315,12 @@ def export_pipeline(
         if purifier is not None:
             purifier = purifier.eval()
             trace = bool(getattr(purifier, "needs_autograd", False))
-            noise_fn = None
+            votes = int(getattr(purifier, "votes", 1))
+            if votes > 1 and onnx_classifier is not None:
+                raise ConfigError(f"the purifier votes (votes = {votes}): the pipeline classifies {votes}·batch images "
+                                  "at once, which a classifier given as ONNX (static batch) cannot; export it from "
+                                  "a torch classifier, or set votes=1")
+            noise_fn = pipe_noise_fn = None
             if stochastic:
                 def noise_fn(b: np.ndarray, i: int) -> np.ndarray:
                     g = torch.Generator().manual_seed(1000 + i)
@@ -333,19 +328,7 @@ def export_pipeline(
             if onnx_classifier is not None:
                 models.update(_purifier_and_merged(purifier, onnx_classifier, batches, noise_fn, noise_mode == "graph",
                                                    trace, tol, min_top1, tmp, lint_target))
-            elif noise_mode == "graph":
-                fused = FusedPipeline(purifier, classifier)  # type: ignore[arg-type]
-                # exact parity on the noise-input twin of the pipeline, then the graph-noise models themselves
-                twin = _export_one("pipeline", cast(fused), batches, noise_fn, trace, tol, min_top1, tmp, lint_target,
-                                   reference=fused)
-                shape = purifier.sample_noise(torch.from_numpy(batches[0]))  # type: ignore[union-attr]
-                assert shape is not None
-                models["purifier"] = _export_one("purifier", cast(GraphNoise(purifier, shape.shape)), batches, None,
-                                                 trace, float("inf"), None, tmp, lint_target)
-                models["pipeline"] = _export_one("pipeline", cast(GraphNoise(fused, shape.shape)), batches, None, trace,
-                                                 float("inf"), 0.9, tmp, lint_target)
-                models["pipeline"]["parity"]["noise_input_twin"] = twin["parity"]
-            elif precision == "fp32":
+            elif precision == "fp32" and noise_mode != "graph" and votes == 1:
                 import onnx
 
                 # the pipeline is the exported purifier graph merged into the classifier graph: the same
@@ -354,11 +337,29 @@ def export_pipeline(
                 models.update(_purifier_and_merged(purifier, onnx.load(str(tmp / "classifier.onnx")), batches, noise_fn,
                                                    False, trace, tol, min_top1, tmp, lint_target))
             else:
-                fused = FusedPipeline(purifier, classifier)  # type: ignore[arg-type]
-                models["purifier"] = _export_one("purifier", cast(purifier), batches, noise_fn, trace, tol, None, tmp,
-                                                 lint_target, reference=purifier)
-                models["pipeline"] = _export_one("pipeline", cast(fused), batches, noise_fn, trace, tol, min_top1, tmp,
-                                                 lint_target, reference=fused)
+                pipe = pipeline_module(purifier, classifier)  # type: ignore[arg-type]
+                if stochastic:
+                    def pipe_noise_fn(b: np.ndarray, i: int) -> np.ndarray:
+                        g = torch.Generator().manual_seed(1000 + i)
+                        return pipe.sample_noise(torch.from_numpy(b), g).numpy()  # type: ignore[operator]
+                if noise_mode == "graph":
+                    # exact parity on the noise-input twin of the pipeline, then the graph-noise models themselves
+                    twin = _export_one("pipeline", cast(pipe), batches, pipe_noise_fn, trace, tol, min_top1, tmp,
+                                       lint_target, reference=pipe)
+                    x0 = torch.from_numpy(batches[0])
+                    shape = purifier.sample_noise(x0)  # type: ignore[union-attr]
+                    pipe_shape = pipe.sample_noise(x0)  # type: ignore[operator]
+                    assert shape is not None and pipe_shape is not None
+                    models["purifier"] = _export_one("purifier", cast(GraphNoise(purifier, shape.shape)), batches, None,
+                                                     trace, float("inf"), None, tmp, lint_target)
+                    models["pipeline"] = _export_one("pipeline", cast(GraphNoise(pipe, pipe_shape.shape)), batches, None,
+                                                     trace, float("inf"), 0.9, tmp, lint_target)
+                    models["pipeline"]["parity"]["noise_input_twin"] = twin["parity"]
+                else:
+                    models["purifier"] = _export_one("purifier", cast(purifier), batches, noise_fn, trace, tol, None,
+                                                     tmp, lint_target, reference=purifier)
+                    models["pipeline"] = _export_one("pipeline", cast(pipe), batches, pipe_noise_fn, trace, tol,
+                                                     min_top1, tmp, lint_target, reference=pipe)
         manifest = {
             "schema": SCHEMA_VERSION,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

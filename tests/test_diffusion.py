@@ -98,3 +98,56 @@ def test_undoes_a_blind_additive_attack_on_rendered_signs() -> None:
         bare = (clf(x_adv).argmax(1) == y).float().mean()
         purified = (clf(pur(x_adv, pur.sample_noise(x_adv, torch.Generator().manual_seed(0)))).argmax(1) == y).float().mean()
     assert bare < 0.1 and purified > bare + 0.15, (float(bare), float(purified))
+
+
+def test_vote_logits_take_the_majority_and_break_ties_by_mean_softmax() -> None:
+    from edgepure.export.voting import vote_logits
+
+    # 3 draws of 2 images, 3 classes: image 0 votes 1, 1, 2 → class 1; image 1 votes 0, 2 (and a near-tie 2)
+    lg = torch.tensor([[[0.0, 5.0, 1.0], [3.0, 0.0, 2.9]],
+                       [[0.0, 2.0, 1.9], [0.0, 0.0, 4.0]],
+                       [[0.0, 1.0, 9.0], [0.0, 1.0, 2.0]]]).reshape(6, 3)
+    out = vote_logits(lg, 3)
+    assert out.shape == (2, 3) and out.argmax(1).tolist() == [1, 2]
+    share = out.softmax(1)  # (votes + mean softmax) / (R + 1)
+    assert torch.allclose(share.sum(1), torch.ones(2)) and float(share[0, 1]) > 2 / 4
+    # a majority of one vote beats any softmax mass: class 0 confident in one draw, class 1 by a hair in two
+    close = torch.tensor([[9.0, 0.0], [0.0, 0.01], [0.0, 0.01]])
+    assert int(vote_logits(close, 3).argmax(1)) == 1 and int(close.softmax(1).mean(0).argmax()) == 0
+    tie = torch.tensor([[9.0, 0.0], [0.0, 0.01]])  # one vote each: the confident draw wins the tie
+    assert int(vote_logits(tie, 2).argmax(1)) == 0
+    with pytest.raises(ValueError, match="R = 4"):
+        vote_logits(lg, 4)
+
+
+def test_votes_batch_r_purifications_in_one_graph_with_parity(tiny: HeteroDiffusion, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from edgepure.export.pipeline import export_pipeline
+    from edgepure.export.voting import Voting, pipeline_module
+    from edgepure.runtime.model import EdgeModel
+
+    voter = HeteroDiffusion(tiny.prior, tiny.classifier, calls=2, votes=3)
+    assert voter.config()["votes"] == 3 and voter.calls_per_image() == {"denoiser": 6, "classifier": 4}
+    pipe = pipeline_module(voter, tiny.classifier)
+    assert isinstance(pipe, Voting) and type(pipeline_module(tiny, tiny.classifier)) is not Voting
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(7))
+    noise = pipe.sample_noise(x, torch.Generator().manual_seed(8))
+    assert noise is not None and noise.shape == (3, 2, 5, 3, 32, 32)
+    with torch.no_grad():
+        got = pipe(x, noise)
+        draws = torch.stack([tiny.classifier(tiny(x, noise[r])) for r in range(3)])  # draw r of image i: noise[r, i]
+    from edgepure.export.voting import vote_logits
+
+    assert torch.allclose(got, vote_logits(draws.reshape(6, -1), 3), atol=1e-5)
+    with pytest.raises(ConfigError, match="stochastic"):
+        Voting(edgepure.create_purifier("median"), tiny.classifier, 2)
+
+    imgs = np.random.default_rng(1).random((4, 3, 32, 32), dtype=np.float32)
+    m = export_pipeline(voter, tiny.classifier, tmp_path / "vote", imgs, batch=2, overwrite=True,
+                        purifier_info={"name": "hetero_diffusion", "config": voter.config()})
+    pipe_in = {i["name"]: i["shape"] for i in m["models"]["pipeline"]["inputs"]}
+    assert pipe_in["noise"] == [3, 2, 5, 3, 32, 32] and m["purifier"]["config"]["votes"] == 3
+    assert m["models"]["pipeline"]["parity"]["max_abs_diff"] < 1e-3
+    classes = m["models"]["classifier"]["outputs"][0]["shape"][1]
+    assert m["models"]["pipeline"]["outputs"][0]["shape"] == [2, classes]
+    # the runtime feeds the pipeline's (R, N, ...) noise input from the graph's shape, unchanged
+    assert EdgeModel(tmp_path / "vote").logits(imgs[:2]).shape == (2, classes)

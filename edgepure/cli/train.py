@@ -129,6 +129,7 @@ def impure(
     lr: Annotated[float, typer.Option(help="Peak learning rate (Adam, cosine after warm-up).")] = 2e-3,
     seed: Annotated[int, typer.Option(help="Seed of initialisation, shuffling, perturbations and noise.")] = 0,
     feature_weight: Annotated[float, typer.Option(help="Weight of the classifier-feature loss on mixed images.")] = 0.1,
+    noise_t: Annotated[int, typer.Option(help="DDPM step of the noised copy shown in the hidden patches (IMPure: 400).")] = 400,
     ema: Annotated[float, typer.Option(help="EMA decay of the weights (0: off); the EMA is validated and saved as best.")] = 0.999,
     val_fraction: Annotated[float, typer.Option(help="Fraction of tracks held out for validation.")] = 0.1,
     val_n: Annotated[int, typer.Option(help="Held-out images scored after each epoch.")] = 500,
@@ -141,7 +142,7 @@ def impure(
 
     cfg = ImpureConfig(data=data, out=str(out), model=model, classifier=classifier, epochs=epochs, batch_size=batch_size,
                        lr=lr, seed=seed, feature_weight=feature_weight, ema=ema, val_fraction=val_fraction, val_n=val_n,
-                       max_steps=max_steps or None)
+                       max_steps=max_steps or None, model_kwargs={"noise_t": noise_t})
     record = train_impure(cfg, resume=resume, log=lambda s: typer.echo(s, err=True))
     summary = {"out": str(out), "epochs_done": record["epoch"] + 1, "best_val_accuracy": record["best_val_accuracy"],
                "last": record["history"][-1]}

@@ -43,6 +43,13 @@ def _defended_predict(classifier: nn.Module, purifier: Optional[Purifier], x: to
     if purifier is None:
         return classifier(x).argmax(1).numpy(), x
     g = torch.Generator().manual_seed(seed)
+    if int(getattr(purifier, "votes", 1)) > 1:  # the deployed pipeline votes; the figure shows the first draw
+        from edgepure.export.voting import Voting
+
+        vote = Voting(purifier, classifier, purifier.votes)  # type: ignore[attr-defined]
+        noise = vote.sample_noise(x, g)
+        xp = purifier(x, None if noise is None else noise[0])
+        return vote(x, noise).argmax(1).numpy(), xp
     xp = purifier(x, purifier.sample_noise(x, g))
     return classifier(xp).argmax(1).numpy(), xp
 

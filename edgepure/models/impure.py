@@ -4,8 +4,8 @@ the other three, all four views in one batch.
 The image is cut into ``patch``×``patch`` patches; patch (r, c) belongs to group ``(c mod 2) + 2·(r mod 2)``
 (IMPure's fixed evaluation pattern), so each group is a quarter of the image spread over all of it. View i
 shows the network the image with group i hidden, plus, at group i's positions, a heavily noised copy of
-the input (DDPM level t = 400 of the linear-β schedule: ≈ 0.44·x + 0.90·ε in [−1, 1] units, IMPure's
-"noised copy"), plus the mask. A small U-Net reconstructs the image from each view; the output takes
+the input (DDPM level ``noise_t`` of the linear-β schedule; IMPure's "noised copy" at its evaluation
+setting t = 400 is ≈ 0.44·x + 0.90·ε in [−1, 1] units), plus the mask. A small U-Net reconstructs the image from each view; the output takes
 group i's pixels from view i, and a residual 3×3 convolution (IMPure's ``use_conv``) smooths the seams.
 
 Where IMPure uses an MAE ViT (patch tokens, a second feature-space noising at t = 600, CLS-token heads),
@@ -25,7 +25,7 @@ from edgepure.models.registry import register_prior
 
 __all__ = ["ImpureNet", "group_masks", "impure_s", "impure_xs"]
 
-NOISE_T = 400  # DDPM step of the noised copy (IMPure's evaluation setting)
+NOISE_T = 400  # DDPM step of the noised copy (IMPure's evaluation setting; the default)
 
 
 def group_masks(size: int, patch: int) -> torch.Tensor:
@@ -41,12 +41,15 @@ class ImpureNet(nn.Module):
     """``R(x, ε)``: float RGB NCHW in [0, 1] and noise of the same shape → the reconstruction in [0, 1]."""
 
     def __init__(self, channels: Sequence[int] = (16, 32, 48), blocks: Sequence[int] = (1, 1, 1), patch: int = 4,
-                 input_size: int = 32) -> None:
+                 input_size: int = 32, noise_t: int = NOISE_T) -> None:
         super().__init__()
-        self.input_size, self.patch = input_size, patch
-        self.edgepure_config = {"channels": list(channels), "blocks": list(blocks), "patch": patch, "input_size": input_size}
+        if not 0 <= noise_t < 1000:
+            raise ValueError(f"noise_t is a DDPM step in [0, 1000), got {noise_t}")
+        self.input_size, self.patch, self.noise_t = input_size, patch, int(noise_t)
+        self.edgepure_config = {"channels": list(channels), "blocks": list(blocks), "patch": patch, "input_size": input_size,
+                                "noise_t": int(noise_t)}
         self.register_buffer("masks", group_masks(input_size, patch), persistent=False)
-        a = float(ddpm_alphas_bar()[NOISE_T])
+        a = float(ddpm_alphas_bar()[noise_t])
         self.keep, self.noise_scale = a**0.5, (1 - a) ** 0.5
         self.unet = UNet(channels, blocks, mid_blocks=1, emb_dim=16, in_channels=7, out_channels=3)
         self.seam = nn.Conv2d(3, 3, 3, padding=1)

@@ -20,6 +20,9 @@ Two departures from the paper's code, both for a 2-call graph: the replacement h
 and the U forward transitions are one jump. The DDPM ε-prediction comes from the EDM denoiser:
 ``y = x_t/√ᾱ_t = x_0 + σ_t ε`` with ``σ_t = √((1 − ᾱ_t)/ᾱ_t)``, ``x̂_0 = D(y; σ_t)``.
 
+Votes (``votes = R``): the deployed pipeline purifies each crop R times on the batch axis and takes the
+classifier's majority (:mod:`edgepure.export.voting`); the purifier itself is one draw.
+
 All noise comes from one explicit input of shape ``(N, 1 + 2K, 3, H, W)``: the initial diffusion, then per
 step the replacement's noise and the resampling jump's noise.
 """
@@ -61,20 +64,22 @@ class HeteroDiffusion(Purifier):
     stochastic = True
 
     def __init__(self, prior: nn.Module, classifier: nn.Module, t_l: float = 0.2, t_s: float = 0.1, tau: float = 0.9,
-                 resample: int = 3, calls: int = 2, timesteps: int = 1000) -> None:
+                 resample: int = 3, calls: int = 2, timesteps: int = 1000, votes: int = 1) -> None:
         super().__init__()
         if not callable(getattr(classifier, "stage_features", None)):
             raise ConfigError(f"hetero_diffusion: the mask classifier ({type(classifier).__name__}) needs a "
                               "stage_features(x) method returning its stage activations (SignNet has one)")
         if not 0 < t_s <= t_l < 1:
             raise ConfigError(f"hetero_diffusion: need 0 < t_s ≤ t_l < 1, got t_s={t_s}, t_l={t_l}")
-        if calls < 1 or resample < 0 or not 0 <= tau <= 1:
-            raise ConfigError(f"hetero_diffusion: need calls ≥ 1, resample ≥ 0, 0 ≤ tau ≤ 1; got {calls}, {resample}, {tau}")
+        if calls < 1 or resample < 0 or not 0 <= tau <= 1 or votes < 1:
+            raise ConfigError(f"hetero_diffusion: need calls ≥ 1, resample ≥ 0, 0 ≤ tau ≤ 1, votes ≥ 1; got {calls}, "
+                              f"{resample}, {tau}, {votes}")
         self.prior = prior.eval()
         self.classifier = classifier.eval()
         for p in [*self.prior.parameters(), *self.classifier.parameters()]:
             p.requires_grad_(False)
         self.t_l, self.t_s, self.tau, self.resample, self.calls, self.timesteps = t_l, t_s, tau, resample, calls, timesteps
+        self.votes = int(votes)  # R: the pipeline purifies R times and takes the majority (export/voting.py)
         self.abar = [float(v) for v in ddpm_alphas_bar(timesteps)]
         lo_t, hi_t = round(t_s * timesteps), round(t_l * timesteps)
         self.grid = [round(hi_t - i * hi_t / calls) for i in range(calls + 1)]
@@ -115,11 +120,13 @@ class HeteroDiffusion(Purifier):
 
     def config(self) -> dict[str, object]:
         return {"t_l": self.t_l, "t_s": self.t_s, "tau": self.tau, "resample": self.resample, "calls": self.calls,
-                "timesteps": self.timesteps}
+                "timesteps": self.timesteps, "votes": self.votes}
 
     def calls_per_image(self) -> dict[str, int]:
-        """Network evaluations per purified image (the mask's classifier forward included)."""
-        return {"denoiser": self.calls, "classifier": 1}
+        """Network evaluations per crop (the mask's classifier forward included; × R votes, whose classifier
+        forwards are counted here too)."""
+        r = self.votes
+        return {"denoiser": self.calls * r, "classifier": 1 + (r if r > 1 else 0)}
 
 
 @register_purifier("hetero_diffusion", has_weights=True)
