@@ -106,6 +106,8 @@ SCRIPTS = {
                "median"),
     "precision": (["--data", "synth", "--n", "4", "--calib-n", "4", "--purifiers", "none", "--attacks", "additive",
                    "--steps", "1", "--out", "{tmp}/prec", "--cache", "{tmp}/cache"], "none"),
+    "purifiers": (["--smoke", "--purifiers", "none,median,hetero_diffusion:votes=2", "--out", "{tmp}/cmp"],
+                  "| hetero_diffusion | votes=2 |"),
     "budget": (["--model", "{set}", "--budget-ms", "50", "--load-at", "1", "--load-for", "1", "--total", "4",
                 "--hogs", "1", "--window", "1"], "start-up:"),
 }

@@ -187,8 +187,9 @@ def benchmark(
                 seen = None
                 if threat is not Threat.blind:
                     assert purifier is not None
+                    # votes change the scoring, not the attack (one draw per gradient): not part of the key
                     spec.update(threat=threat.value, defense=getattr(purifier, "edgepure_name", type(purifier).__name__),
-                                defense_config=purifier.config())
+                                defense_config={k: v for k, v in purifier.config().items() if k != "votes"})
                     seen = purifier
                 key = _fingerprint(classifier, x_all, y_all, spec, seen)
                 cached = cache.load(threat.value, key, tuple(x_all.shape))

@@ -19,6 +19,9 @@ class Purifier(nn.Module):
     """Base class. Deterministic purifiers leave ``noise_shape`` returning None."""
 
     stochastic: bool = False
+    # True where the gradient is zero almost everywhere (quantisation): a full-gradient attack sees nothing,
+    # and the strongest white-box attack is BPDA (``--threat bpda``)
+    masks_gradient: bool = False
 
     def noise_shape(self, x: torch.Tensor) -> Optional[tuple[int, ...]]:
         """The shape of the noise input for a batch like ``x`` (None: the purifier is deterministic)."""

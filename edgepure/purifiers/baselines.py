@@ -72,6 +72,8 @@ class MedianFilter(Purifier):
 class BitDepth(Purifier):
     """Quantise to ``bits`` bits per channel (its gradient is zero almost everywhere: attack it with BPDA)."""
 
+    masks_gradient = True
+
     def __init__(self, bits: int = 4) -> None:
         super().__init__()
         if not 1 <= bits <= 8:

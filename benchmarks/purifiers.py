@@ -1,0 +1,225 @@
+"""The purifier comparison: every registered purifier, NAPPure and no defense, side by side in torch on the same
+images and attacks, written to docs/comparison.md (one table, plus the exact commands).
+
+    python benchmarks/purifiers.py --data ../shared/data/gtsrb --out runs/comparison --md docs/comparison.md
+    python benchmarks/purifiers.py --smoke --out /tmp/cmp --md /tmp/cmp/comparison.md     # seconds
+
+Per row (``--purifiers``, ``name[:key=value...]``; ``none`` = the classifier alone):
+
+- clean accuracy and robust accuracy per attack family (conv, patch, flow, additive, all) under the blind
+  threat (APGD-CE ``--steps`` on the classifier, ``--n`` GTSRB track-validation images, seed ``--seed``)
+  and the adaptive one (APGD-CE ``--adaptive-steps`` through the purifier's full gradient, with fresh
+  noise at every gradient and ``--eot`` samples per step where the purifier is random, on ``--adaptive-n``
+  images drawn the same way, i.e. exactly what ``edgepure eval robust --n ADAPTIVE_N`` scores);
+- torch CPU latency of purify + classify for one crop (``--threads``), and the network calls per crop.
+
+The rows are the same computation as ``edgepure eval robust`` (each row's command is written with the
+table); adversarial examples are cached (``--out``/advcache) and every finished row is kept in
+``--out``/rows/, so an interrupted run picks up where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from report import ATTACKS, Log, _accuracy, parse_purifier, torch_latency_ms
+
+DEFAULT_PURIFIERS = ",".join([
+    "none", "gaussian", "median", "bitdepth", "ncis", "impure",
+    "hetero_diffusion", "hetero_diffusion:t_l=0.06:t_s=0.03", "hetero_diffusion:t_l=0.06:t_s=0.03:votes=5",
+    "coup", "coup:steps=8:t_star=0.05", "nappure:kind=joint:steps=8",
+])
+
+
+def _row_command(a: argparse.Namespace, name: str, kw: dict[str, Any], threat: str, eot: int = 1) -> str:
+    n, steps = (a.n, a.steps) if threat == "blind" else (a.adaptive_n, a.adaptive_steps)
+    parts = ["edgepure eval robust", f"--data {a.data}", f"--n {n}", f"--seed {a.seed}", f"--defense {name}"]
+    parts += [f"--defense-arg {k}={v}" for k, v in kw.items()]
+    parts += [f"--threat {threat}", f"--steps {steps}"]
+    if eot > 1:
+        parts.append(f"--eot {eot}")
+    return " ".join(parts) + " --json"
+
+
+def measure(a: argparse.Namespace, spec: str, data: Any, data_adaptive: Any, classifier: Any, log: Log) -> dict[str, Any]:
+    import torch
+
+    from edgepure.evaluate.robust import benchmark
+    from edgepure.purifiers import create_purifier
+
+    label, name, kw = parse_purifier(spec)
+    pur = None if name == "none" else create_purifier(name, **kw)
+    random = bool(getattr(pur, "stochastic", False))
+    cache = a.out / "advcache"
+    row: dict[str, Any] = {"label": label, "purifier": name, "settings": kw, "stochastic": random,
+                           "config": pur.config() if pur is not None else {},
+                           "calls_per_image": pur.calls_per_image() if callable(getattr(pur, "calls_per_image", None)) else {}}
+    t0 = time.perf_counter()
+    log(f"{label}: blind, {len(data)} images")
+    blind = benchmark(classifier, data, pur, list(ATTACKS), ["blind"], steps=a.steps, seed=a.seed, cache_dir=cache)
+    row["blind"] = _accuracy(blind, "blind")
+    row["commands"] = [_row_command(a, name, kw, "blind")]
+    if pur is not None:
+        eot = a.eot if random else 1
+        # a purifier whose gradient is zero (quantisation) is attacked through the identity instead (BPDA)
+        threat = "bpda" if getattr(pur, "masks_gradient", False) else "adaptive"
+        log(f"{label}: {threat}, {len(data_adaptive)} images, EOT {eot}")
+        adaptive = benchmark(classifier, data_adaptive, pur, list(ATTACKS), [threat], steps=a.adaptive_steps,
+                             eot=eot, seed=a.seed, cache_dir=cache)
+        row["adaptive"] = _accuracy(adaptive, threat)
+        row["adaptive"].update(eot=eot, threat=threat)
+        row["commands"].append(_row_command(a, name, kw, threat, eot))
+    log(f"{label}: latency")
+    x1 = torch.from_numpy(data.as_float_nchw()[:1])
+    row["latency_ms"] = round(torch_latency_ms(classifier, pur, x1, a.latency_iters), 3)
+    row["seconds"] = round(time.perf_counter() - t0, 1)
+    return row
+
+
+def retime(report: dict[str, Any], threads: int, iters: int, log: Log) -> None:
+    """Time every row of a finished run again, one after the other, with the same crop and settings."""
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(threads)
+    import torch
+
+    import edgepure
+    from edgepure.data import open_dataset
+    from edgepure.purifiers import create_purifier
+
+    torch.set_num_threads(threads)
+    s = report["settings"]
+    classifier = edgepure.load_classifier()
+    x1 = torch.from_numpy(open_dataset(s["data"], "val", n=s["n"], seed=s["seed"]).as_float_nchw()[:1])
+    for row in report["rows"]:
+        log(f"latency: {row['label']}")
+        pur = None if row["purifier"] == "none" else create_purifier(row["purifier"], **row["settings"])
+        row["latency_ms"] = round(torch_latency_ms(classifier, pur, x1, iters), 3)
+    report["retimed"] = time.strftime("%Y-%m-%d")
+
+
+def _calls(row: dict[str, Any]) -> str:
+    return ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in row["calls_per_image"].items()) or "–"
+
+
+def render(report: dict[str, Any]) -> str:
+    s = report["settings"]
+    pct = lambda v: f"{100 * v:.1f}"  # noqa: E731
+    head = "| purifier | settings | clean | " + " | ".join(ATTACKS) + " | **mean** |"
+    sep = "|---|---|---:|" + "---:|" * (len(ATTACKS) + 1)
+    retimed = f" (latencies timed again in one quiet pass, {report['retimed']})" if report.get("retimed") else ""
+    lines = [f"Measured {report['date']} in {report['minutes']} min on {report['machine']}{retimed}; "
+             f"{report['data']}; {s['threads']} thread(s). Accuracy %, robust = also correct clean through the defense.",
+             "", f"### Blind threat: APGD-CE {s['steps']} steps on the classifier, {report['n']} images", "", head, sep]
+    for r in report["rows"]:
+        settings = ", ".join(f"{k}={v}" for k, v in r["settings"].items()) or "defaults"
+        b = r["blind"]
+        lines.append(f"| {r['purifier']} | {settings} | {pct(b['clean'])} | "
+                     + " | ".join(pct(b[k]) for k in ATTACKS) + f" | **{pct(b['mean'])}** |")
+    lines += ["", f"### Adaptive threat: APGD-CE {s['adaptive_steps']} steps through the purifier, {report['adaptive_n']} "
+              f"images (`--n {report['adaptive_n']}`, seed {s['seed']}), fresh noise every gradient, EOT {s['eot']} where random; "
+              "BPDA (the purifier's backward replaced by the identity) where its gradient is zero", "",
+              head.replace("| clean |", "| clean | EOT |"), sep.replace("---:|", "---:|---:|", 1)]
+    for r in report["rows"]:
+        if "adaptive" not in r:
+            continue
+        settings = ", ".join(f"{k}={v}" for k, v in r["settings"].items()) or "defaults"
+        d = r["adaptive"]
+        name = r["purifier"] + (" (BPDA)" if d.get("threat") == "bpda" else "")
+        lines.append(f"| {name} | {settings} | {pct(d['clean'])} | {d['eot']} | "
+                     + " | ".join(pct(d[k]) for k in ATTACKS) + f" | **{pct(d['mean'])}** |")
+    lines += ["", f"### Cost: torch CPU, purify + classify, one crop, {s['threads']} thread(s)", "",
+              "| purifier | settings | ms / crop | network calls / crop | blind mean per ms |", "|---|---|---:|---|---:|"]
+    for r in report["rows"]:
+        settings = ", ".join(f"{k}={v}" for k, v in r["settings"].items()) or "defaults"
+        lines.append(f"| {r['purifier']} | {settings} | {r['latency_ms']:.2f} | {_calls(r)} | "
+                     f"{100 * r['blind']['mean'] / r['latency_ms']:.2f} |")
+    lines += ["", "Commands, one per row and threat (the script runs the same function, with a shared cache):", "", "```"]
+    lines += [c for r in report["rows"] for c in r["commands"]]
+    lines += ["```", "", f"The whole table: `{report['command']}`"]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", help="GTSRB folder or zip (the track-validation split is scored)")
+    ap.add_argument("--smoke", action="store_true", help="synthetic signs and tiny settings: checks the script")
+    ap.add_argument("--purifiers", default=DEFAULT_PURIFIERS, help="comma list of name[:key=value...]")
+    ap.add_argument("--n", type=int, default=512)
+    ap.add_argument("--adaptive-n", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=100)
+    ap.add_argument("--adaptive-steps", type=int, default=20)
+    ap.add_argument("--eot", type=int, default=2, help="gradient samples per adaptive step for random purifiers")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--latency-iters", type=int, default=20)
+    ap.add_argument("--out", type=Path, default=Path("runs/comparison"))
+    ap.add_argument("--md", type=Path, help="write the tables here (default: --out/comparison.md)")
+    ap.add_argument("--from-json", action="store_true", help="only render --out/comparison.json again")
+    ap.add_argument("--retime", action="store_true",
+                    help="with --from-json: time every row again in one pass (for a run that shared the machine)")
+    args = ap.parse_args(argv)
+    md = args.md or args.out / "comparison.md"
+    if args.from_json:
+        report = json.loads((args.out / "comparison.json").read_text())
+        if args.retime:
+            retime(report, args.threads, args.latency_iters, Log())
+            (args.out / "comparison.json").write_text(json.dumps(report, indent=2) + "\n")
+        md.write_text(render(report))
+        print(md.read_text())
+        return
+    if args.smoke:
+        args.n, args.adaptive_n, args.steps, args.adaptive_steps, args.latency_iters = 6, 3, 2, 2, 2
+        args.data = "synth"
+        if args.purifiers == DEFAULT_PURIFIERS:
+            args.purifiers = "none,median,hetero_diffusion:votes=2"
+    elif not args.data:
+        ap.error("--data is required (or --smoke)")
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(args.threads)
+    import torch
+
+    import edgepure
+    from edgepure.data import open_dataset
+    from edgepure.runtime.machine import describe_machine
+
+    torch.set_num_threads(args.threads)
+    log, t0 = Log(), time.perf_counter()
+    data = open_dataset(args.data, "val", n=args.n, seed=args.seed)
+    data_adaptive = open_dataset(args.data, "val", n=args.adaptive_n, seed=args.seed)  # what `eval robust --n` scores
+    classifier = edgepure.load_classifier()
+    rows_dir = args.out / "rows"
+    rows_dir.mkdir(parents=True, exist_ok=True)
+    keep = {k: getattr(args, k) for k in ("data", "n", "adaptive_n", "steps", "adaptive_steps", "eot", "seed", "threads")}
+    rows = []
+    for spec in (s for s in args.purifiers.split(",") if s):
+        path = rows_dir / (parse_purifier(spec)[0] + ".json")
+        saved = json.loads(path.read_text()) if path.exists() else None
+        if saved is not None and saved.get("settings_of_run") == keep:
+            log(f"{saved['label']}: done earlier ({path})")
+            rows.append(saved)
+            continue
+        row = measure(args, spec, data, data_adaptive, classifier, log)
+        row["settings_of_run"] = keep
+        path.write_text(json.dumps(row, indent=2) + "\n")
+        rows.append(row)
+    m = describe_machine()
+    report = {"settings": keep, "rows": rows, "n": len(data), "adaptive_n": len(data_adaptive),
+              "machine": f"{m['cpu']} ({m['logical_cpus']} logical CPUs)",
+              "data": "synthetic renders" if args.smoke else f"GTSRB track-validation split ({args.data})",
+              "command": " ".join(["python", "benchmarks/purifiers.py", *(argv if argv is not None else sys.argv[1:])]),
+              "date": time.strftime("%Y-%m-%d"), "minutes": round(sum(r["seconds"] for r in rows) / 60, 1)}
+    (args.out / "comparison.json").write_text(json.dumps(report, indent=2) + "\n")
+    md.parent.mkdir(parents=True, exist_ok=True)
+    md.write_text(render(report))
+    print(md.read_text())
+    log(f"wrote {md} ({(time.perf_counter() - t0) / 60:.1f} min this run)")
+
+
+if __name__ == "__main__":
+    main()
