@@ -66,6 +66,32 @@ def test_bad_settings_are_user_errors(signs: torch.Tensor) -> None:
         pur(signs[:1], torch.zeros(1, 3, 3073))
 
 
+def test_a_denoised_start_is_one_diffusion_jump_then_the_same_steps(signs: torch.Tensor) -> None:
+    from dataclasses import replace
+
+    x = signs[:2]
+    pur = _tiny("additive", steps=1, init_sigma=0.5)
+    assert pur.calls_per_image() == {"denoiser_with_gradient": 1, "denoiser": 1}
+    nz = pur.sample_noise(x, torch.Generator().manual_seed(0))
+    a, b = pur(x, nz), pur(x, nz)
+    assert torch.equal(a, b) and 0 <= float(a.min()) and float(a.max()) <= 1
+    # with no image step the output is the prior's denoising of x noised to σ₀ by step 1's noise image
+    frozen = NAPPure(pur.prior, replace(pur.cfg, lr_x=0.0))
+    y_adv = x * 2 - 1
+    jump = pur.prior(y_adv + 0.5 * nz[:, 0, :3072].reshape(2, 3, 32, 32), torch.full((2,), 0.5)).clamp(-1, 1)
+    assert torch.allclose(frozen(x, nz), ((jump + 1) / 2).clamp(0, 1), atol=1e-6)
+    # additive θ starts at its conditional optimum: argmin λ1‖δ‖² + λ2‖r − 2δ‖²
+    theta = pur._fit_theta(pur.family.identity(x), jump, y_adv)
+    lam1, lam2 = pur.cfg.lam1["additive"], pur.cfg.lam2
+    d = theta["delta"].clone().requires_grad_(True)
+    obj = lam1 * d.square().sum() + lam2 * (y_adv - jump - 2 * d).square().sum()
+    (g,) = torch.autograd.grad(obj, d)
+    assert float(g.abs().max()) < 1e-4
+    assert torch.equal(_tiny("additive", steps=0, init_sigma=0.5)(x), x)  # K = 0 stays the identity
+    with pytest.raises(ConfigError, match="init_sigma must be > 0"):
+        _tiny("additive", init_sigma=0.0)
+
+
 def _mean_loss(pur: NAPPure, y: torch.Tensor, y_adv: torch.Tensor, theta: dict, draws: int = 6) -> float:
     g = torch.Generator().manual_seed(123)
     total = 0.0
@@ -111,14 +137,14 @@ def test_one_step_exports_with_its_gradients(tmp_path: Path, signs: torch.Tensor
     from edgepure.export.pipeline import export_pipeline
 
     torch.manual_seed(0)
-    pur = _tiny("distortion", steps=1)
+    pur = _tiny("distortion", steps=1, init_sigma=0.5)  # with the denoised start: one more prior call in the graph
     clf = edgepure.create_classifier("signnet_xs").eval()
     m = export_pipeline(pur, clf, tmp_path / "np", signs.numpy(), batch=1, parity_batches=2)
     ops = {n.op_type for n in onnx.load(str(tmp_path / "np" / "purifier.onnx")).graph.node}
     assert {"ConvTranspose", "GridSample", "MatMul"} <= ops and not any("Scatter" in o for o in ops)
     assert m["models"]["purifier"]["parity"]["max_abs_diff"] < 1e-5
     assert m["models"]["purifier"]["lint"]["errors"] == 0
-    assert m["purifier"]["config"]["kind"] == "distortion"
+    assert m["purifier"]["config"]["kind"] == "distortion" and m["purifier"]["config"]["init_sigma"] == 0.5
 
 
 # --- with the shipped prior: the purifier undoes a known perturbation ---------------------------------------

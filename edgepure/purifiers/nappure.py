@@ -6,7 +6,7 @@ and the perturbation parameters θ given the observed image,
 with ``D`` an EDM denoiser (the image prior, on [−1, 1]), ``f``/``φ`` a perturbation family of
 ``edgepure.perturb`` and σ ~ U(0.4, 0.6). Alternating Adam steps: one on ``y`` (lr ``lr_x``, in [−1, 1]
 units, then clipped to [−1, 1]), one on θ (lr ``lr_theta``) at the updated image; ``y`` starts at
-``y_adv`` and θ at the identity. Both Adam states and bias corrections are unrolled in Python, so with a
+``y_adv`` (or, with ``init_sigma``, at the prior's denoising of it) and θ at the identity. Both Adam states and bias corrections are unrolled in Python, so with a
 fixed K the whole purification is one static graph (``make_fx`` records the gradients; see
 ``edgepure.export``).
 
@@ -61,6 +61,9 @@ class NAPPureConfig:
     flow_eps: Optional[float] = None  # box on the flow (pixels) while purifying; None: unconstrained
     lr_schedule: str = "constant"  # or "cosine": both step sizes decay as ½(1 + cos(π(t − 1)/K)) over the K steps
     mask_init: float = -4.0  # occlusion: initial mask logit (any mask is an identity at x = x_adv, see SoftMask)
+    # where the image estimate starts: None = the observation (the paper); σ > 0 = one diffusion-purification jump,
+    # D(y_adv + σn; σ) (Tweedie's estimate; one more prior forward, n = step 1's noise image), the same objective
+    init_sigma: Optional[float] = None
 
 
 def paper_config(kind: str) -> NAPPureConfig:
@@ -145,6 +148,8 @@ class NAPPure(Purifier):
             raise ConfigError(f"nappure: steps must be ≥ 0, got {config.steps}")
         if config.lr_schedule not in ("constant", "cosine"):
             raise ConfigError(f"nappure: lr_schedule must be 'constant' or 'cosine', got {config.lr_schedule!r}")
+        if config.init_sigma is not None and not config.init_sigma > 0:
+            raise ConfigError(f"nappure: init_sigma must be > 0 (or None: start at the observation), got {config.init_sigma}")
         if config.prior_grad not in ("full", "forward"):
             raise ConfigError(f"nappure: prior_grad must be 'full' or 'forward', got {config.prior_grad!r}")
         lo, hi = config.sigma_range
@@ -214,7 +219,14 @@ class NAPPure(Purifier):
         eps2 = cfg.adam_eps**2
         y_adv = x * 2 - 1
         y = y_adv
+        if cfg.init_sigma is not None:  # one diffusion-purification jump: noise to σ₀ (step 1's noise image), denoise
+            sig = torch.full((n,), float(cfg.init_sigma), dtype=x.dtype, device=x.device)
+            y = self.prior(y_adv + float(cfg.init_sigma) * noise[:, 0, : c * h * w].reshape(n, c, h, w), sig).clamp(-1.0, 1.0)
+            if not create_graph:
+                y = y.detach()
         theta = self.family.identity(x)
+        if cfg.init_sigma is not None:
+            theta = self._fit_theta(theta, y, y_adv)
         fixed = set(getattr(self.family, "fixed", ()))
         if "content" in theta or any(k.endswith(".content") for k in theta):
             theta = {k: (x if k in fixed else v) for k, v in theta.items()}  # the observation, in the graph
@@ -264,6 +276,15 @@ class NAPPure(Purifier):
             out = out.detach()
         return out, {k: v.detach() for k, v in theta.items()}, history
 
+    def _fit_theta(self, theta: Params, y: torch.Tensor, y_adv: torch.Tensor) -> Params:
+        """θ at its conditional optimum given the image estimate ``y`` where that has a closed form — additive:
+        argmin_δ λ1‖δ‖² + λ2‖r − 2δ‖² (r = y_adv − y, δ in [0, 1] units). Others keep the identity (for the
+        soft mask the closed form, m = clip(1 − λ1/(2λ2·Σ_c r_c²)), was measured and made it worse)."""
+        if isinstance(self.family, Additive):
+            l1 = _lookup(self.cfg.lam1, "additive", "λ1")
+            return {"delta": (2 * self.cfg.lam2 / (l1 + 4 * self.cfg.lam2)) * (y_adv - y)}
+        return theta
+
     def _final_loss(self, y: torch.Tensor, y_adv: torch.Tensor, theta: Params, noise: torch.Tensor) -> torch.Tensor:
         n, c, h, w = y.shape
         if noise.shape[1] == 0:
@@ -286,8 +307,12 @@ class NAPPure(Purifier):
         return theta
 
     def calls_per_image(self) -> dict[str, int]:
-        """Network evaluations per purified image: each step one prior forward and its vector-Jacobian product."""
-        return {"denoiser_with_gradient": self.cfg.steps}
+        """Network evaluations per purified image: each step one prior forward and its vector-Jacobian product
+        (and one plain forward for a denoised start)."""
+        calls = {"denoiser_with_gradient": self.cfg.steps}
+        if self.cfg.init_sigma is not None:
+            calls["denoiser"] = 1
+        return calls
 
     def config(self) -> dict[str, object]:
         d = asdict(self.cfg)
