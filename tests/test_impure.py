@@ -96,3 +96,22 @@ def test_train_impure_cli_learns_and_resumes(tmp_path) -> None:  # type: ignore[
     r = runner.invoke(app, ["train", "impure", "--data", "synth://?n=60", "--out", str(tmp_path / "bad"),
                             "--model", "impure_xs", "--batch-size", "4"])
     assert r.exit_code == 1 and "batch size" in r.output
+
+
+def test_shipped_weights_undo_blind_attacks_on_rendered_signs() -> None:
+    from edgepure.attacks import APGD
+    from edgepure.data import open_dataset
+    from edgepure.perturb import create_perturbation
+
+    pur = edgepure.create_purifier("impure")  # the shipped impure_s, noised copy at t = 200
+    assert pur.net.noise_t == 200 and pur.net.pretrained_cfg["preprocessing"]["size"] == [32, 32]
+    data = open_dataset("synth", "val", n=48, seed=3)
+    x, y = torch.from_numpy(data.as_float_nchw()), torch.from_numpy(data.labels)
+    clf = edgepure.load_classifier()
+    g = torch.Generator().manual_seed(0)
+    for family in ("additive", "patch"):
+        x_adv = APGD(clf, create_perturbation(family, "gtsrb"), steps=10, seed=0)(x, y).detach()
+        with torch.no_grad():
+            bare = float((clf(x_adv).argmax(1) == y).float().mean())
+            purified = float((clf(pur(x_adv, pur.sample_noise(x_adv, g))).argmax(1) == y).float().mean())
+        assert bare < 0.1 and purified > bare + 0.25, (family, bare, purified)

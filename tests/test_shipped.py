@@ -20,10 +20,11 @@ def test_weights_ship_small_with_their_record() -> None:
     assert "signnet_s_gtsrb.safetensors" in files and "signnet_s_gtsrb.json" in files
     assert "edm_unet_s_gtsrb.safetensors" in files and "edm_unet_s_gtsrb.json" in files
     assert "bsn_s_gtsrb.safetensors" in files and "bsn_s_gtsrb.json" in files
+    assert "impure_s_gtsrb.safetensors" in files and "impure_s_gtsrb.json" in files
     total = sum(p.stat().st_size for p in WEIGHTS.glob("*.safetensors"))
     assert total < 15_000_000
     assert edgepure.list_classifiers(pretrained=True) == ["signnet_s"]
-    assert registry.list_priors(pretrained=True) == ["bsn_s", "edm_unet_s"]
+    assert registry.list_priors(pretrained=True) == ["bsn_s", "edm_unet_s", "impure_s"]
     for stem in {p.stem for p in WEIGHTS.glob("*.safetensors")}:  # every shipped network has its model card
         assert f"{stem}.md" in files and f"{stem}.json" in files, stem
 
