@@ -73,7 +73,7 @@ def measure(a: argparse.Namespace, spec: str, data: Any, data_adaptive: Any, cla
         adaptive = benchmark(classifier, data_adaptive, pur, list(ATTACKS), [threat], steps=a.adaptive_steps,
                              eot=eot, seed=a.seed, cache_dir=cache)
         row["adaptive"] = _accuracy(adaptive, threat)
-        row["adaptive"].update(eot=eot, threat=threat)
+        row["adaptive"].update(eot=eot, threat=threat, n=len(data_adaptive), steps=a.adaptive_steps)
         row["commands"].append(_row_command(a, name, kw, threat, eot))
     log(f"{label}: latency")
     x1 = torch.from_numpy(data.as_float_nchw()[:1])
@@ -113,9 +113,14 @@ def render(report: dict[str, Any]) -> str:
     head = "| purifier | settings | clean | " + " | ".join(ATTACKS) + " | **mean** |"
     sep = "|---|---|---:|" + "---:|" * (len(ATTACKS) + 1)
     retimed = f" (latencies timed again in one quiet pass, {report['retimed']})" if report.get("retimed") else ""
-    lines = [f"Measured {report['date']} in {report['minutes']} min on {report['machine']}{retimed}; "
-             f"{report['data']}; {s['threads']} thread(s). Accuracy %, robust = also correct clean through the defense.",
-             "", f"### Blind threat: APGD-CE {s['steps']} steps on the classifier, {report['n']} images", "", head, sep]
+    lines = ["# The purifiers compared", "",
+             f"Measured {report['date']} ({report['minutes']} min of compute) on {report['machine']}{retimed}; "
+             f"{report['data']}; torch, {s['threads']} thread(s). Accuracy %; an image counts as robust only if the "
+             "defended pipeline also classifies its clean version correctly. Produced by `benchmarks/purifiers.py` "
+             "(commands at the end).", ""]
+    if report.get("note"):
+        lines += [report["note"].rstrip(), ""]
+    lines += [f"### Blind threat: APGD-CE {s['steps']} steps on the classifier, {report['n']} images", "", head, sep]
     for r in report["rows"]:
         settings = ", ".join(f"{k}={v}" for k, v in r["settings"].items()) or "defaults"
         b = r["blind"]
@@ -131,6 +136,8 @@ def render(report: dict[str, Any]) -> str:
         settings = ", ".join(f"{k}={v}" for k, v in r["settings"].items()) or "defaults"
         d = r["adaptive"]
         name = r["purifier"] + (" (BPDA)" if d.get("threat") == "bpda" else "")
+        if d.get("n", report["adaptive_n"]) != report["adaptive_n"] or d.get("steps", s["adaptive_steps"]) != s["adaptive_steps"]:
+            name += f" ({d['n']} images, APGD-{d['steps']})"
         lines.append(f"| {name} | {settings} | {pct(d['clean'])} | {d['eot']} | "
                      + " | ".join(pct(d[k]) for k in ATTACKS) + f" | **{pct(d['mean'])}** |")
     lines += ["", f"### Cost: torch CPU, purify + classify, one crop, {s['threads']} thread(s)", "",
@@ -161,6 +168,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=Path("runs/comparison"))
     ap.add_argument("--md", type=Path, help="write the tables here (default: --out/comparison.md)")
     ap.add_argument("--from-json", action="store_true", help="only render --out/comparison.json again")
+    ap.add_argument("--note-file", type=Path, help="Markdown placed under the title (kept in the JSON)")
     ap.add_argument("--retime", action="store_true",
                     help="with --from-json: time every row again in one pass (for a run that shared the machine)")
     args = ap.parse_args(argv)
@@ -169,7 +177,9 @@ def main(argv: list[str] | None = None) -> None:
         report = json.loads((args.out / "comparison.json").read_text())
         if args.retime:
             retime(report, args.threads, args.latency_iters, Log())
-            (args.out / "comparison.json").write_text(json.dumps(report, indent=2) + "\n")
+        if args.note_file:
+            report["note"] = args.note_file.read_text()
+        (args.out / "comparison.json").write_text(json.dumps(report, indent=2) + "\n")
         md.write_text(render(report))
         print(md.read_text())
         return
@@ -213,7 +223,8 @@ def main(argv: list[str] | None = None) -> None:
               "machine": f"{m['cpu']} ({m['logical_cpus']} logical CPUs)",
               "data": "synthetic renders" if args.smoke else f"GTSRB track-validation split ({args.data})",
               "command": " ".join(["python", "benchmarks/purifiers.py", *(argv if argv is not None else sys.argv[1:])]),
-              "date": time.strftime("%Y-%m-%d"), "minutes": round(sum(r["seconds"] for r in rows) / 60, 1)}
+              "date": time.strftime("%Y-%m-%d"), "minutes": round(sum(r["seconds"] for r in rows) / 60, 1),
+              "note": args.note_file.read_text() if args.note_file else ""}
     (args.out / "comparison.json").write_text(json.dumps(report, indent=2) + "\n")
     md.parent.mkdir(parents=True, exist_ok=True)
     md.write_text(render(report))
