@@ -138,8 +138,9 @@ def render(report: dict[str, Any]) -> str:
         name = r["purifier"] + (" (BPDA)" if d.get("threat") == "bpda" else "")
         if d.get("n", report["adaptive_n"]) != report["adaptive_n"] or d.get("steps", s["adaptive_steps"]) != s["adaptive_steps"]:
             name += f" ({d['n']} images, APGD-{d['steps']})"
-        lines.append(f"| {name} | {settings} | {pct(d['clean'])} | {d['eot']} | "
-                     + " | ".join(pct(d[k]) for k in ATTACKS) + f" | **{pct(d['mean'])}** |")
+        cells = " | ".join(pct(d[k]) if k in d else d.get("missing", "–") for k in ATTACKS)
+        mean = f"**{pct(d['mean'])}**" if "mean" in d else "–"
+        lines.append(f"| {name} | {settings} | {pct(d['clean'])} | {d['eot']} | {cells} | {mean} |")
     lines += ["", f"### Cost: torch CPU, purify + classify, one crop, {s['threads']} thread(s)", "",
               "| purifier | settings | ms / crop | network calls / crop | blind mean per ms |", "|---|---|---:|---|---:|"]
     for r in report["rows"]:
