@@ -22,13 +22,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from report import ATTACKS, Log, _accuracy, parse_purifier, torch_latency_ms
+from report import ATTACKS, Log, _accuracy, parse_purifier, torch_latency_ms, use_threads
 
 DEFAULT_PURIFIERS = ",".join([
     "none", "gaussian", "median", "bitdepth", "ncis", "impure",
@@ -84,15 +83,13 @@ def measure(a: argparse.Namespace, spec: str, data: Any, data_adaptive: Any, cla
 
 def retime(report: dict[str, Any], threads: int, iters: int, log: Log) -> None:
     """Time every row of a finished run again, one after the other, with the same crop and settings."""
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = str(threads)
+    use_threads(threads)
     import torch
 
     import edgepure
     from edgepure.data import open_dataset
     from edgepure.purifiers import create_purifier
 
-    torch.set_num_threads(threads)
     s = report["settings"]
     classifier = edgepure.load_classifier()
     x1 = torch.from_numpy(open_dataset(s["data"], "val", n=s["n"], seed=s["seed"]).as_float_nchw()[:1])
@@ -191,15 +188,11 @@ def main(argv: list[str] | None = None) -> None:
             args.purifiers = "none,median,hetero_diffusion:votes=2"
     elif not args.data:
         ap.error("--data is required (or --smoke)")
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = str(args.threads)
-    import torch
-
+    use_threads(args.threads)
     import edgepure
     from edgepure.data import open_dataset
     from edgepure.runtime.machine import describe_machine
 
-    torch.set_num_threads(args.threads)
     log, t0 = Log(), time.perf_counter()
     data = open_dataset(args.data, "val", n=args.n, seed=args.seed)
     data_adaptive = open_dataset(args.data, "val", n=args.adaptive_n, seed=args.seed)  # what `eval robust --n` scores

@@ -59,6 +59,15 @@ def parse_purifier(spec: str) -> tuple[str, str, dict[str, Any]]:
     return label, name, kw
 
 
+def use_threads(n: int) -> None:
+    """Pin torch and the BLAS/OpenMP pools to ``n`` threads (the variables before torch is first imported)."""
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(n)
+    import torch
+
+    torch.set_num_threads(n)
+
+
 class Log:
     def __init__(self) -> None:
         self.t0 = time.perf_counter()
@@ -303,11 +312,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         report = json.loads(args.from_json.read_text())
         report["note"] = args.note or report.get("note", "")
         if args.retime:
-            for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-                os.environ[var] = str(args.threads)
-            import torch
-
-            torch.set_num_threads(args.threads)
+            use_threads(args.threads)
             remeasure_latency(report, args.out / "models", args.threads, args.latency_iters, args.latency_iters_torch, Log())
         args.from_json.write_text(json.dumps(report, indent=2) + "\n")
         for path in write_report(report, args.md, args.figures):
@@ -328,15 +333,11 @@ def main(argv: Optional[list[str]] = None) -> None:
     elif not args.data:
         ap.error("--data is required (or --smoke)")
     args.sweep_steps = [int(k) for k in args.sweep_steps.split(",") if k]
-    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[var] = str(args.threads)
-    import torch
-
+    use_threads(args.threads)
     from report_render import write_report
 
     from edgepure.runtime.machine import describe_machine, matmul_peak_gflops
 
-    torch.set_num_threads(args.threads)
     log = Log()
     t0 = time.perf_counter()
     args.out.mkdir(parents=True, exist_ok=True)

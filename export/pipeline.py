@@ -218,6 +218,14 @@ def _purifier_and_merged(purifier: nn.Module, classifier_model: Any, batches: li
     return {"purifier": entry, "pipeline": pipeline}
 
 
+def _seeded_noise(module: Any) -> Callable[[np.ndarray, int], np.ndarray]:
+    """Noise for parity batch ``i`` of ``module`` (a purifier or a pipeline), from a generator seeded by ``i``."""
+    def noise_fn(b: np.ndarray, i: int) -> np.ndarray:
+        return module.sample_noise(torch.from_numpy(b), torch.Generator().manual_seed(1000 + i)).numpy()
+
+    return noise_fn
+
+
 def _versions() -> dict[str, str]:
     import onnx
     import onnxruntime
@@ -320,11 +328,7 @@ def export_pipeline(
                 raise ConfigError(f"the purifier votes (votes = {votes}): the pipeline classifies {votes}·batch images "
                                   "at once, which a classifier given as ONNX (static batch) cannot; export it from "
                                   "a torch classifier, or set votes=1")
-            noise_fn = pipe_noise_fn = None
-            if stochastic:
-                def noise_fn(b: np.ndarray, i: int) -> np.ndarray:
-                    g = torch.Generator().manual_seed(1000 + i)
-                    return purifier.sample_noise(torch.from_numpy(b), g).numpy()  # type: ignore[union-attr]
+            noise_fn = _seeded_noise(purifier) if stochastic else None
             if onnx_classifier is not None:
                 models.update(_purifier_and_merged(purifier, onnx_classifier, batches, noise_fn, noise_mode == "graph",
                                                    trace, tol, min_top1, tmp, lint_target))
@@ -338,21 +342,17 @@ def export_pipeline(
                                                    False, trace, tol, min_top1, tmp, lint_target))
             else:
                 pipe = pipeline_module(purifier, classifier)  # type: ignore[arg-type]
-                if stochastic:
-                    def pipe_noise_fn(b: np.ndarray, i: int) -> np.ndarray:
-                        g = torch.Generator().manual_seed(1000 + i)
-                        return pipe.sample_noise(torch.from_numpy(b), g).numpy()  # type: ignore[operator]
+                pipe_noise_fn = _seeded_noise(pipe) if stochastic else None
                 if noise_mode == "graph":
                     # exact parity on the noise-input twin of the pipeline, then the graph-noise models themselves
                     twin = _export_one("pipeline", cast(pipe), batches, pipe_noise_fn, trace, tol, min_top1, tmp,
                                        lint_target, reference=pipe)
                     x0 = torch.from_numpy(batches[0])
-                    shape = purifier.sample_noise(x0)  # type: ignore[union-attr]
-                    pipe_shape = pipe.sample_noise(x0)  # type: ignore[operator]
+                    shape, pipe_shape = purifier.noise_shape(x0), pipe.noise_shape(x0)  # type: ignore[operator]
                     assert shape is not None and pipe_shape is not None
-                    models["purifier"] = _export_one("purifier", cast(GraphNoise(purifier, shape.shape)), batches, None,
+                    models["purifier"] = _export_one("purifier", cast(GraphNoise(purifier, shape)), batches, None,
                                                      trace, float("inf"), None, tmp, lint_target)
-                    models["pipeline"] = _export_one("pipeline", cast(GraphNoise(pipe, pipe_shape.shape)), batches, None,
+                    models["pipeline"] = _export_one("pipeline", cast(GraphNoise(pipe, pipe_shape)), batches, None,
                                                      trace, float("inf"), 0.9, tmp, lint_target)
                     models["pipeline"]["parity"]["noise_input_twin"] = twin["parity"]
                 else:

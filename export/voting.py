@@ -28,15 +28,23 @@ from edgepure.runtime.errors import ConfigError
 __all__ = ["FusedPipeline", "Voting", "pipeline_module", "vote_logits"]
 
 
-class FusedPipeline(nn.Module):
-    """``classifier(purifier(image, noise))`` as one module: image (and noise) in, logits out."""
+class _Pipeline(nn.Module):
+    """A purifier in front of a classifier; the noise input's shape comes from ``noise_shape``."""
 
     def __init__(self, purifier: nn.Module, classifier: nn.Module) -> None:
         super().__init__()
         self.purifier, self.classifier = purifier, classifier
 
+    def noise_shape(self, x: torch.Tensor) -> Optional[tuple[int, ...]]:
+        return self.purifier.noise_shape(x)  # type: ignore[operator,no-any-return]
+
     def sample_noise(self, x: torch.Tensor, generator: Optional[torch.Generator] = None) -> Optional[torch.Tensor]:
-        return self.purifier.sample_noise(x, generator)  # type: ignore[operator]
+        shape = self.noise_shape(x)
+        return None if shape is None else torch.randn(shape, generator=generator, dtype=x.dtype)
+
+
+class FusedPipeline(_Pipeline):
+    """``classifier(purifier(image, noise))`` as one module: image (and noise) in, logits out."""
 
     def forward(self, image: torch.Tensor, noise: Optional[torch.Tensor] = None) -> torch.Tensor:  # type: ignore[override]
         return self.classifier(self.purifier(image, noise))
@@ -52,28 +60,24 @@ def vote_logits(logits: torch.Tensor, votes: int) -> torch.Tensor:
     return torch.log((counts + mean_p) / (votes + 1.0))
 
 
-class Voting(nn.Module):
+class Voting(_Pipeline):
     """R purifications of each image on the batch axis, classified, majority vote (see the module docstring).
 
     ``noise`` has shape ``(R, *purifier.noise_shape(x))``: draw r of image i uses ``noise[r, i]``.
     """
 
     def __init__(self, purifier: nn.Module, classifier: nn.Module, votes: int) -> None:
-        super().__init__()
+        super().__init__(purifier, classifier)
         if votes < 1:
             raise ConfigError(f"votes must be ≥ 1, got {votes}")
         if votes > 1 and not getattr(purifier, "stochastic", False):
             raise ConfigError(f"votes = {votes} needs a stochastic purifier; {type(purifier).__name__} gives the same "
                               "image every draw")
-        self.purifier, self.classifier, self.votes = purifier, classifier, int(votes)
+        self.votes = int(votes)
 
     def noise_shape(self, x: torch.Tensor) -> Optional[tuple[int, ...]]:
-        shape = self.purifier.noise_shape(x)  # type: ignore[operator]
+        shape = super().noise_shape(x)
         return None if shape is None else (self.votes, *shape)
-
-    def sample_noise(self, x: torch.Tensor, generator: Optional[torch.Generator] = None) -> Optional[torch.Tensor]:
-        shape = self.noise_shape(x)
-        return None if shape is None else torch.randn(shape, generator=generator, dtype=x.dtype)
 
     def forward(self, image: torch.Tensor, noise: Optional[torch.Tensor] = None) -> torch.Tensor:  # type: ignore[override]
         if noise is None:

@@ -219,13 +219,13 @@ class NAPPure(Purifier):
         eps2 = cfg.adam_eps**2
         y_adv = x * 2 - 1
         y = y_adv
+        theta = self.family.identity(x)
         if cfg.init_sigma is not None:  # one diffusion-purification jump: noise to σ₀ (step 1's noise image), denoise
-            sig = torch.full((n,), float(cfg.init_sigma), dtype=x.dtype, device=x.device)
-            y = self.prior(y_adv + float(cfg.init_sigma) * noise[:, 0, : c * h * w].reshape(n, c, h, w), sig).clamp(-1.0, 1.0)
+            s0 = float(cfg.init_sigma)
+            y = self.prior(y_adv + s0 * noise[:, 0, : c * h * w].reshape(n, c, h, w),
+                           torch.full((n,), s0, dtype=x.dtype, device=x.device)).clamp(-1.0, 1.0)
             if not create_graph:
                 y = y.detach()
-        theta = self.family.identity(x)
-        if cfg.init_sigma is not None:
             theta = self._fit_theta(theta, y, y_adv)
         fixed = set(getattr(self.family, "fixed", ()))
         if "content" in theta or any(k.endswith(".content") for k in theta):
