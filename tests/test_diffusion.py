@@ -126,7 +126,7 @@ def test_votes_batch_r_purifications_in_one_graph_with_parity(tiny: HeteroDiffus
     from edgepure.runtime.model import EdgeModel
 
     voter = HeteroDiffusion(tiny.prior, tiny.classifier, calls=2, votes=3)
-    assert voter.config()["votes"] == 3 and voter.calls_per_image() == {"denoiser": 6, "classifier": 4}
+    assert voter.config()["votes"] == 3 and voter.calls_per_image() == {"denoiser": 6, "classifier": 5}
     pipe = pipeline_module(voter, tiny.classifier)
     assert isinstance(pipe, Voting) and type(pipeline_module(tiny, tiny.classifier)) is not Voting
     x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(7))

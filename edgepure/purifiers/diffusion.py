@@ -123,10 +123,11 @@ class HeteroDiffusion(Purifier):
                 "timesteps": self.timesteps, "votes": self.votes}
 
     def calls_per_image(self) -> dict[str, int]:
-        """Network evaluations per crop (the mask's classifier forward included; × R votes, whose classifier
-        forwards are counted here too)."""
+        """Network evaluations per crop beyond the one classification every pipeline makes: the mask's classifier
+        forward and the denoiser calls, each × R with votes (every draw recomputes the mask on its copy of the
+        crop), plus the R − 1 extra classifications of the votes."""
         r = self.votes
-        return {"denoiser": self.calls * r, "classifier": 1 + (r if r > 1 else 0)}
+        return {"denoiser": self.calls * r, "classifier": 2 * r - 1}
 
 
 @register_purifier("hetero_diffusion", has_weights=True)
