@@ -11,6 +11,8 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
+from edgepure.perturb.warp import onehot as _onehot
+
 __all__ = ["decomposition_table"]
 
 aten = torch.ops.aten
@@ -57,11 +59,6 @@ def _replication_pad2d_backward(grad_out: torch.Tensor, x: torch.Tensor, padding
         return torch.cat([first, g.narrow(dim, lo + 1, n - 2), last], dim=dim)
 
     return fold(fold(grad_out, left, w, -1), top, h, -2)
-
-
-def _onehot(idx: torch.Tensor, size: int) -> torch.Tensor:
-    """(…, P) integer-valued float positions → (…, P, size) one-hot rows (all zero outside [0, size))."""
-    return (idx.unsqueeze(-1) == torch.arange(size, dtype=idx.dtype, device=idx.device)).to(idx.dtype)
 
 
 def _grid_sampler_2d_backward(grad_out: torch.Tensor, x: torch.Tensor, grid: torch.Tensor, interpolation_mode: int,

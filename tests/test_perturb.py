@@ -104,3 +104,25 @@ def test_flow_shifts_by_whole_pixels() -> None:
     theta["flow"][:, 0] = 1.0  # sample from one pixel to the right
     y = flow(x, theta)
     torch.testing.assert_close(y[..., :-1], x[..., 1:])
+
+
+def test_bilinear_sample_matches_grid_sample_to_second_order() -> None:
+    """The flow warp's sampler equals PyTorch's bilinear/border grid_sample (values and gradients, float64) and
+    its gradient is itself differentiable (NAPPure's adaptive attack takes a gradient of a gradient)."""
+    import torch.nn.functional as F
+
+    from edgepure.perturb.warp import bilinear_sample
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 3, 8, 9, dtype=torch.float64, generator=g, requires_grad=True)
+    grid = ((torch.rand(2, 5, 7, 2, dtype=torch.float64, generator=g) * 2.6 - 1.3)).requires_grad_(True)  # some outside
+    ref = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    out = bilinear_sample(x, grid)
+    assert out.shape == ref.shape == (2, 3, 5, 7)
+    assert torch.allclose(out, ref, atol=1e-12)
+    go = torch.randn(out.shape, dtype=torch.float64, generator=g)
+    for a, b in zip(torch.autograd.grad(out, (x, grid), go), torch.autograd.grad(ref, (x, grid), go)):
+        assert torch.allclose(a, b, atol=1e-12)
+    assert torch.autograd.gradgradcheck(bilinear_sample, (x, grid))
+    with pytest.raises(ValueError, match=r"\(N, Ho, Wo, 2\)"):
+        bilinear_sample(x, grid[..., :1])

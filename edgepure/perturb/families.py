@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from edgepure.perturb.base import Params, Perturbation
+from edgepure.perturb.warp import bilinear_sample
 
 __all__ = ["Additive", "ConvBlur", "Flow", "Occlusion", "SoftMask", "gaussian_kernel1d"]
 
@@ -216,7 +217,7 @@ class Flow(Perturbation):
         h, w = x.shape[2:]
         scale = torch.tensor([2.0 / w, 2.0 / h], dtype=x.dtype)
         grid = self.base_grid.to(x.dtype) + f.permute(0, 2, 3, 1) * scale
-        return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        return bilinear_sample(x, grid)  # = F.grid_sample(bilinear, border); differentiable to any order
 
     def penalty(self, params: Params) -> torch.Tensor:
         return (self.smooth(params["flow"]) ** 2).flatten(1).sum(1)
