@@ -224,3 +224,22 @@ def test_recovers_an_occluded_patch(prior: torch.nn.Module, signs: torch.Tensor,
     inside = m[region].mean()
     outside = (m.sum() - m[region].sum()) / (len(m) * (1024 - 49))
     assert float(inside) > 0.7 and float(inside) > 2.5 * float(outside)  # the mask found the sticker
+
+
+def test_votes_take_the_majority_of_r_purifications(signs: torch.Tensor) -> None:
+    from edgepure.export.voting import Voting, pipeline_module, vote_logits
+
+    pur = _tiny("additive", steps=1, init_sigma=0.5, votes=3)
+    assert pur.calls_per_image() == {"denoiser_with_gradient": 3, "denoiser": 3, "classifier": 2}
+    clf = edgepure.create_classifier("signnet_xs").eval()
+    pipe = pipeline_module(pur, clf)
+    assert isinstance(pipe, Voting)
+    x = signs[:2]
+    noise = pipe.sample_noise(x, torch.Generator().manual_seed(8))
+    assert noise is not None and noise.shape == (3, 2, 1, 3 * 32 * 32 + 1)
+    got = pipe(x, noise)
+    with torch.no_grad():
+        draws = torch.cat([clf(pur(x, noise[r])) for r in range(3)])  # draw r of image i: noise[r, i]
+    assert torch.allclose(got, vote_logits(draws, 3), atol=1e-5)
+    with pytest.raises(ConfigError, match="votes"):
+        _tiny("additive", votes=0)
