@@ -134,3 +134,35 @@ def test_prior_training_learns_resumes_exactly_and_refuses_other_settings(gtsrb_
     load_weights_file(prior, tmp_path / "full" / "best.safetensors")  # the best checkpoint loads as a prior
     with pytest.raises(ModelError, match="trained with seed=0, asked to resume with 3"):
         train_prior(_prior_cfg(gtsrb_dir, tmp_path / "full", seed=3), resume=True, log=lambda s: None)
+
+
+def test_denoise_batch_replaces_the_chosen_share_with_the_priors_output() -> None:
+    from edgepure.models.registry import create_prior
+    from edgepure.training.classifier import denoise_batch
+
+    torch.manual_seed(0)
+    prior = create_prior("edm_unet_xs", pretrained=False).eval()
+    x = torch.rand(64, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        out = denoise_batch(x, prior, 0.5, 0.25, 1.2, torch.Generator().manual_seed(2))
+        again = denoise_batch(x, prior, 0.5, 0.25, 1.2, torch.Generator().manual_seed(2))
+        none = denoise_batch(x, prior, 0.0, 0.25, 1.2, torch.Generator().manual_seed(2))
+    changed = (out - x).flatten(1).abs().amax(1) > 0
+    assert 16 <= int(changed.sum()) <= 48  # about half, from the generator
+    assert torch.equal(out, again) and torch.equal(none, x)
+    assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
+
+
+def test_fine_tuning_starts_from_the_given_weights(gtsrb_dir: Path, tmp_path: Path) -> None:
+    from edgepure.runtime.errors import ConfigError
+
+    train_classifier(_cfg(gtsrb_dir, tmp_path / "a", max_steps=2), log=lambda s: None)
+    # lr 0: the fine-tuned run must hold exactly the weights it started from, not a fresh initialisation
+    train_classifier(_cfg(gtsrb_dir, tmp_path / "b", max_steps=1, lr=0.0, seed=5, init=str(tmp_path / "a" / "best.safetensors"),
+                          denoise=0.5), log=lambda s: None)
+    got = _weights(tmp_path / "b")
+    best = resolve_classifier(str(tmp_path / "a")).state_dict()
+    assert all(torch.equal(got[k], best[k]) for k in got if got[k].is_floating_point() and "running" not in k)
+    with pytest.raises(ConfigError, match="signnet_s"):
+        train_classifier(_cfg(gtsrb_dir, tmp_path / "c", max_steps=1, model="signnet_s", init=str(tmp_path / "a")),
+                         log=lambda s: None)

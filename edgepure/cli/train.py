@@ -33,6 +33,11 @@ def classifier(
     val_fraction: Annotated[float, typer.Option(help="Fraction of tracks held out for validation.")] = 0.1,
     resume: Annotated[bool, typer.Option(help="Continue from the run folder's last checkpoint.")] = False,
     max_steps: Annotated[int, typer.Option(help="Stop after this many optimiser steps (0: no limit).")] = 0,
+    init: Annotated[Optional[str], typer.Option(help="Start from these weights: a shipped classifier's name or a checkpoint (fine-tuning).")] = None,
+    denoise: Annotated[float, typer.Option(help="Share of images replaced by the prior's denoising D(x + σn; σ) (purifier-aware training).")] = 0.0,
+    denoise_low: Annotated[float, typer.Option(help="Lowest σ of --denoise ([−1, 1] units).")] = 0.25,
+    denoise_high: Annotated[float, typer.Option(help="Highest σ of --denoise.")] = 1.2,
+    denoise_prior: Annotated[str, typer.Option(help="The prior (registered name) that --denoise uses.")] = "edm_unet_s",
     as_json: Annotated[bool, typer.Option("--json", help="Print the final record as JSON.")] = False,
 ) -> None:
     """Train a classifier with validation on a held-out track split; resumable with --resume."""
@@ -41,7 +46,8 @@ def classifier(
     cfg = TrainConfig(
         data=data, out=str(out), model=model, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
         seed=seed, synth=synth, synth_pool=synth_pool, augment=augment, occlude=occlude, occlude_max=occlude_max,
-        stickers=stickers, ema=ema, val_fraction=val_fraction, max_steps=max_steps or None,
+        stickers=stickers, ema=ema, val_fraction=val_fraction, max_steps=max_steps or None, init=init,
+        denoise=denoise, denoise_low=denoise_low, denoise_high=denoise_high, denoise_prior=denoise_prior,
     )
     record = train_classifier(cfg, resume=resume, log=lambda s: typer.echo(s, err=True))
     summary = {"out": str(out), "epochs_done": record["epoch"] + 1, "best_val_accuracy": record["best_val_accuracy"],

@@ -47,6 +47,13 @@ class TrainConfig:
     ema: float = 0.0  # decay of an exponential moving average of the weights (0: off); evaluated and shipped
     max_steps: int | None = None  # stop early (smoke tests); None = full epochs
     model_kwargs: dict[str, Any] = field(default_factory=dict)
+    init: str | None = None  # start from these weights: a registered classifier's shipped ones, or a checkpoint
+    # purifier-aware training: this share of the images is replaced by the prior's denoising D(x + σn; σ),
+    # σ ~ U(denoise_low, denoise_high) in [−1, 1] units, what a diffusion jump or NAPPure's denoised start hands on
+    denoise: float = 0.0
+    denoise_low: float = 0.25
+    denoise_high: float = 1.2
+    denoise_prior: str = "edm_unet_s"
 
 
 def _lr_at(step: int, total: int, warmup: int, base: float) -> float:
@@ -71,6 +78,40 @@ def _load_data(cfg: TrainConfig, size: int) -> tuple[ImageSet, ImageSet, ImageSe
 
 
 @torch.no_grad()
+def denoise_batch(x: torch.Tensor, prior: torch.nn.Module, p: float, low: float, high: float,
+                  g: torch.Generator) -> torch.Tensor:
+    """Replace each image of ``x`` ([0, 1]) with probability ``p`` by ``D(y + σn; σ)`` (y = 2x − 1, σ ~ U(low, high)),
+    all randomness from ``g``."""
+    n = x.shape[0]
+    pick = torch.rand(n, generator=g) < p
+    sigma = low + (high - low) * torch.rand(n, generator=g, dtype=x.dtype)
+    noise = torch.randn(x.shape, generator=g, dtype=x.dtype)
+    if not bool(pick.any()):
+        return x
+    y = x[pick] * 2 - 1
+    s = sigma[pick]
+    d = prior(y + s.view(-1, 1, 1, 1) * noise[pick], s)
+    out = x.clone()
+    out[pick] = ((d + 1) * 0.5).clamp(0.0, 1.0)
+    return out
+
+
+def _init_weights(model: torch.nn.Module, cfg: TrainConfig) -> None:
+    from edgepure.models.loading import resolve_classifier
+
+    if cfg.init is None:
+        return
+    src = resolve_classifier(cfg.init)
+    name = getattr(src, "edgepure_name", None)
+    if name is not None and name != cfg.model:
+        raise ConfigError(f"--init {cfg.init}: it is a {name}, the run trains a {cfg.model}")
+    try:
+        model.load_state_dict(src.state_dict())
+    except RuntimeError as exc:
+        raise ConfigError(f"--init {cfg.init}: its weights do not fit {cfg.model} ({str(exc).splitlines()[0]})") from None
+
+
+@torch.no_grad()
 def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
     for pe, p in zip(ema.parameters(), model.parameters()):
         pe.mul_(decay).add_(p.detach(), alpha=1.0 - decay)
@@ -90,8 +131,19 @@ def train_classifier(cfg: TrainConfig, resume: bool = False, log: Any = print) -
         raise ConfigError(f"epochs and batch size must be positive, got {cfg.epochs} and {cfg.batch_size}")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
+    if not 0.0 <= cfg.denoise <= 1.0 or not 0.0 < cfg.denoise_low <= cfg.denoise_high:
+        raise ConfigError(f"denoise must be in [0, 1] and 0 < denoise_low ≤ denoise_high, got {cfg.denoise}, "
+                          f"{cfg.denoise_low}, {cfg.denoise_high}")
     torch.manual_seed(cfg.seed)
     model = create_classifier(cfg.model, **cfg.model_kwargs)
+    _init_weights(model, cfg)
+    prior = None
+    if cfg.denoise > 0:
+        from edgepure.models.registry import create_prior
+
+        prior = create_prior(cfg.denoise_prior, pretrained=True).eval()
+        for p in prior.parameters():
+            p.requires_grad_(False)
     size = int(getattr(model, "input_size", 32))
     train, val, synth = _load_data(cfg, size)
     n_classes = int(getattr(model, "num_classes", 0))
@@ -155,6 +207,9 @@ def train_classifier(cfg: TrainConfig, resume: bool = False, log: Any = print) -
             x = xs[idx].float() / 255.0
             if cfg.augment:
                 x = augment_batch(x, aug_cfg, g)
+            if prior is not None:
+                with torch.no_grad():
+                    x = denoise_batch(x, prior, cfg.denoise, cfg.denoise_low, cfg.denoise_high, g)
             y = ys[idx]
             logits = model(x)
             loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
