@@ -93,6 +93,7 @@ def main() -> None:
     ap.add_argument("--mode", default="fixed")
     ap.add_argument("--prior-grad", default="full")
     ap.add_argument("--prior", default=None, help="a prior checkpoint (.safetensors) instead of the shipped one")
+    ap.add_argument("--classifier", default=None, help="a classifier name or checkpoint instead of the shipped one")
     ap.add_argument("--set", action="append", default=[], help="NAPPure setting key=JSON (repeatable)")
     ap.add_argument("--attack-steps", type=int, default=100)
     ap.add_argument("--cache", default=None)
@@ -116,7 +117,7 @@ def main() -> None:
     from edgepure.purifiers import create_purifier
 
     data = _images(args)
-    classifier = resolve_classifier(None)
+    classifier = resolve_classifier(args.classifier)
     prior = None
     if args.prior:
         prior = create_prior("edm_unet_s")
@@ -129,7 +130,7 @@ def main() -> None:
         t = time.perf_counter()
         r = benchmark(classifier, data, pur, MATCH[args.kind], ["blind"], steps=args.attack_steps, seed=0,
                       batch_size=128, cache_dir=args.cache)
-        row = {"kind": args.kind, "steps": pur.steps, "mode": args.mode, "prior_grad": args.prior_grad, "set": settings,
+        row = {"kind": args.kind, "steps": pur.steps, "classifier": args.classifier or "shipped", "mode": args.mode, "prior_grad": args.prior_grad, "set": settings,
                "images": args.images, "n": r["n"], "clean": round(r["clean_accuracy"], 4),
                "robust": {a: round(v["blind"], 4) for a, v in r["robust_accuracy"].items()},
                "seconds": round(time.perf_counter() - t, 1)}

@@ -47,13 +47,9 @@ def parse_purifier(spec: str) -> tuple[str, str, dict[str, Any]]:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             sys.exit(f"--purifiers: expected key=value after {name!r}, got {pair!r}")
-        for cast in (int, float):
-            try:
-                kw[key] = cast(value)
-                break
-            except ValueError:
-                continue
-        else:
+        try:  # JSON literals: numbers, true/false, null (a setting switched off); anything else is a string
+            kw[key] = json.loads(value)
+        except json.JSONDecodeError:
             kw[key] = value
     label = name if not kw else name + "-" + "-".join(f"{'K' if k == 'steps' else ''}{v}" for k, v in kw.items())
     return label, name, kw

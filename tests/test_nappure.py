@@ -137,13 +137,14 @@ def test_one_step_exports_with_its_gradients(tmp_path: Path, signs: torch.Tensor
     from edgepure.export.pipeline import export_pipeline
 
     torch.manual_seed(0)
-    pur = _tiny("distortion", steps=1, init_sigma=0.5)  # with the denoised start: one more prior call in the graph
+    # two steps: the second warps by the flow the first one found (one step would warp by the identity only, a
+    # constant the exporter folds); with the denoised start: one more prior call in the graph
+    pur = _tiny("distortion", steps=2, init_sigma=0.5)
     clf = edgepure.create_classifier("signnet_xs").eval()
     m = export_pipeline(pur, clf, tmp_path / "np", signs.numpy(), batch=1, parity_batches=2)
     ops = {n.op_type for n in onnx.load(str(tmp_path / "np" / "purifier.onnx")).graph.node}
-    # the warp is one-hot interpolation matrices (MatMul; with one step the flow is still the identity, so the
-    # exporter folds them to constants), forward and backward: no GridSample, no scatter
-    assert {"ConvTranspose", "MatMul"} <= ops and "GridSample" not in ops
+    # the warp is one-hot interpolation matrices (Equal + MatMul), forward and backward: no GridSample, no scatter
+    assert {"ConvTranspose", "Equal", "MatMul"} <= ops and "GridSample" not in ops
     assert not any("Scatter" in o for o in ops)
     assert m["models"]["purifier"]["parity"]["max_abs_diff"] < 1e-5
     assert m["models"]["purifier"]["lint"]["errors"] == 0
