@@ -5,6 +5,8 @@
         --set lr_theta='{"flow": 0.3}' --cache runs/advcache
     # latency per image against K (torch CPU)
     python benchmarks/nappure.py --latency --steps 4,8,16,32 --threads 2
+    # the flow warp's one-hot sampler against F.grid_sample, alternating in one process
+    python benchmarks/nappure.py --warp-ab --kind joint --steps 8 --batch 1 --repeat 14 --threads 1
 
 The blind adversarial examples (APGD-CE on the classifier alone, the protocol of ``edgepure eval robust``)
 are computed once per image set and kept in ``--cache``. ``--images eval`` is the evaluation set of
@@ -58,6 +60,33 @@ def _latency(args: argparse.Namespace) -> None:
                               "ms_per_image": round(ms, 2), "threads": args.threads, "cpu": platform.processor()}))
 
 
+def _warp_ab(args: argparse.Namespace) -> None:
+    """The flow warp's one-hot sampler against ``F.grid_sample`` (what it replaced), alternating in one process."""
+    import torch.nn.functional as F
+
+    import edgepure.perturb.families as families
+    from edgepure.purifiers import create_purifier
+
+    onehot = families.bilinear_sample
+    native = lambda x, g: F.grid_sample(x, g, mode="bilinear", padding_mode="border", align_corners=False)  # noqa: E731
+    x = torch.rand(args.batch, 3, 32, 32)
+    pur = create_purifier("nappure", kind=args.kind, steps=int(args.steps or 8))
+    nz = pur.sample_noise(x, torch.Generator().manual_seed(0))
+    times: dict[str, list[float]] = {"grid_sample": [], "one-hot": []}
+    try:
+        for i in range(args.repeat + 2):
+            for name, fn in (("grid_sample", native), ("one-hot", onehot)):
+                families.bilinear_sample = fn
+                t = time.perf_counter()
+                pur(x, nz)
+                if i >= 2:  # two warm-up rounds
+                    times[name].append(time.perf_counter() - t)
+    finally:
+        families.bilinear_sample = onehot
+    print(json.dumps({"kind": args.kind, "steps": pur.steps, "batch": args.batch, "threads": args.threads,
+                      "ms_per_image": {k: round(1000 * float(np.median(v)) / args.batch, 1) for k, v in times.items()}}))
+
+
 def _table(directory: str) -> None:
     """Markdown rows from ``edgepure eval robust --json`` outputs named nappure-<kind>-K<k>.json / none.json."""
     from pathlib import Path
@@ -101,6 +130,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--latency", action="store_true")
+    ap.add_argument("--warp-ab", action="store_true", help="time the one-hot warp against F.grid_sample (A/B)")
     ap.add_argument("--table", default=None, help="print a markdown table of the eval JSONs in this folder")
     args = ap.parse_args()
     if args.table:
@@ -109,6 +139,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     if args.latency:
         _latency(args)
+        return
+    if args.warp_ab:
+        _warp_ab(args)
         return
     from edgepure.cli.common import parse_settings
     from edgepure.evaluate.robust import benchmark
