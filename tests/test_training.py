@@ -166,3 +166,11 @@ def test_fine_tuning_starts_from_the_given_weights(gtsrb_dir: Path, tmp_path: Pa
     with pytest.raises(ConfigError, match="signnet_s"):
         train_classifier(_cfg(gtsrb_dir, tmp_path / "c", max_steps=1, model="signnet_s", init=str(tmp_path / "a")),
                          log=lambda s: None)
+
+
+def test_bad_denoise_settings_are_refused_before_anything_is_written(gtsrb_dir: Path, tmp_path: Path) -> None:
+    from edgepure.runtime.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="denoise_low"):
+        train_classifier(_cfg(gtsrb_dir, tmp_path / "bad", denoise=0.5, denoise_low=0.8, denoise_high=0.2), log=lambda s: None)
+    assert not (tmp_path / "bad").exists()

@@ -129,11 +129,11 @@ def train_classifier(cfg: TrainConfig, resume: bool = False, log: Any = print) -
 
     if cfg.epochs <= 0 or cfg.batch_size <= 0:
         raise ConfigError(f"epochs and batch size must be positive, got {cfg.epochs} and {cfg.batch_size}")
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     if not 0.0 <= cfg.denoise <= 1.0 or not 0.0 < cfg.denoise_low <= cfg.denoise_high:
         raise ConfigError(f"denoise must be in [0, 1] and 0 < denoise_low ≤ denoise_high, got {cfg.denoise}, "
                           f"{cfg.denoise_low}, {cfg.denoise_high}")
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     model = create_classifier(cfg.model, **cfg.model_kwargs)
     _init_weights(model, cfg)
@@ -208,8 +208,7 @@ def train_classifier(cfg: TrainConfig, resume: bool = False, log: Any = print) -
             if cfg.augment:
                 x = augment_batch(x, aug_cfg, g)
             if prior is not None:
-                with torch.no_grad():
-                    x = denoise_batch(x, prior, cfg.denoise, cfg.denoise_low, cfg.denoise_high, g)
+                x = denoise_batch(x, prior, cfg.denoise, cfg.denoise_low, cfg.denoise_high, g)
             y = ys[idx]
             logits = model(x)
             loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
