@@ -64,6 +64,10 @@ class NAPPureConfig:
     # where the image estimate starts: None = the observation (the paper); σ > 0 = one diffusion-purification jump,
     # D(y_adv + σn; σ) (Tweedie's estimate; one more prior forward, n = step 1's noise image), the same objective
     init_sigma: Optional[float] = None
+    # blur: keep the kernel a blur — non-negative and summing to one, projected after every θ step. Off by default:
+    # the attack protocol's kernels are any kernel within 0.025 of the Dirac, brightness changes included; on, a
+    # genuine blur is recovered (tests/test_nappure.py; without it the kernel and the image trade scale)
+    kernel_simplex: bool = False
     # R: the deployed pipeline purifies each crop R times (R noise draws on the batch axis) and takes the majority
     # of the R classifications (edgepure.export.voting); 1 = a single draw
     votes: int = 1
@@ -126,6 +130,12 @@ def build_family(kind: str, image_size: int = 32, flow_eps: Optional[float] = No
     if kind == "joint":
         return Composite([fams["mask"], fams["flow"], fams["conv"], fams["additive"]], learn_weights=True)
     return fams[_FAMILY[kind]]
+
+
+def _simplex(kernel: torch.Tensor) -> torch.Tensor:
+    """(N, k, k) kernels → non-negative, each summing to one (a blur keeps the brightness)."""
+    k = kernel.clamp_min(0.0)
+    return k / k.sum(dim=(1, 2), keepdim=True).clamp_min(1e-6)
 
 
 def _lookup(table: Dict[str, float], key: str, what: str) -> float:
@@ -310,9 +320,13 @@ class NAPPure(Purifier):
                     out[k] = v.clamp(0.0, 1.0)
             if self.cfg.flow_eps is not None and "flow.flow" in out:
                 out["flow.flow"] = out["flow.flow"].clamp(-self.cfg.flow_eps, self.cfg.flow_eps)
+            if self.cfg.kernel_simplex and "conv.kernel" in out:
+                out["conv.kernel"] = _simplex(out["conv.kernel"])
             return out
         if isinstance(self.family, Flow) and self.cfg.flow_eps is not None:
             return {"flow": theta["flow"].clamp(-self.cfg.flow_eps, self.cfg.flow_eps)}
+        if isinstance(self.family, ConvBlur) and self.cfg.kernel_simplex:
+            return {"kernel": _simplex(theta["kernel"])}
         return theta
 
     def calls_per_image(self) -> dict[str, int]:
