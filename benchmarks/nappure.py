@@ -60,6 +60,27 @@ def _latency(args: argparse.Namespace) -> None:
                               "ms_per_image": round(ms, 2), "threads": args.threads, "cpu": platform.processor()}))
 
 
+def _oracle_mask(pur, how: str) -> None:  # type: ignore[no-untyped-def]
+    """Hand an occlusion purifier the true patch: its mask starts at the protocol's 7×7 centre square (logits
+    ≈ ±4, half-covered border pixels at ½); ``fixed`` also stops the mask from moving (pure inpainting)."""
+    from dataclasses import replace
+
+    c = torch.arange(32.0) + 0.5
+    cov = (torch.minimum(torch.tensor(19.5), c + 0.5) - torch.maximum(torch.tensor(12.5), c - 0.5)).clamp(0, 1)
+    m = (cov[:, None] * cov[None, :]).clamp(0.02, 0.98)
+    logits = torch.log(m / (1 - m))
+    identity = pur.family.identity
+
+    def start(x):  # type: ignore[no-untyped-def]
+        p = identity(x)
+        p["logits"] = logits.expand_as(p["logits"]).clone()
+        return p
+
+    pur.family.identity = start
+    if how == "fixed":
+        pur.cfg = replace(pur.cfg, lr_theta={"mask": 0.0})
+
+
 def _warp_ab(args: argparse.Namespace) -> None:
     """The flow warp's one-hot sampler against ``F.grid_sample`` (what it replaced), alternating in one process."""
     import torch.nn.functional as F
@@ -131,6 +152,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--latency", action="store_true")
     ap.add_argument("--warp-ab", action="store_true", help="time the one-hot warp against F.grid_sample (A/B)")
+    ap.add_argument("--oracle-mask", choices=("start", "fixed"), default=None,
+                    help="occlusion: start the mask at the true 7×7 patch (and with 'fixed' keep it there)")
     ap.add_argument("--table", default=None, help="print a markdown table of the eval JSONs in this folder")
     args = ap.parse_args()
     if args.table:
@@ -160,10 +183,14 @@ def main() -> None:
     for k in ks:
         pur = create_purifier("nappure", kind=args.kind, steps=k, mode=args.mode, prior=prior,
                               prior_grad=args.prior_grad, **settings)
+        if args.oracle_mask:
+            if args.kind != "occlusion":
+                ap.error("--oracle-mask needs --kind occlusion")
+            _oracle_mask(pur, args.oracle_mask)
         t = time.perf_counter()
         r = benchmark(classifier, data, pur, MATCH[args.kind], ["blind"], steps=args.attack_steps, seed=0,
                       batch_size=128, cache_dir=args.cache)
-        row = {"kind": args.kind, "steps": pur.steps, "classifier": args.classifier or "shipped", "mode": args.mode, "prior_grad": args.prior_grad, "set": settings,
+        row = {"kind": args.kind, "steps": pur.steps, "classifier": args.classifier or "shipped", "oracle_mask": args.oracle_mask, "mode": args.mode, "prior_grad": args.prior_grad, "set": settings,
                "images": args.images, "n": r["n"], "clean": round(r["clean_accuracy"], 4),
                "robust": {a: round(v["blind"], 4) for a, v in r["robust_accuracy"].items()},
                "seconds": round(time.perf_counter() - t, 1)}
