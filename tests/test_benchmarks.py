@@ -102,6 +102,8 @@ SCRIPTS = {
     "classifier": (["--synth-n", "43", "--threads", "1"], '"synthetic_test"'),
     "nappure": (["--latency", "--kind", "additive", "--steps", "1", "--repeat", "1", "--batch", "1", "--threads", "1"],
                 '"ms_per_image"'),
+    "nappure:warp-ab": (["--warp-ab", "--kind", "distortion", "--steps", "1", "--repeat", "1", "--batch", "1",
+                         "--threads", "1"], '"one-hot"'),
     "export": (["--purifiers", "median", "--batches", "1", "--repeats", "2", "--threads", "1", "--out", "{tmp}/exp"],
                "median"),
     "precision": (["--data", "synth", "--n", "4", "--calib-n", "4", "--purifiers", "none", "--attacks", "additive",
@@ -118,7 +120,8 @@ def test_benchmark_scripts_run_in_smoke_settings(script: str, model_dirs: dict[s
     args, expected = SCRIPTS[script]
     fill = {**{k: str(v) for k, v in model_dirs.items()}, "tmp": str(tmp_path)}
     argv = [a.format(**fill) for a in args]
-    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / f"{script}.py"), *argv], capture_output=True, text=True,
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / f"{script.split(':')[0]}.py"), *argv],
+                       capture_output=True, text=True,
                        env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=tmp_path, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert expected in r.stdout, r.stdout[-2000:]
