@@ -61,19 +61,19 @@ def _latency(args: argparse.Namespace) -> None:
 
 
 def _oracle_mask(pur, how: str) -> None:  # type: ignore[no-untyped-def]
-    """Hand an occlusion purifier the true patch: its mask starts at the protocol's 7×7 centre square (logits
-    ≈ ±4, half-covered border pixels at ½); ``fixed`` also stops the mask from moving (pure inpainting)."""
+    """Hand an occlusion purifier the true patch: its mask starts at the attack's patch (the protocol's 7×7 centre
+    square, logits ≈ ±4, half-covered border pixels at ½); ``fixed`` also stops the mask from moving."""
     from dataclasses import replace
 
-    c = torch.arange(32.0) + 0.5
-    cov = (torch.minimum(torch.tensor(19.5), c + 0.5) - torch.maximum(torch.tensor(12.5), c - 0.5)).clamp(0, 1)
-    m = (cov[:, None] * cov[None, :]).clamp(0.02, 0.98)
-    logits = torch.log(m / (1 - m))
+    from edgepure.perturb import create_perturbation
+
+    patch = create_perturbation("patch", "gtsrb")
     identity = pur.family.identity
 
     def start(x):  # type: ignore[no-untyped-def]
         p = identity(x)
-        p["logits"] = logits.expand_as(p["logits"]).clone()
+        m = patch.mask(patch.identity(x), x).clamp(0.02, 0.98)  # (N, 1, H, W) coverage of the attack's patch
+        p["logits"] = torch.log(m / (1 - m))
         return p
 
     pur.family.identity = start
@@ -190,7 +190,8 @@ def main() -> None:
         t = time.perf_counter()
         r = benchmark(classifier, data, pur, MATCH[args.kind], ["blind"], steps=args.attack_steps, seed=0,
                       batch_size=128, cache_dir=args.cache)
-        row = {"kind": args.kind, "steps": pur.steps, "classifier": args.classifier or "shipped", "oracle_mask": args.oracle_mask, "mode": args.mode, "prior_grad": args.prior_grad, "set": settings,
+        row = {"kind": args.kind, "steps": pur.steps, "classifier": args.classifier or "shipped",
+               "oracle_mask": args.oracle_mask, "mode": args.mode, "prior_grad": args.prior_grad, "set": settings,
                "images": args.images, "n": r["n"], "clean": round(r["clean_accuracy"], 4),
                "robust": {a: round(v["blind"], 4) for a, v in r["robust_accuracy"].items()},
                "seconds": round(time.perf_counter() - t, 1)}

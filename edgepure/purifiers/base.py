@@ -12,7 +12,16 @@ from typing import Optional
 import torch
 from torch import nn
 
-__all__ = ["Purifier"]
+__all__ = ["Purifier", "voted_calls"]
+
+
+def voted_calls(one_draw: dict[str, int], votes: int) -> dict[str, int]:
+    """Network calls per crop of a pipeline that purifies R = ``votes`` times (``edgepure.export.voting``): every
+    call of one draw × R, plus the R − 1 classifications beyond the one every pipeline makes."""
+    calls = {k: v * votes for k, v in one_draw.items()}
+    if votes > 1:
+        calls["classifier"] = calls.get("classifier", 0) + votes - 1
+    return calls
 
 
 class Purifier(nn.Module):

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgepure.models.priors import ddpm_alphas_bar
-from edgepure.purifiers.base import Purifier
+from edgepure.purifiers.base import Purifier, voted_calls
 from edgepure.purifiers.registry import register_purifier
 from edgepure.runtime.errors import ConfigError
 
@@ -126,8 +126,7 @@ class HeteroDiffusion(Purifier):
         """Network evaluations per crop beyond the one classification every pipeline makes: the mask's classifier
         forward and the denoiser calls, each × R with votes (every draw recomputes the mask on its copy of the
         crop), plus the R − 1 extra classifications of the votes."""
-        r = self.votes
-        return {"denoiser": self.calls * r, "classifier": 2 * r - 1}
+        return voted_calls({"denoiser": self.calls, "classifier": 1}, self.votes)
 
 
 @register_purifier("hetero_diffusion", has_weights=True)

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from edgepure.perturb import Additive, Composite, ConvBlur, Flow, Params, Perturbation, SoftMask
-from edgepure.purifiers.base import Purifier
+from edgepure.purifiers.base import Purifier, voted_calls
 from edgepure.purifiers.registry import register_purifier
 from edgepure.runtime.errors import ConfigError
 
@@ -177,7 +177,6 @@ class NAPPure(Purifier):
         for p in self.prior.parameters():
             p.requires_grad_(False)
         self.cfg = config
-        self.votes = int(config.votes)  # read by the pipeline (edgepure.export.voting) and the evaluation
         self.mode = mode
         self.image_size = image_size
         self.family = build_family(config.kind, image_size, config.flow_eps, config.mask_init)
@@ -185,6 +184,11 @@ class NAPPure(Purifier):
     @property
     def steps(self) -> int:
         return self.cfg.steps
+
+    @property
+    def votes(self) -> int:
+        """R, read by the pipeline (``edgepure.export.voting``) and the evaluation."""
+        return self.cfg.votes
 
     def noise_shape(self, x: torch.Tensor) -> Optional[tuple[int, ...]]:
         n, c, h, w = x.shape
@@ -332,13 +336,10 @@ class NAPPure(Purifier):
     def calls_per_image(self) -> dict[str, int]:
         """Network evaluations per purified image: each step one prior forward and its vector-Jacobian product
         (and one plain forward for a denoised start), × R with votes, plus the R − 1 extra classifications."""
-        r = self.cfg.votes
-        calls = {"denoiser_with_gradient": self.cfg.steps * r}
+        calls = {"denoiser_with_gradient": self.cfg.steps}
         if self.cfg.init_sigma is not None:
-            calls["denoiser"] = r
-        if r > 1:
-            calls["classifier"] = r - 1
-        return calls
+            calls["denoiser"] = 1
+        return voted_calls(calls, self.cfg.votes)
 
     def config(self) -> dict[str, object]:
         d = asdict(self.cfg)
