@@ -131,6 +131,18 @@ def test_adaptive_attacks_get_finite_gradients_through_the_steps(kind: str, sign
     assert torch.isfinite(g).all() and float(g.abs().sum()) > 0
 
 
+@pytest.mark.parametrize("kind", KINDS)
+def test_what_an_adaptive_attack_differentiates_is_the_deployed_purifier(kind: str, signs: torch.Tensor) -> None:
+    # with a graph (x requires grad) each step must still take the partial gradient (θ fixed in the x step, y fixed
+    # in the θ step); following θ's dependence on the earlier y moved the output by 1e-2 at K = 3
+    pur = _tiny(kind, steps=3)
+    nz = pur.sample_noise(signs, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        deployed = pur(signs, nz)
+    attacked = pur(signs.clone().requires_grad_(True), nz)
+    assert attacked.requires_grad and torch.equal(attacked.detach(), deployed)
+
+
 def test_one_step_exports_with_its_gradients(tmp_path: Path, signs: torch.Tensor) -> None:
     import onnx
 

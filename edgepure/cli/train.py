@@ -157,3 +157,43 @@ def impure(
     else:
         typer.echo(f"best validation accuracy on purified perturbed images: {summary['best_val_accuracy']:.4f}; "
                    f"checkpoints in {out}")
+
+
+@app.command("nappure")
+@user_errors
+def nappure(
+    data: Annotated[str, typer.Option("--data", help="GTSRB folder/zip (images of the training tracks are used).")],
+    out: Annotated[Path, typer.Option("--out", help="Run folder: state.json (resumable), settings.json, adversarial examples.")],
+    kind: Annotated[str, typer.Option(help="NAPPure kind: blur, occlusion, distortion, additive or joint.")] = "joint",
+    steps: Annotated[int, typer.Option(help="K, the number of unrolled steps the settings are learned for.")] = 8,
+    n: Annotated[int, typer.Option(help="Training-track images, each attacked by every attack.")] = 256,
+    attack: Annotated[Optional[list[str]], typer.Option(help="Attack(s) the examples come from (repeatable; default: conv, patch, flow, additive).")] = None,
+    attack_steps: Annotated[int, typer.Option(help="APGD-CE steps of the blind attacks.")] = 100,
+    iters: Annotated[int, typer.Option(help="Learning iterations.")] = 60,
+    batch_size: Annotated[int, typer.Option(help="Images per source (clean and each attack) per iteration.")] = 8,
+    lr: Annotated[float, typer.Option(help="Adam's learning rate on the logarithms of the hyper-parameters.")] = 0.05,
+    max_scale: Annotated[float, typer.Option(help="Each learned value stays within this factor of its start.")] = 4.0,
+    seed: Annotated[int, typer.Option(help="Seed of the image draw, the attacks, the batches and the noise.")] = 0,
+    classifier: Annotated[Optional[str], typer.Option(help="Classifier name or checkpoint (default: the shipped one).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue the run in --out.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the learned settings as JSON.")] = False,
+) -> None:
+    """Learn NAPPure's per-step step sizes, λ1, λ2 and σ₀ for one kind and K through its unrolled steps.
+
+    Use the result with ``--defense-arg tuned=OUT/settings.json`` (eval), ``--purifier-arg tuned=…`` (export)."""
+    from edgepure.perturb import PERTURBATIONS
+    from edgepure.runtime.errors import ConfigError
+    from edgepure.training.nappure import NAPPureTuneConfig, tune_nappure
+
+    attacks = tuple(attack or ("conv", "patch", "flow", "additive"))
+    bad = [a for a in attacks if a not in PERTURBATIONS]
+    if bad:
+        raise ConfigError(f"unknown attack(s) {', '.join(bad)} (expected {', '.join(PERTURBATIONS)})")
+    cfg = NAPPureTuneConfig(data=data, out=str(out), kind=kind, steps=steps, n=n, attacks=attacks,
+                            attack_steps=attack_steps, iters=iters, batch_size=batch_size, lr=lr, max_scale=max_scale,
+                            seed=seed, classifier=classifier)
+    result = tune_nappure(cfg, resume=resume, log=lambda s: typer.echo(s, err=True))
+    if as_json:
+        echo_json(result)
+    else:
+        typer.echo(f"learned settings after {result['iter']} iterations: {out / 'settings.json'}")

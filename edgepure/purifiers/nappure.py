@@ -26,8 +26,10 @@ stickers of any shape.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 from typing import Any, Dict, Optional
 
 import torch
@@ -38,7 +40,7 @@ from edgepure.purifiers.base import Purifier, voted_calls
 from edgepure.purifiers.registry import register_purifier
 from edgepure.runtime.errors import ConfigError
 
-__all__ = ["KINDS", "NAPPure", "NAPPureConfig", "paper_config"]
+__all__ = ["KINDS", "NAPPure", "NAPPureConfig", "load_tuned", "paper_config"]
 
 KINDS = ("blur", "occlusion", "distortion", "additive", "joint")
 _FAMILY = {"blur": "conv", "occlusion": "mask", "distortion": "flow", "additive": "additive"}
@@ -71,6 +73,10 @@ class NAPPureConfig:
     # R: the deployed pipeline purifies each crop R times (R noise draws on the batch axis) and takes the majority
     # of the R classifications (edgepure.export.voting); 1 = a single draw
     votes: int = 1
+    # per-step multipliers of the step sizes, on top of lr_schedule: {"x": [K floats], θ group: [K floats]} with
+    # θ groups "mask", "flow", "conv", "additive" and (joint) "w"; a group left out keeps 1. Learned by
+    # ``edgepure train nappure`` (edgepure.training.nappure), which also learns λ1, λ2 and init_sigma
+    step_scale: Optional[Dict[str, list]] = None
 
 
 def paper_config(kind: str) -> NAPPureConfig:
@@ -168,6 +174,14 @@ class NAPPure(Purifier):
             raise ConfigError(f"nappure: init_sigma must be > 0 (or None: start at the observation), got {config.init_sigma}")
         if config.votes < 1:
             raise ConfigError(f"nappure: votes must be ≥ 1, got {config.votes}")
+        if config.step_scale is not None:
+            groups = {"x", "mask", "flow", "conv", "additive", "w"}
+            for g, v in config.step_scale.items():
+                if g not in groups:
+                    raise ConfigError(f"nappure: step_scale group {g!r} is not one of {', '.join(sorted(groups))}")
+                if len(v) != config.steps or not all(math.isfinite(float(a)) and float(a) >= 0 for a in v):
+                    raise ConfigError(f"nappure: step_scale[{g!r}] must hold {config.steps} finite values ≥ 0 "
+                                      f"(one per step), got {list(v)}")
         if config.prior_grad not in ("full", "forward"):
             raise ConfigError(f"nappure: prior_grad must be 'full' or 'forward', got {config.prior_grad!r}")
         lo, hi = config.sigma_range
@@ -180,6 +194,9 @@ class NAPPure(Purifier):
         self.mode = mode
         self.image_size = image_size
         self.family = build_family(config.kind, image_size, config.flow_eps, config.mask_init)
+        # tensors that stand in for λ1, λ2, σ₀ and the per-step step sizes while they are being learned
+        # (edgepure.training.nappure); None: everything comes from the configuration
+        self.hyper: Optional[Dict[str, torch.Tensor]] = None
 
     @property
     def steps(self) -> int:
@@ -208,14 +225,54 @@ class NAPPure(Purifier):
         return (y_adv - (2 * f - 1)).square().flatten(1).sum(1)
 
     def _phi(self, theta: Params) -> torch.Tensor:
-        lam = self.cfg.lam1
         if isinstance(self.family, Composite):
-            return sum(_lookup(lam, k, "λ1") * v for k, v in self.family.penalties(theta).items())  # type: ignore[return-value]
-        return _lookup(lam, self.family.name, "λ1") * self.family.penalty(theta)
+            return sum(self._lam1(k) * v for k, v in self.family.penalties(theta).items())  # type: ignore[return-value]
+        return self._lam1(self.family.name) * self.family.penalty(theta)
 
     def loss(self, y: torch.Tensor, y_adv: torch.Tensor, theta: Params, noise: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """The per-sample objective L (y in [−1, 1])."""
-        return self._prior_term(y, noise, z) + self._phi(theta) + self.cfg.lam2 * self._likelihood(y, y_adv, theta)
+        return self._prior_term(y, noise, z) + self._phi(theta) + self._lam2() * self._likelihood(y, y_adv, theta)
+
+    # -- hyper-parameters: the configuration's, or the tensors being learned (``self.hyper``) -------------------
+    def _lam1(self, family: str) -> float | torch.Tensor:
+        if self.hyper is not None and f"lam1.{family}" in self.hyper:
+            return self.hyper[f"lam1.{family}"]
+        return _lookup(self.cfg.lam1, family, "λ1")
+
+    def _lam2(self) -> float | torch.Tensor:
+        if self.hyper is not None and "lam2" in self.hyper:
+            return self.hyper["lam2"]
+        return self.cfg.lam2
+
+    def _init_sigma(self) -> float | torch.Tensor | None:
+        if self.hyper is not None and "init_sigma" in self.hyper:
+            return self.hyper["init_sigma"]
+        return self.cfg.init_sigma
+
+    def step_group(self, key: str) -> str:
+        """The step-size group of a θ entry: ``"w"`` for the mixing weights, otherwise its family's name."""
+        if key.endswith(".w"):
+            return "w"
+        return key.split(".", 1)[0] if isinstance(self.family, Composite) else self.family.name
+
+    def step_sizes(self, group: str) -> list[float] | torch.Tensor:
+        """The K step sizes of ``group`` (``"x"`` or a θ group): base rate × lr_schedule's decay × step_scale."""
+        if self.hyper is not None and f"lr.{group}" in self.hyper:
+            return self.hyper[f"lr.{group}"]
+        cfg, k = self.cfg, self.cfg.steps
+        if group == "x":
+            base = cfg.lr_x
+        else:
+            base = _lookup(cfg.lr_theta, group, "θ learning rate")
+        scale = (cfg.step_scale or {}).get(group)
+        out = []
+        for t in range(1, k + 1):
+            decay = 0.5 * (1 + math.cos(math.pi * (t - 1) / k)) if cfg.lr_schedule == "cosine" else 1.0
+            out.append(base * decay * (float(scale[t - 1]) if scale is not None else 1.0))
+        return out
+
+    def _hyper_grad(self) -> bool:
+        return self.hyper is not None and any(v.requires_grad for v in self.hyper.values())
 
     # -- the unrolled optimisation ---------------------------------------------------------------------------
     def forward(self, x: torch.Tensor, noise: Optional[torch.Tensor] = None) -> torch.Tensor:  # type: ignore[override]
@@ -234,7 +291,8 @@ class NAPPure(Purifier):
             raise ConfigError(f"nappure: noise must have shape {expected}, got {tuple(noise.shape)}")
         if k_steps == 0:
             return x, self.family.identity(x), [float(self._final_loss(x * 2 - 1, x * 2 - 1, self.family.identity(x), noise))] if track else []
-        create_graph = torch.is_grad_enabled() and x.requires_grad  # an adaptive attack differentiates through us
+        # an adaptive attack differentiates through us, and so does the learning of the step sizes
+        create_graph = torch.is_grad_enabled() and (x.requires_grad or self._hyper_grad())
         b1, b2 = cfg.betas
         # Adam's ε as a floor under the second moment, √max(v̂, ε²): the step stays differentiable where a
         # gradient is exactly 0 (√ has an infinite slope at 0), and the floor survives export (the ONNX
@@ -243,10 +301,10 @@ class NAPPure(Purifier):
         y_adv = x * 2 - 1
         y = y_adv
         theta = self.family.identity(x)
-        if cfg.init_sigma is not None:  # one diffusion-purification jump: noise to σ₀ (step 1's noise image), denoise
-            s0 = float(cfg.init_sigma)
+        s0 = self._init_sigma()
+        if s0 is not None:  # one diffusion-purification jump: noise to σ₀ (step 1's noise image), denoise
             y = self.prior(y_adv + s0 * noise[:, 0, : c * h * w].reshape(n, c, h, w),
-                           torch.full((n,), s0, dtype=x.dtype, device=x.device)).clamp(-1.0, 1.0)
+                           s0 * torch.ones(n, dtype=x.dtype, device=x.device)).clamp(-1.0, 1.0)
             if not create_graph:
                 y = y.detach()
             theta = self._fit_theta(theta, y, y_adv)
@@ -254,8 +312,9 @@ class NAPPure(Purifier):
         if "content" in theta or any(k.endswith(".content") for k in theta):
             theta = {k: (x if k in fixed else v) for k, v in theta.items()}  # the observation, in the graph
         learn = [k for k in theta if k not in fixed]
-        single = not isinstance(self.family, Composite)
-        lr_th = {k: _lookup(cfg.lr_theta, self.family.name if single else k, "θ learning rate") for k in learn}
+        lr_x = self.step_sizes("x")
+        lr_th = {k: self.step_sizes(self.step_group(k)) for k in learn}
+        lam2 = self._lam2()
         m_y = v_y = torch.zeros_like(y)
         m_t = {k: torch.zeros_like(theta[k]) for k in learn}
         v_t = {k: torch.zeros_like(theta[k]) for k in learn}
@@ -265,31 +324,40 @@ class NAPPure(Purifier):
                 step_noise = noise[:, t - 1, : c * h * w].reshape(n, c, h, w)
                 z = noise[:, t - 1, c * h * w]
                 bc1, bc2 = 1 - b1**t, 1 - b2**t
-                decay = 0.5 * (1 + math.cos(math.pi * (t - 1) / k_steps)) if cfg.lr_schedule == "cosine" else 1.0
                 # x step
+                # the x step's gradient is the partial one, θ held fixed (and the θ step's, y held fixed): without a
+                # graph that is detach; with one (adaptive attacks, learned step sizes) a fresh node per variable, so
+                # the paths through the earlier steps (θ depends on the earlier y, y on θ) stay out of the step
                 if not create_graph:
                     y = y.detach().requires_grad_(True)
                     theta = {k: (v.detach() if k in learn else v) for k, v in theta.items()}
-                loss_x = self._prior_term(y, step_noise, z) + cfg.lam2 * self._likelihood(y, y_adv, theta)
+                else:
+                    y = y.clone()
+                    if not y.requires_grad:
+                        y.requires_grad_(True)
+                loss_x = self._prior_term(y, step_noise, z) + lam2 * self._likelihood(y, y_adv, theta)
                 if track:
                     history.append(float((loss_x + self._phi(theta)).mean().detach()))
                 (g,) = torch.autograd.grad(loss_x.sum(), y, create_graph=create_graph)
                 m_y = b1 * m_y + (1 - b1) * g
                 v_y = b2 * v_y + (1 - b2) * g * g
-                y = (y - decay * cfg.lr_x * (m_y / bc1) / (v_y / bc2).clamp_min(eps2).sqrt()).clamp(-1.0, 1.0)
+                y = (y - lr_x[t - 1] * (m_y / bc1) / (v_y / bc2).clamp_min(eps2).sqrt()).clamp(-1.0, 1.0)
                 # θ step, at the updated image
                 if not create_graph:
                     y = y.detach()
                     theta = {k: (v.detach().requires_grad_(True) if k in learn else v) for k, v in theta.items()}
                 else:
-                    theta = {k: (v if v.requires_grad or k not in learn else v.requires_grad_(True)) for k, v in theta.items()}
-                loss_t = self._phi(theta) + cfg.lam2 * self._likelihood(y, y_adv, theta)
+                    theta = {k: (v.clone() if k in learn else v) for k, v in theta.items()}
+                    for k in learn:
+                        if not theta[k].requires_grad:
+                            theta[k].requires_grad_(True)
+                loss_t = self._phi(theta) + lam2 * self._likelihood(y, y_adv, theta)
                 grads = torch.autograd.grad(loss_t.sum(), [theta[k] for k in learn], create_graph=create_graph)
                 new = dict(theta)
                 for k, gk in zip(learn, grads):
                     m_t[k] = b1 * m_t[k] + (1 - b1) * gk
                     v_t[k] = b2 * v_t[k] + (1 - b2) * gk * gk
-                    new[k] = theta[k] - decay * lr_th[k] * (m_t[k] / bc1) / (v_t[k] / bc2).clamp_min(eps2).sqrt()
+                    new[k] = theta[k] - lr_th[k][t - 1] * (m_t[k] / bc1) / (v_t[k] / bc2).clamp_min(eps2).sqrt()
                 theta = self._constrain(new)
         if track:
             with torch.no_grad():
@@ -304,8 +372,8 @@ class NAPPure(Purifier):
         argmin_δ λ1‖δ‖² + λ2‖r − 2δ‖² (r = y_adv − y, δ in [0, 1] units). Others keep the identity (for the
         soft mask the closed form, m = clip(1 − λ1/(2λ2·Σ_c r_c²)), was measured and made it worse)."""
         if isinstance(self.family, Additive):
-            l1 = _lookup(self.cfg.lam1, "additive", "λ1")
-            return {"delta": (2 * self.cfg.lam2 / (l1 + 4 * self.cfg.lam2)) * (y_adv - y)}
+            l1, l2 = self._lam1("additive"), self._lam2()
+            return {"delta": (2 * l2 / (l1 + 4 * l2)) * (y_adv - y)}
         return theta
 
     def _final_loss(self, y: torch.Tensor, y_adv: torch.Tensor, theta: Params, noise: torch.Tensor) -> torch.Tensor:
@@ -348,10 +416,38 @@ class NAPPure(Purifier):
         return d
 
 
+_TUNED_KEYS = {"lam1", "lam2", "init_sigma", "step_scale"}
+
+
+def load_tuned(path: str | Path, kind: str, steps: int) -> Dict[str, Any]:
+    """The settings learned by ``edgepure train nappure`` (its ``settings.json``) for ``kind`` at K = ``steps``."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ConfigError(f"nappure: tuned settings file {p} does not exist")
+    try:
+        doc = json.loads(p.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"nappure: {p} is not a JSON settings file ({exc})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("settings"), dict) or "kind" not in doc or "steps" not in doc:
+        raise ConfigError(f"nappure: {p} must hold {{'kind', 'steps', 'settings'}} (from edgepure train nappure), "
+                          f"found {sorted(doc) if isinstance(doc, dict) else type(doc).__name__}")
+    if doc["kind"] != kind or doc["steps"] != steps:
+        raise ConfigError(f"nappure: {p} was learned for kind {doc['kind']!r} at K = {doc['steps']}, "
+                          f"but the purifier is kind {kind!r} at K = {steps}")
+    extra = set(doc["settings"]) - _TUNED_KEYS
+    if extra:
+        raise ConfigError(f"nappure: {p} sets {', '.join(sorted(extra))}; expected only {', '.join(sorted(_TUNED_KEYS))}")
+    return dict(doc["settings"])
+
+
 @register_purifier("nappure", has_weights=True)
 def nappure(kind: str = "joint", steps: Optional[int] = None, mode: str = "fixed", pretrained: bool = True,
-            prior: Optional[nn.Module | str] = None, prior_grad: str = "full", **overrides: Any) -> NAPPure:
-    """NAPPure: MAP estimate of image and perturbation under an EDM prior, K unrolled Adam steps (exportable)."""
+            prior: Optional[nn.Module | str] = None, prior_grad: str = "full", tuned: Optional[str] = None,
+            **overrides: Any) -> NAPPure:
+    """NAPPure: MAP estimate of image and perturbation under an EDM prior, K unrolled Adam steps (exportable).
+
+    ``tuned``: a ``settings.json`` of ``edgepure train nappure`` (λ1, λ2, σ₀ and per-step step sizes learned for
+    this kind and K); settings passed as keywords still take precedence."""
     from edgepure.models.registry import DEFAULT_PRIOR, create_prior
 
     if kind not in KINDS:
@@ -367,6 +463,8 @@ def nappure(kind: str = "joint", steps: Optional[int] = None, mode: str = "fixed
     unknown = set(overrides) - set(NAPPureConfig.__dataclass_fields__)
     if unknown:
         raise ConfigError(f"nappure: unknown setting(s) {', '.join(sorted(unknown))}")
+    if tuned is not None:
+        overrides = load_tuned(tuned, kind, cfg.steps) | overrides
     cfg = replace(cfg, prior_grad=prior_grad, **overrides)
     if prior is None or isinstance(prior, str):
         d = create_prior(prior or DEFAULT_PRIOR, pretrained=pretrained)

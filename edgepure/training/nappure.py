@@ -1,0 +1,215 @@
+"""Learning NAPPure's hyper-parameters through its K unrolled steps (seeded, resumable).
+
+A fixed-K NAPPure run is a differentiable function of its step sizes, its λ1 and λ2 and the noise level σ₀ of its
+denoised start. This module learns them for one kind and one K: the per-step step sizes of the image and of
+every θ group (``"x"``, ``"mask"``, ``"flow"``, ``"conv"``, ``"additive"``, ``"w"``), each λ and σ₀, by Adam on
+their logarithms, minimising the classifier's cross-entropy on purified images — clean images and blind
+adversarial examples (APGD-CE on the classifier alone, the protocol of ``edgepure eval robust``) of the
+*training tracks*, so the validation tracks that every robustness number is measured on stay unseen. The
+gradient is the one an adaptive attack takes (through the prior's vector-Jacobian products), here with respect
+to the hyper-parameters. Each learned value stays within ``max_scale``× of where it started.
+
+The result is a settings file for ``create_purifier("nappure", kind=…, steps=K, **settings)``: ``lam1``,
+``lam2``, ``init_sigma`` and ``step_scale`` (the per-step multipliers on top of the configured schedule).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+
+from edgepure.runtime.errors import ConfigError
+from edgepure.training.checkpoint import write_json_atomic
+
+__all__ = ["NAPPureTuneConfig", "learned_settings", "tune_nappure"]
+
+
+@dataclass
+class NAPPureTuneConfig:
+    data: str
+    out: str
+    kind: str = "joint"
+    steps: int = 8
+    n: int = 256  # training-track images (each attacked by every attack)
+    attacks: tuple[str, ...] = ("conv", "patch", "flow", "additive")
+    attack_steps: int = 100
+    iters: int = 60
+    batch_size: int = 8  # images per source (clean and each attack) per iteration
+    lr: float = 0.05  # Adam on the logarithms of the hyper-parameters
+    max_scale: float = 4.0
+    seed: int = 0
+    val_fraction: float = 0.1
+    split_seed: int = 0
+    classifier: Optional[str] = None  # name or checkpoint; None: the shipped classifier
+
+
+def _purifier(cfg: NAPPureTuneConfig):  # type: ignore[no-untyped-def]
+    from edgepure.purifiers import create_purifier
+
+    return create_purifier("nappure", kind=cfg.kind, steps=cfg.steps)
+
+
+def _start(pur: Any, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Logarithms of the purifier's current hyper-parameters (the point learning starts from)."""
+    from edgepure.perturb import Composite
+
+    c = pur.cfg
+    theta = pur.family.identity(x[:1])
+    fixed = set(getattr(pur.family, "fixed", ()))
+    groups = sorted({pur.step_group(k) for k in theta if k not in fixed})
+    fams = [f.name for f in pur.family.families] if isinstance(pur.family, Composite) else [pur.family.name]
+    start = {"lr.x": torch.tensor(pur.step_sizes("x"), dtype=torch.float64).log()}
+    for g in groups:
+        start[f"lr.{g}"] = torch.tensor(pur.step_sizes(g), dtype=torch.float64).clamp_min(1e-12).log()
+    start["lam2"] = torch.tensor(math.log(c.lam2), dtype=torch.float64)
+    for f in fams:
+        start[f"lam1.{f}"] = torch.tensor(math.log(float(pur._lam1(f))), dtype=torch.float64)
+    if c.init_sigma is not None:
+        start["init_sigma"] = torch.tensor(math.log(c.init_sigma), dtype=torch.float64)
+    return start
+
+
+def learned_settings(pur: Any, logs: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """NAPPure settings (``lam1``, ``lam2``, ``init_sigma``, ``step_scale``) for learned logarithms ``logs``."""
+    pur.hyper = None
+    values = {k: v.detach().double().exp() for k, v in logs.items()}
+    out: dict[str, Any] = {"lam2": float(values["lam2"]),
+                           "lam1": dict(pur.cfg.lam1) | {k[5:]: float(v) for k, v in values.items() if k.startswith("lam1.")}}
+    if "init_sigma" in values:
+        out["init_sigma"] = float(values["init_sigma"])
+    scale = {}
+    for k, v in values.items():
+        if k.startswith("lr."):
+            base = pur.step_sizes(k[3:])
+            scale[k[3:]] = [round(float(a) / b, 6) if b > 0 else 1.0 for a, b in zip(v.tolist(), base)]
+    out["step_scale"] = scale
+    return out
+
+
+def _adversarial(classifier: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: NAPPureTuneConfig,
+                 out: Path, log: Callable[[str], None]) -> dict[str, torch.Tensor]:
+    """Blind APGD-CE examples of every attack, computed once and kept in ``out/adversarial.npz``."""
+    from edgepure.attacks import APGD
+    from edgepure.perturb import create_perturbation
+
+    h = hashlib.sha256()
+    for t in classifier.state_dict().values():
+        h.update(t.detach().cpu().numpy().tobytes())
+    h.update(x.numpy().tobytes())
+    h.update(json.dumps([list(cfg.attacks), cfg.attack_steps, cfg.seed]).encode())
+    key = h.hexdigest()[:24]
+    path, meta = out / "adversarial.npz", out / "adversarial.json"
+    if path.exists() and meta.exists() and json.loads(meta.read_text()).get("key") == key:
+        with np.load(path, allow_pickle=False) as z:
+            return {a: torch.from_numpy(z[a]) for a in cfg.attacks}
+    adv = {}
+    for a in cfg.attacks:
+        t0 = time.perf_counter()
+        parts = []
+        for s in range(0, len(x), 128):
+            atk = APGD(classifier, create_perturbation(a, "gtsrb", image_size=x.shape[-1]), steps=cfg.attack_steps,
+                       seed=cfg.seed + s)
+            parts.append(atk(x[s : s + 128], y[s : s + 128]).detach())
+        adv[a] = torch.cat(parts)
+        with torch.no_grad():
+            acc = float((classifier(adv[a]).argmax(1) == y).float().mean())
+        log(f"blind {a}: {len(x)} examples in {time.perf_counter() - t0:.0f} s, classifier accuracy {acc:.3f}")
+    tmp = out / "adversarial.tmp.npz"
+    np.savez(tmp, **{a: v.numpy() for a, v in adv.items()})
+    tmp.replace(path)
+    write_json_atomic(meta, {"key": key, "attacks": list(cfg.attacks), "n": len(x)})
+    return adv
+
+
+def tune_nappure(cfg: NAPPureTuneConfig, resume: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Learn the hyper-parameters of NAPPure ``cfg.kind`` at K = ``cfg.steps``; see the module docstring.
+    Writes ``state.json`` (resumable, every iteration) and ``settings.json`` (the learned settings)."""
+    from edgepure.data import open_dataset
+    from edgepure.models.loading import resolve_classifier
+
+    if cfg.steps < 1 or cfg.iters < 1 or cfg.batch_size < 1 or cfg.n < 1:
+        raise ConfigError(f"steps, iters, batch size and n must be ≥ 1, got {cfg.steps}, {cfg.iters}, {cfg.batch_size}, {cfg.n}")
+    from edgepure.purifiers.nappure import KINDS
+
+    if cfg.kind not in KINDS:
+        raise ConfigError(f"nappure: unknown kind {cfg.kind!r} (expected one of {', '.join(KINDS)})")
+    if not cfg.max_scale > 1:
+        raise ConfigError(f"max_scale must be > 1, got {cfg.max_scale}")
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    state_path = out / "state.json"
+    if state_path.exists() and not resume:
+        raise ConfigError(f"{state_path} exists: pass --resume to continue that run, or choose another --out")
+    data = open_dataset(cfg.data, "train", n=cfg.n, seed=cfg.seed, size=32, val_fraction=cfg.val_fraction,
+                        split_seed=cfg.split_seed)
+    x_all = torch.from_numpy(data.as_float_nchw())
+    y_all = torch.from_numpy(data.labels)
+    classifier = resolve_classifier(cfg.classifier).eval()
+    for p in classifier.parameters():
+        p.requires_grad_(False)
+    adv = _adversarial(classifier, x_all, y_all, cfg, out, log)
+    pur = _purifier(cfg)
+    start = _start(pur, x_all)
+    logs = {k: v.clone().requires_grad_(True) for k, v in start.items()}
+    opt = torch.optim.Adam(list(logs.values()), lr=cfg.lr)
+    history: list[dict[str, Any]] = []
+    first = 0
+    if resume and state_path.exists():
+        st = json.loads(state_path.read_text())
+        now = json.loads(json.dumps(asdict(cfg)))
+        diff = sorted(k for k in now if k != "iters" and st["config"].get(k) != now[k])  # iters may grow
+        if diff:
+            raise ConfigError(f"{state_path}: the run was started with other settings: "
+                              + ", ".join(f"{k} {st['config'].get(k)!r} (now {now[k]!r})" for k in diff))
+        with torch.no_grad():
+            for k, v in st["logs"].items():
+                logs[k].copy_(torch.tensor(v, dtype=torch.float64))
+        for k, p in logs.items():
+            opt.state[p] = {"step": torch.tensor(float(st["adam_step"])),
+                            "exp_avg": torch.tensor(st["adam_m"][k], dtype=torch.float64),
+                            "exp_avg_sq": torch.tensor(st["adam_v"][k], dtype=torch.float64)}
+        history, first = st["history"], st["iter"]
+    bound = math.log(cfg.max_scale)
+    sources = ["clean", *cfg.attacks]
+    for it in range(first, cfg.iters):
+        t0 = time.perf_counter()
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + it)
+        idx = torch.randperm(len(x_all), generator=g)[: cfg.batch_size]
+        xb = torch.cat([x_all[idx]] + [adv[a][idx] for a in cfg.attacks])
+        yb = y_all[idx].repeat(len(sources))
+        pur.hyper = {k: v.exp().float() for k, v in logs.items()}
+        noise = pur.sample_noise(xb, g)
+        logits = classifier(pur(xb, noise))
+        loss = torch.nn.functional.cross_entropy(logits, yb)
+        opt.zero_grad()
+        loss.backward()
+        for v in logs.values():  # a value that never reaches the output (θ's last step) gets a zero gradient
+            if v.grad is None:
+                v.grad = torch.zeros_like(v)
+        opt.step()
+        with torch.no_grad():
+            for k, v in logs.items():
+                v.copy_(torch.maximum(torch.minimum(v, start[k] + bound), start[k] - bound))
+        pur.hyper = None
+        ok = (logits.argmax(1) == yb).float().view(len(sources), -1).mean(1)
+        rec = {"iter": it + 1, "loss": round(float(loss.detach()), 4), "seconds": round(time.perf_counter() - t0, 1),
+               "accuracy": {s: round(float(a), 3) for s, a in zip(sources, ok)}}
+        history.append(rec)
+        log(json.dumps(rec))
+        st = {"config": asdict(cfg), "iter": it + 1, "history": history,
+              "logs": {k: v.detach().tolist() for k, v in logs.items()},
+              "adam_step": int(opt.state[logs["lam2"]]["step"]),
+              "adam_m": {k: opt.state[v]["exp_avg"].tolist() for k, v in logs.items()},
+              "adam_v": {k: opt.state[v]["exp_avg_sq"].tolist() for k, v in logs.items()}}
+        write_json_atomic(state_path, st)
+        write_json_atomic(out / "settings.json", {"kind": cfg.kind, "steps": cfg.steps, "iter": it + 1,
+                                                  "settings": learned_settings(pur, logs)})
+    return json.loads((out / "settings.json").read_text())

@@ -1,0 +1,152 @@
+"""Learning NAPPure's step sizes, λ and σ₀ through the unrolled steps: the per-step schedule, the hyper-parameter
+override, the settings file it writes and reads back, the resumable training run and the CLI."""
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import edgepure
+import edgepure.training.nappure as tune
+from edgepure.cli.main import app
+from edgepure.data import open_dataset
+from edgepure.purifiers.nappure import NAPPure
+from edgepure.runtime.errors import ConfigError
+
+runner = CliRunner()
+
+
+def _tiny(kind: str = "joint", steps: int = 3, **kw: object) -> NAPPure:
+    torch.manual_seed(0)
+    return edgepure.create_purifier("nappure", kind=kind, steps=steps, prior="edm_unet_xs", pretrained=False,
+                                    **kw)  # type: ignore[return-value]
+
+
+@pytest.fixture(scope="module")
+def signs() -> torch.Tensor:
+    return torch.from_numpy(open_dataset("synth", "val", n=3, seed=2).as_float_nchw())
+
+
+def test_step_sizes_are_the_schedule_times_the_per_step_scale() -> None:
+    pur = _tiny("joint", steps=4)
+    cos = [0.5 * (1 + math.cos(math.pi * t / 4)) for t in range(4)]
+    assert pur.step_sizes("x") == pytest.approx([0.03 * c for c in cos])
+    assert pur.step_sizes("mask") == pytest.approx([0.5 * c for c in cos])
+    scaled = _tiny("joint", steps=4, step_scale={"x": [1, 2, 0, 1], "w": [3, 3, 3, 3]})
+    assert scaled.step_sizes("x") == pytest.approx([0.03 * c * s for c, s in zip(cos, [1, 2, 0, 1])])
+    assert scaled.step_sizes("w") == pytest.approx([0.3 * c for c in cos])
+    assert scaled.step_sizes("flow") == pur.step_sizes("flow")  # a group left out keeps its schedule
+    assert pur.step_group("mask.logits") == "mask" and pur.step_group("flow.w") == "w"
+    assert _tiny("blur", steps=2).step_group("kernel") == "conv"
+
+
+@pytest.mark.parametrize("bad", [{"x": [1.0, 1.0]}, {"x": [1.0, -1.0, 1.0]}, {"rain": [1.0, 1.0, 1.0]},
+                                 {"x": [1.0, float("nan"), 1.0]}])
+def test_a_bad_step_scale_is_a_user_error(bad: dict) -> None:
+    with pytest.raises(ConfigError, match="step_scale"):
+        _tiny("joint", steps=3, step_scale=bad)
+
+
+def test_the_hyper_parameters_get_gradients_and_their_settings_reproduce_the_run(signs: torch.Tensor) -> None:
+    pur = _tiny("joint", steps=3)
+    noise = pur.sample_noise(signs, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        plain = pur(signs, noise)
+    start = tune._start(pur, signs)
+    assert set(start) == {"lr.x", "lr.mask", "lr.flow", "lr.conv", "lr.additive", "lr.w", "lam2", "lam1.mask",
+                          "lam1.flow", "lam1.conv", "lam1.additive", "init_sigma"}
+    logs = {k: v.clone().requires_grad_(True) for k, v in start.items()}
+    pur.hyper = {k: v.exp().float() for k, v in logs.items()}
+    out = pur(signs, noise)
+    assert torch.allclose(out, plain, atol=1e-5)  # the starting point is the configured purifier
+    out.square().sum().backward()
+    for k in ("lr.x", "lam2", "lam1.mask", "init_sigma"):
+        assert logs[k].grad is not None and torch.isfinite(logs[k].grad).all() and logs[k].grad.abs().sum() > 0, k
+    assert logs["lr.mask"].grad[-1] == 0  # the last θ step never reaches the image
+    # move every value, write the settings, rebuild the purifier from them: the same run
+    g = torch.Generator().manual_seed(1)
+    moved = {k: (v + 0.3 * torch.randn(v.shape, generator=g, dtype=v.dtype)).detach() for k, v in start.items()}
+    pur.hyper = {k: v.exp().float() for k, v in moved.items()}
+    with torch.no_grad():
+        learned = pur(signs, noise)
+    settings = tune.learned_settings(pur, moved)
+    assert pur.hyper is None and set(settings) == {"lam1", "lam2", "init_sigma", "step_scale"}
+    again = _tiny("joint", steps=3, **settings)
+    with torch.no_grad():
+        assert torch.allclose(again(signs, noise), learned, atol=1e-4)
+    assert not torch.allclose(learned, plain, atol=1e-3)
+
+
+def _settings_file(path: Path, kind: str = "additive", steps: int = 2, **settings: object) -> Path:
+    path.write_text(json.dumps({"kind": kind, "steps": steps, "iter": 1, "settings": settings}))
+    return path
+
+
+def test_tuned_settings_files_load_and_mismatches_are_user_errors(tmp_path: Path) -> None:
+    good = _settings_file(tmp_path / "s.json", lam2=5.0, init_sigma=0.3, step_scale={"x": [1.0, 0.5]})
+    pur = _tiny("additive", steps=2, tuned=str(good))
+    assert pur.cfg.lam2 == 5.0 and pur.cfg.init_sigma == 0.3 and pur.cfg.step_scale == {"x": [1.0, 0.5]}
+    assert _tiny("additive", steps=2, tuned=str(good), lam2=1.0).cfg.lam2 == 1.0  # keywords win
+    with pytest.raises(ConfigError, match="does not exist"):
+        _tiny("additive", steps=2, tuned=str(tmp_path / "missing.json"))
+    with pytest.raises(ConfigError, match="learned for kind 'additive' at K = 2"):
+        _tiny("additive", steps=4, tuned=str(good))
+    with pytest.raises(ConfigError, match="learned for kind 'additive'"):
+        _tiny("blur", steps=2, tuned=str(good))
+    with pytest.raises(ConfigError, match="lr_x"):
+        _tiny("additive", steps=2, tuned=str(_settings_file(tmp_path / "x.json", lr_x=1.0)))
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="not a JSON settings file"):
+        _tiny("additive", steps=2, tuned=str(tmp_path / "bad.json"))
+    (tmp_path / "list.json").write_text("[1, 2]")
+    with pytest.raises(ConfigError, match="must hold"):
+        _tiny("additive", steps=2, tuned=str(tmp_path / "list.json"))
+
+
+def _cfg(data: Path, out: Path, iters: int) -> tune.NAPPureTuneConfig:
+    return tune.NAPPureTuneConfig(data=str(data), out=str(out), kind="joint", steps=2, n=4, attacks=("patch", "additive"),
+                                  attack_steps=2, iters=iters, batch_size=2, lr=0.1)
+
+
+def test_a_tuning_run_learns_resumes_exactly_and_refuses_to_overwrite(gtsrb_dir: Path, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tune, "_purifier", lambda cfg: _tiny(cfg.kind, cfg.steps))
+    full = tune.tune_nappure(_cfg(gtsrb_dir, tmp_path / "full", 3), log=lambda s: None)
+    assert full["kind"] == "joint" and full["steps"] == 2 and full["iter"] == 3
+    s = full["settings"]
+    assert len(s["step_scale"]["x"]) == 2 and any(abs(v - 1) > 1e-4 for v in s["step_scale"]["x"])
+    assert all(0.25 - 1e-9 <= v <= 4 + 1e-9 for v in s["step_scale"]["x"])  # within max_scale of the start
+    state = json.loads((tmp_path / "full" / "state.json").read_text())
+    assert [h["iter"] for h in state["history"]] == [1, 2, 3]
+    assert set(state["history"][0]["accuracy"]) == {"clean", "patch", "additive"}
+
+    part = tune.tune_nappure(_cfg(gtsrb_dir, tmp_path / "cut", 2), log=lambda s: None)
+    assert part["iter"] == 2
+    with pytest.raises(ConfigError, match="--resume"):
+        tune.tune_nappure(_cfg(gtsrb_dir, tmp_path / "cut", 3), log=lambda s: None)
+    with pytest.raises(ConfigError, match="other settings"):
+        tune.tune_nappure(tune.NAPPureTuneConfig(**{**_cfg(gtsrb_dir, tmp_path / "cut", 3).__dict__, "lr": 0.2}),
+                          resume=True, log=lambda s: None)
+    resumed = tune.tune_nappure(_cfg(gtsrb_dir, tmp_path / "cut", 3), resume=True, log=lambda s: None)
+    assert resumed == full  # the adversarial examples came from the cache and every step repeated exactly
+
+
+def test_train_nappure_cli(gtsrb_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    r = runner.invoke(app, ["train", "nappure", "--data", str(gtsrb_dir), "--out", str(out), "--kind", "additive",
+                            "--steps", "1", "--n", "2", "--attack", "additive", "--attack-steps", "2", "--iters", "1",
+                            "--batch-size", "1", "--json"])
+    assert r.exit_code == 0, r.output
+    result = json.loads(r.stdout)
+    assert result["kind"] == "additive" and set(result["settings"]["step_scale"]) == {"x", "additive"}
+    pur = edgepure.create_purifier("nappure", kind="additive", steps=1, tuned=str(out / "settings.json"))
+    assert pur.cfg.step_scale == result["settings"]["step_scale"]
+    r = runner.invoke(app, ["train", "nappure", "--data", str(gtsrb_dir), "--out", str(tmp_path / "r2"),
+                            "--attack", "rain"])
+    assert r.exit_code == 1 and "unknown attack" in r.output and "Traceback" not in r.output
+    r = runner.invoke(app, ["train", "nappure", "--data", str(gtsrb_dir), "--out", str(tmp_path / "r3"),
+                            "--kind", "rain"])
+    assert r.exit_code == 1 and "unknown kind" in r.output
