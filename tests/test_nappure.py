@@ -140,7 +140,7 @@ def test_what_an_adaptive_attack_differentiates_is_the_deployed_purifier(kind: s
     with torch.no_grad():
         deployed = pur(signs, nz)
     attacked = pur(signs.clone().requires_grad_(True), nz)
-    assert attacked.requires_grad and torch.equal(attacked.detach(), deployed)
+    assert attacked.requires_grad and torch.allclose(attacked.detach(), deployed, atol=1e-5)
 
 
 def test_one_step_exports_with_its_gradients(tmp_path: Path, signs: torch.Tensor) -> None:
@@ -151,7 +151,8 @@ def test_one_step_exports_with_its_gradients(tmp_path: Path, signs: torch.Tensor
     torch.manual_seed(0)
     # two steps: the second warps by the flow the first one found (one step would warp by the identity only, a
     # constant the exporter folds); with the denoised start: one more prior call in the graph
-    pur = _tiny("distortion", steps=2, init_sigma=0.5)
+    # and learned per-step step sizes (edgepure train nappure): constants of the graph, recorded in the manifest
+    pur = _tiny("distortion", steps=2, init_sigma=0.5, step_scale={"x": [1.5, 0.5], "flow": [2.0, 1.0]})
     clf = edgepure.create_classifier("signnet_xs").eval()
     m = export_pipeline(pur, clf, tmp_path / "np", signs.numpy(), batch=1, parity_batches=2)
     ops = {n.op_type for n in onnx.load(str(tmp_path / "np" / "purifier.onnx")).graph.node}
@@ -161,6 +162,7 @@ def test_one_step_exports_with_its_gradients(tmp_path: Path, signs: torch.Tensor
     assert m["models"]["purifier"]["parity"]["max_abs_diff"] < 1e-5
     assert m["models"]["purifier"]["lint"]["errors"] == 0
     assert m["purifier"]["config"]["kind"] == "distortion" and m["purifier"]["config"]["init_sigma"] == 0.5
+    assert m["purifier"]["config"]["step_scale"] == {"x": [1.5, 0.5], "flow": [2.0, 1.0]}
 
 
 # --- with the shipped prior: the purifier undoes a known perturbation ---------------------------------------

@@ -150,3 +150,27 @@ def test_train_nappure_cli(gtsrb_dir: Path, tmp_path: Path) -> None:
     r = runner.invoke(app, ["train", "nappure", "--data", str(gtsrb_dir), "--out", str(tmp_path / "r3"),
                             "--kind", "rain"])
     assert r.exit_code == 1 and "unknown kind" in r.output
+
+
+def test_the_adam_direction_keeps_its_value_and_softens_only_its_derivative() -> None:
+    from edgepure.purifiers.nappure import _adam_direction
+
+    g = torch.tensor([1e-9, 1e-6, 0.5], requires_grad=True)
+    m, v = 0.1 * g, 0.001 * g * g
+    exact = _adam_direction(m, v, 1e-16, None)
+    soft = _adam_direction(m, v, 1e-16, 1e-6)
+    assert torch.equal(soft.detach(), exact.detach())
+    (d_exact,) = torch.autograd.grad(exact.sum(), g, retain_graph=True)
+    (d_soft,) = torch.autograd.grad(soft.sum(), g)
+    # below the backward ε the derivative is m/ε_b's (0.1/1e-3 = 100), not 1e7; above it, the exact one (0)
+    assert d_exact[0] > 1e6 and d_soft[0] == pytest.approx(100.0, rel=1e-4) and d_soft[2] == pytest.approx(d_exact[2])
+
+
+def test_gradients_through_the_steps_stay_finite_where_a_coordinate_gets_no_gradient(signs: torch.Tensor) -> None:
+    pur = _tiny("joint", steps=4)
+    x = signs.clone()
+    x[:, :, 8:24, 8:24] = 1.0  # a flat white patch: δ and the mask see (almost) no gradient there
+    x.requires_grad_(True)
+    out = pur(x, pur.sample_noise(x, torch.Generator().manual_seed(3)))
+    (g,) = torch.autograd.grad(out.square().sum(), x)
+    assert torch.isfinite(g).all() and float(g.abs().max()) < 1e6

@@ -144,6 +144,18 @@ def _simplex(kernel: torch.Tensor) -> torch.Tensor:
     return k / k.sum(dim=(1, 2), keepdim=True).clamp_min(1e-6)
 
 
+def _adam_direction(m_hat: torch.Tensor, v_hat: torch.Tensor, eps2: float, backward_eps2: Optional[float]) -> torch.Tensor:
+    """Adam's normalised step m̂ / √max(v̂, ε²). With ``backward_eps2`` the value stays exactly that, but the
+    derivative is the one of m̂ / √max(v̂, ε_b²): where a coordinate's gradient is ~0 (ε = 1e-8) the exact
+    derivative multiplies by up to 1e7 per step, and through K unrolled steps it overflows float32 (measured: joint
+    K 8, gradients of 1e25–1e29 and NaN for 1 image in 16) — useless to an attacker and to learning."""
+    exact = m_hat / v_hat.clamp_min(eps2).sqrt()
+    if backward_eps2 is None:
+        return exact
+    soft = m_hat / v_hat.clamp_min(max(eps2, backward_eps2)).sqrt()
+    return exact.detach() + (soft - soft.detach())  # the value of exact (bit for bit), the derivative of soft
+
+
 def _lookup(table: Dict[str, float], key: str, what: str) -> float:
     fam = key.split(".", 1)[0] if "." in key else key
     if key.endswith(".w") and "w" in table:
@@ -197,6 +209,9 @@ class NAPPure(Purifier):
         # tensors that stand in for λ1, λ2, σ₀ and the per-step step sizes while they are being learned
         # (edgepure.training.nappure); None: everything comes from the configuration
         self.hyper: Optional[Dict[str, torch.Tensor]] = None
+        # the ε of Adam's normaliser in the derivative an attack or the learning takes (the value keeps adam_eps;
+        # see _adam_direction); None: the exact derivative
+        self.backward_eps: Optional[float] = 1e-3
 
     @property
     def steps(self) -> int:
@@ -293,6 +308,7 @@ class NAPPure(Purifier):
             return x, self.family.identity(x), [float(self._final_loss(x * 2 - 1, x * 2 - 1, self.family.identity(x), noise))] if track else []
         # an adaptive attack differentiates through us, and so does the learning of the step sizes
         create_graph = torch.is_grad_enabled() and (x.requires_grad or self._hyper_grad())
+        soft2 = self.backward_eps**2 if create_graph and self.backward_eps is not None else None
         b1, b2 = cfg.betas
         # Adam's ε as a floor under the second moment, √max(v̂, ε²): the step stays differentiable where a
         # gradient is exactly 0 (√ has an infinite slope at 0), and the floor survives export (the ONNX
@@ -341,7 +357,7 @@ class NAPPure(Purifier):
                 (g,) = torch.autograd.grad(loss_x.sum(), y, create_graph=create_graph)
                 m_y = b1 * m_y + (1 - b1) * g
                 v_y = b2 * v_y + (1 - b2) * g * g
-                y = (y - lr_x[t - 1] * (m_y / bc1) / (v_y / bc2).clamp_min(eps2).sqrt()).clamp(-1.0, 1.0)
+                y = (y - lr_x[t - 1] * _adam_direction(m_y / bc1, v_y / bc2, eps2, soft2)).clamp(-1.0, 1.0)
                 # θ step, at the updated image
                 if not create_graph:
                     y = y.detach()
@@ -357,7 +373,7 @@ class NAPPure(Purifier):
                 for k, gk in zip(learn, grads):
                     m_t[k] = b1 * m_t[k] + (1 - b1) * gk
                     v_t[k] = b2 * v_t[k] + (1 - b2) * gk * gk
-                    new[k] = theta[k] - lr_th[k][t - 1] * (m_t[k] / bc1) / (v_t[k] / bc2).clamp_min(eps2).sqrt()
+                    new[k] = theta[k] - lr_th[k][t - 1] * _adam_direction(m_t[k] / bc1, v_t[k] / bc2, eps2, soft2)
                 theta = self._constrain(new)
         if track:
             with torch.no_grad():
