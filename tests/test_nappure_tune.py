@@ -174,3 +174,19 @@ def test_gradients_through_the_steps_stay_finite_where_a_coordinate_gets_no_grad
     out = pur(x, pur.sample_noise(x, torch.Generator().manual_seed(3)))
     (g,) = torch.autograd.grad(out.square().sum(), x)
     assert torch.isfinite(g).all() and float(g.abs().max()) < 1e6
+
+
+def test_shipped_settings_are_the_default_where_there_are_any(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import edgepure.purifiers.nappure as nappure
+
+    monkeypatch.setattr(nappure, "TUNED_DIR", tmp_path)
+    _settings_file(tmp_path / "nappure-additive-k2.json", lam2=7.0, step_scale={"x": [2.0, 1.0]})
+    pur = _tiny("additive", steps=2)
+    assert pur.cfg.lam2 == 7.0 and pur.config()["tuned"] == "shipped:nappure-additive-k2.json"
+    assert pur.step_sizes("x")[0] == pytest.approx(2 * _tiny("additive", steps=2, tuned="none").step_sizes("x")[0])
+    hand = _tiny("additive", steps=2, tuned="none")
+    assert hand.cfg.lam2 == 3.0 and hand.config()["tuned"] is None
+    other_k = _tiny("additive", steps=3)  # nothing shipped for K = 3: the hand-set settings
+    assert other_k.cfg.lam2 == 3.0 and other_k.config()["tuned"] is None
+    with pytest.raises(ConfigError, match="fixed mode"):
+        _tiny("additive", steps=2, mode="reference", tuned=str(tmp_path / "nappure-additive-k2.json"))

@@ -175,6 +175,7 @@ def nappure(
     max_scale: Annotated[float, typer.Option(help="Each learned value stays within this factor of its start.")] = 4.0,
     seed: Annotated[int, typer.Option(help="Seed of the image draw, the attacks, the batches and the noise.")] = 0,
     classifier: Annotated[Optional[str], typer.Option(help="Classifier name or checkpoint (default: the shipped one).")] = None,
+    cache: Annotated[Optional[Path], typer.Option(help="Folder of the blind adversarial examples, shared between runs (default: --out).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the learned settings as JSON.")] = False,
 ) -> None:
@@ -191,7 +192,7 @@ def nappure(
         raise ConfigError(f"unknown attack(s) {', '.join(bad)} (expected {', '.join(PERTURBATIONS)})")
     cfg = NAPPureTuneConfig(data=data, out=str(out), kind=kind, steps=steps, n=n, attacks=attacks,
                             attack_steps=attack_steps, iters=iters, batch_size=batch_size, lr=lr, max_scale=max_scale,
-                            seed=seed, classifier=classifier)
+                            seed=seed, classifier=classifier, cache=str(cache) if cache else None)
     result = tune_nappure(cfg, resume=resume, log=lambda s: typer.echo(s, err=True))
     if as_json:
         echo_json(result)

@@ -40,7 +40,7 @@ from edgepure.purifiers.base import Purifier, voted_calls
 from edgepure.purifiers.registry import register_purifier
 from edgepure.runtime.errors import ConfigError
 
-__all__ = ["KINDS", "NAPPure", "NAPPureConfig", "load_tuned", "paper_config"]
+__all__ = ["KINDS", "NAPPure", "NAPPureConfig", "load_tuned", "paper_config", "shipped_tuned"]
 
 KINDS = ("blur", "occlusion", "distortion", "additive", "joint")
 _FAMILY = {"blur": "conv", "occlusion": "mask", "distortion": "flow", "additive": "additive"}
@@ -212,6 +212,7 @@ class NAPPure(Purifier):
         # the ε of Adam's normaliser in the derivative an attack or the learning takes (the value keeps adam_eps;
         # see _adam_direction); None: the exact derivative
         self.backward_eps: Optional[float] = 1e-3
+        self.tuned: Optional[str] = None  # where learned settings came from (recorded in config())
 
     @property
     def steps(self) -> int:
@@ -428,11 +429,21 @@ class NAPPure(Purifier):
     def config(self) -> dict[str, object]:
         d = asdict(self.cfg)
         d["mode"] = self.mode
+        d["tuned"] = self.tuned
         d["prior"] = getattr(self.prior, "edgepure_name", type(self.prior).__name__)
         return d
 
 
 _TUNED_KEYS = {"lam1", "lam2", "init_sigma", "step_scale"}
+
+
+TUNED_DIR = Path(__file__).resolve().parent / "tuned"
+
+
+def shipped_tuned(kind: str, steps: int) -> Optional[Path]:
+    """The package's learned settings for ``kind`` at K = ``steps`` (``tuned/nappure-<kind>-k<K>.json``), if any."""
+    p = TUNED_DIR / f"nappure-{kind}-k{steps}.json"
+    return p if p.is_file() else None
 
 
 def load_tuned(path: str | Path, kind: str, steps: int) -> Dict[str, Any]:
@@ -458,12 +469,14 @@ def load_tuned(path: str | Path, kind: str, steps: int) -> Dict[str, Any]:
 
 @register_purifier("nappure", has_weights=True)
 def nappure(kind: str = "joint", steps: Optional[int] = None, mode: str = "fixed", pretrained: bool = True,
-            prior: Optional[nn.Module | str] = None, prior_grad: str = "full", tuned: Optional[str] = None,
+            prior: Optional[nn.Module | str] = None, prior_grad: str = "full", tuned: str = "shipped",
             **overrides: Any) -> NAPPure:
     """NAPPure: MAP estimate of image and perturbation under an EDM prior, K unrolled Adam steps (exportable).
 
-    ``tuned``: a ``settings.json`` of ``edgepure train nappure`` (λ1, λ2, σ₀ and per-step step sizes learned for
-    this kind and K); settings passed as keywords still take precedence."""
+    ``tuned`` (fixed mode): ``"shipped"`` — the settings edgepure learned for this kind and K where it ships some
+    (``edgepure/purifiers/tuned/``), the hand-set ones otherwise; ``"none"`` — the hand-set ones; or the path of a
+    ``settings.json`` of ``edgepure train nappure`` (λ1, λ2, σ₀ and per-step step sizes learned for this kind and
+    K). Settings passed as keywords take precedence over either."""
     from edgepure.models.registry import DEFAULT_PRIOR, create_prior
 
     if kind not in KINDS:
@@ -479,11 +492,19 @@ def nappure(kind: str = "joint", steps: Optional[int] = None, mode: str = "fixed
     unknown = set(overrides) - set(NAPPureConfig.__dataclass_fields__)
     if unknown:
         raise ConfigError(f"nappure: unknown setting(s) {', '.join(sorted(unknown))}")
-    if tuned is not None:
-        overrides = load_tuned(tuned, kind, cfg.steps) | overrides
+    source: Optional[str] = None
+    if mode == "fixed" and tuned != "none":
+        path = shipped_tuned(kind, cfg.steps) if tuned == "shipped" else Path(tuned)
+        if path is not None:
+            overrides = load_tuned(path, kind, cfg.steps) | overrides
+            source = f"shipped:{path.name}" if tuned == "shipped" else str(path)
+    elif mode == "reference" and tuned not in ("shipped", "none"):
+        raise ConfigError(f"nappure: learned settings ({tuned}) are for fixed mode, not mode {mode!r}")
     cfg = replace(cfg, prior_grad=prior_grad, **overrides)
     if prior is None or isinstance(prior, str):
         d = create_prior(prior or DEFAULT_PRIOR, pretrained=pretrained)
     else:
         d = prior
-    return NAPPure(d, cfg, mode=mode)
+    pur = NAPPure(d, cfg, mode=mode)
+    pur.tuned = source
+    return pur

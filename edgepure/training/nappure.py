@@ -49,6 +49,7 @@ class NAPPureTuneConfig:
     val_fraction: float = 0.1
     split_seed: int = 0
     classifier: Optional[str] = None  # name or checkpoint; None: the shipped classifier
+    cache: Optional[str] = None  # folder of the adversarial examples (None: the run folder)
 
 
 def _purifier(cfg: NAPPureTuneConfig):  # type: ignore[no-untyped-def]
@@ -95,23 +96,30 @@ def learned_settings(pur: Any, logs: dict[str, torch.Tensor]) -> dict[str, Any]:
 
 
 def _adversarial(classifier: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: NAPPureTuneConfig,
-                 out: Path, log: Callable[[str], None]) -> dict[str, torch.Tensor]:
-    """Blind APGD-CE examples of every attack, computed once and kept in ``out/adversarial.npz``."""
+                 cache: Path, log: Callable[[str], None]) -> dict[str, torch.Tensor]:
+    """Blind APGD-CE examples of every attack, computed once and kept in ``cache`` (one ``.npy`` per attack,
+    keyed by the classifier's weights, the images, the attack, its steps and the seed: runs that share a
+    ``cache`` folder share them)."""
     from edgepure.attacks import APGD
     from edgepure.perturb import create_perturbation
 
-    h = hashlib.sha256()
+    base = hashlib.sha256()
     for t in classifier.state_dict().values():
-        h.update(t.detach().cpu().numpy().tobytes())
-    h.update(x.numpy().tobytes())
-    h.update(json.dumps([list(cfg.attacks), cfg.attack_steps, cfg.seed]).encode())
-    key = h.hexdigest()[:24]
-    path, meta = out / "adversarial.npz", out / "adversarial.json"
-    if path.exists() and meta.exists() and json.loads(meta.read_text()).get("key") == key:
-        with np.load(path, allow_pickle=False) as z:
-            return {a: torch.from_numpy(z[a]) for a in cfg.attacks}
+        base.update(t.detach().cpu().numpy().tobytes())
+    base.update(x.numpy().tobytes())
+    cache.mkdir(parents=True, exist_ok=True)
     adv = {}
     for a in cfg.attacks:
+        h = base.copy()
+        h.update(json.dumps([a, cfg.attack_steps, cfg.seed]).encode())
+        path = cache / f"blind-{a}-{h.hexdigest()[:24]}.npy"
+        if path.exists():
+            arr = np.load(path, allow_pickle=False)
+            if arr.shape != tuple(x.shape) or arr.dtype != np.float32:
+                raise ConfigError(f"{path}: cached adversarial examples have shape {arr.shape} {arr.dtype}, "
+                                  f"expected {tuple(x.shape)} float32 (delete the file)")
+            adv[a] = torch.from_numpy(arr)
+            continue
         t0 = time.perf_counter()
         parts = []
         for s in range(0, len(x), 128):
@@ -122,10 +130,9 @@ def _adversarial(classifier: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, 
         with torch.no_grad():
             acc = float((classifier(adv[a]).argmax(1) == y).float().mean())
         log(f"blind {a}: {len(x)} examples in {time.perf_counter() - t0:.0f} s, classifier accuracy {acc:.3f}")
-    tmp = out / "adversarial.tmp.npz"
-    np.savez(tmp, **{a: v.numpy() for a, v in adv.items()})
-    tmp.replace(path)
-    write_json_atomic(meta, {"key": key, "attacks": list(cfg.attacks), "n": len(x)})
+        tmp = path.with_suffix(".tmp.npy")
+        np.save(tmp, adv[a].numpy())
+        tmp.replace(path)
     return adv
 
 
@@ -155,7 +162,7 @@ def tune_nappure(cfg: NAPPureTuneConfig, resume: bool = False, log: Callable[[st
     classifier = resolve_classifier(cfg.classifier).eval()
     for p in classifier.parameters():
         p.requires_grad_(False)
-    adv = _adversarial(classifier, x_all, y_all, cfg, out, log)
+    adv = _adversarial(classifier, x_all, y_all, cfg, Path(cfg.cache) if cfg.cache else out, log)
     pur = _purifier(cfg)
     start = _start(pur, x_all)
     logs = {k: v.clone().requires_grad_(True) for k, v in start.items()}
@@ -165,7 +172,7 @@ def tune_nappure(cfg: NAPPureTuneConfig, resume: bool = False, log: Callable[[st
     if resume and state_path.exists():
         st = json.loads(state_path.read_text())
         now = json.loads(json.dumps(asdict(cfg)))
-        diff = sorted(k for k in now if k != "iters" and st["config"].get(k) != now[k])  # iters may grow
+        diff = sorted(k for k in now if k not in ("iters", "cache") and st["config"].get(k) != now[k])  # iters may grow
         if diff:
             raise ConfigError(f"{state_path}: the run was started with other settings: "
                               + ", ".join(f"{k} {st['config'].get(k)!r} (now {now[k]!r})" for k in diff))
@@ -185,12 +192,19 @@ def tune_nappure(cfg: NAPPureTuneConfig, resume: bool = False, log: Callable[[st
         idx = torch.randperm(len(x_all), generator=g)[: cfg.batch_size]
         xb = torch.cat([x_all[idx]] + [adv[a][idx] for a in cfg.attacks])
         yb = y_all[idx].repeat(len(sources))
-        pur.hyper = {k: v.exp().float() for k, v in logs.items()}
         noise = pur.sample_noise(xb, g)
-        logits = classifier(pur(xb, noise))
-        loss = torch.nn.functional.cross_entropy(logits, yb)
         opt.zero_grad()
-        loss.backward()
+        # one source at a time, gradients accumulated: the same gradient as the whole batch at once, in a fifth of
+        # the memory (the graph through K steps and their second derivatives is ~150 MB per image at K 8)
+        logits, loss = [], torch.zeros(())
+        for s in range(0, len(xb), cfg.batch_size):
+            pur.hyper = {k: v.exp().float() for k, v in logs.items()}
+            part = classifier(pur(xb[s : s + cfg.batch_size], noise[s : s + cfg.batch_size]))
+            part_loss = torch.nn.functional.cross_entropy(part, yb[s : s + cfg.batch_size], reduction="sum") / len(xb)
+            part_loss.backward()
+            logits.append(part.detach())
+            loss = loss + part_loss.detach()
+        logits = torch.cat(logits)
         for v in logs.values():  # a value that never reaches the output (θ's last step) gets a zero gradient
             if v.grad is None:
                 v.grad = torch.zeros_like(v)
