@@ -190,3 +190,19 @@ def test_shipped_settings_are_the_default_where_there_are_any(tmp_path: Path, mo
     assert other_k.cfg.lam2 == 3.0 and other_k.config()["tuned"] is None
     with pytest.raises(ConfigError, match="fixed mode"):
         _tiny("additive", steps=2, mode="reference", tuned=str(tmp_path / "nappure-additive-k2.json"))
+
+
+def test_a_purifier_rebuilds_from_its_config_without_the_settings_file(tmp_path: Path) -> None:
+    path = _settings_file(tmp_path / "s.json", lam2=5.0, init_sigma=0.3, step_scale={"x": [1.0, 0.5]})
+    pur = _tiny("additive", steps=2, tuned=str(path))
+    path.unlink()  # an exported model's manifest travels without it
+    cfg = {k: v for k, v in pur.config().items() if k != "prior"}
+    twin = edgepure.create_purifier("nappure", prior="edm_unet_xs", pretrained=False, **cfg)
+    assert twin.config() == pur.config() and twin.config()["tuned"] == str(path)
+    shipped = edgepure.create_purifier("nappure", kind="occlusion", steps=16, prior="edm_unet_xs", pretrained=False)
+    assert shipped.config()["tuned"] == "shipped:nappure-occlusion-k16.json"
+    again = edgepure.create_purifier("nappure", prior="edm_unet_xs", pretrained=False,
+                                     **{k: v for k, v in shipped.config().items() if k != "prior"})
+    assert again.config() == shipped.config()
+    hand = _tiny("additive", steps=2, tuned=None)
+    assert hand.config()["tuned"] is None and hand.cfg.lam2 == 3.0

@@ -469,14 +469,15 @@ def load_tuned(path: str | Path, kind: str, steps: int) -> Dict[str, Any]:
 
 @register_purifier("nappure", has_weights=True)
 def nappure(kind: str = "joint", steps: Optional[int] = None, mode: str = "fixed", pretrained: bool = True,
-            prior: Optional[nn.Module | str] = None, prior_grad: str = "full", tuned: str = "shipped",
+            prior: Optional[nn.Module | str] = None, prior_grad: str = "full", tuned: Optional[str] = "shipped",
             **overrides: Any) -> NAPPure:
     """NAPPure: MAP estimate of image and perturbation under an EDM prior, K unrolled Adam steps (exportable).
 
     ``tuned`` (fixed mode): ``"shipped"`` — the settings edgepure learned for this kind and K where it ships some
-    (``edgepure/purifiers/tuned/``), the hand-set ones otherwise; ``"none"`` — the hand-set ones; or the path of a
-    ``settings.json`` of ``edgepure train nappure`` (λ1, λ2, σ₀ and per-step step sizes learned for this kind and
-    K). Settings passed as keywords take precedence over either."""
+    (``edgepure/purifiers/tuned/``), the hand-set ones otherwise; ``"none"`` (or None) — the hand-set ones; or the
+    path of a ``settings.json`` of ``edgepure train nappure`` (λ1, λ2, σ₀ and per-step step sizes learned for this
+    kind and K). Settings passed as keywords take precedence over either; ``config()`` records where they came
+    from and every value, so ``create_purifier("nappure", **pur.config())`` rebuilds ``pur`` without the file."""
     from edgepure.models.registry import DEFAULT_PRIOR, create_prior
 
     if kind not in KINDS:
@@ -493,12 +494,20 @@ def nappure(kind: str = "joint", steps: Optional[int] = None, mode: str = "fixed
     if unknown:
         raise ConfigError(f"nappure: unknown setting(s) {', '.join(sorted(unknown))}")
     source: Optional[str] = None
-    if mode == "fixed" and tuned != "none":
-        path = shipped_tuned(kind, cfg.steps) if tuned == "shipped" else Path(tuned)
-        if path is not None:
-            overrides = load_tuned(path, kind, cfg.steps) | overrides
-            source = f"shipped:{path.name}" if tuned == "shipped" else str(path)
-    elif mode == "reference" and tuned not in ("shipped", "none"):
+    if mode == "fixed" and tuned not in ("none", None):
+        if _TUNED_KEYS <= set(overrides):  # every learned setting given (a purifier rebuilt from its config()):
+            source = tuned  # the file is not consulted, its name is kept
+        else:
+            if tuned == "shipped":
+                path = shipped_tuned(kind, cfg.steps)
+            elif tuned.startswith("shipped:"):
+                path = TUNED_DIR / tuned.split(":", 1)[1]
+            else:
+                path = Path(tuned)
+            if path is not None:
+                overrides = load_tuned(path, kind, cfg.steps) | overrides
+                source = f"shipped:{path.name}" if tuned.startswith("shipped") else str(path)
+    elif mode == "reference" and tuned not in ("shipped", "none", None):
         raise ConfigError(f"nappure: learned settings ({tuned}) are for fixed mode, not mode {mode!r}")
     cfg = replace(cfg, prior_grad=prior_grad, **overrides)
     if prior is None or isinstance(prior, str):
