@@ -206,3 +206,12 @@ def test_a_purifier_rebuilds_from_its_config_without_the_settings_file(tmp_path:
     assert again.config() == shipped.config()
     hand = _tiny("additive", steps=2, tuned=None)
     assert hand.config()["tuned"] is None and hand.cfg.lam2 == 3.0
+
+
+def test_settings_of_a_purifier_with_a_step_scale_are_relative_to_the_schedule_alone(signs: torch.Tensor) -> None:
+    given = {"lam2": 4.0, "init_sigma": 0.7, "step_scale": {"x": [2.0, 0.5, 1.0], "mask": [1.0, 3.0, 1.0]}}
+    pur = _tiny("occlusion", steps=3, **given)
+    s = tune.learned_settings(pur, tune._start(pur, signs))
+    assert s["step_scale"]["x"] == pytest.approx([2.0, 0.5, 1.0]) and s["step_scale"]["mask"] == pytest.approx([1.0, 3.0, 1.0])
+    assert s["lam2"] == pytest.approx(4.0) and s["init_sigma"] == pytest.approx(0.7)
+    assert pur.cfg.step_scale == given["step_scale"]  # the purifier is left as it was

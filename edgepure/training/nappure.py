@@ -19,7 +19,7 @@ import hashlib
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -55,7 +55,8 @@ class NAPPureTuneConfig:
 def _purifier(cfg: NAPPureTuneConfig):  # type: ignore[no-untyped-def]
     from edgepure.purifiers import create_purifier
 
-    return create_purifier("nappure", kind=cfg.kind, steps=cfg.steps)
+    # learning starts from the hand-set settings, also where learned ones ship for this kind and K
+    return create_purifier("nappure", kind=cfg.kind, steps=cfg.steps, tuned="none")
 
 
 def _start(pur: Any, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -87,10 +88,15 @@ def learned_settings(pur: Any, logs: dict[str, torch.Tensor]) -> dict[str, Any]:
     if "init_sigma" in values:
         out["init_sigma"] = float(values["init_sigma"])
     scale = {}
-    for k, v in values.items():
-        if k.startswith("lr."):
-            base = pur.step_sizes(k[3:])
-            scale[k[3:]] = [round(float(a) / b, 6) if b > 0 else 1.0 for a, b in zip(v.tolist(), base)]
+    configured = pur.cfg
+    pur.cfg = replace(configured, step_scale=None)  # step_scale multiplies the schedule alone
+    try:
+        for k, v in values.items():
+            if k.startswith("lr."):
+                base = pur.step_sizes(k[3:])
+                scale[k[3:]] = [round(float(a) / b, 6) if b > 0 else 1.0 for a, b in zip(v.tolist(), base)]
+    finally:
+        pur.cfg = configured
     out["step_scale"] = scale
     return out
 
