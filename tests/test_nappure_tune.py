@@ -108,7 +108,7 @@ def test_tuned_settings_files_load_and_mismatches_are_user_errors(tmp_path: Path
 
 def _cfg(data: Path, out: Path, iters: int) -> tune.NAPPureTuneConfig:
     return tune.NAPPureTuneConfig(data=str(data), out=str(out), kind="joint", steps=2, n=4, attacks=("patch", "additive"),
-                                  attack_steps=2, iters=iters, batch_size=2, lr=0.1)
+                                  attack_steps=2, iters=iters, batch_size=2, lr=0.1, snapshot_every=2)
 
 
 def test_a_tuning_run_learns_resumes_exactly_and_refuses_to_overwrite(gtsrb_dir: Path, tmp_path: Path,
@@ -119,6 +119,8 @@ def test_a_tuning_run_learns_resumes_exactly_and_refuses_to_overwrite(gtsrb_dir:
     s = full["settings"]
     assert len(s["step_scale"]["x"]) == 2 and any(abs(v - 1) > 1e-4 for v in s["step_scale"]["x"])
     assert all(0.25 - 1e-9 <= v <= 4 + 1e-9 for v in s["step_scale"]["x"])  # within max_scale of the start
+    assert sorted(p.name for p in (tmp_path / "full").glob("settings-*.json")) == ["settings-0002.json"]
+    assert json.loads((tmp_path / "full" / "settings-0002.json").read_text())["iter"] == 2
     state = json.loads((tmp_path / "full" / "state.json").read_text())
     assert [h["iter"] for h in state["history"]] == [1, 2, 3]
     assert set(state["history"][0]["accuracy"]) == {"clean", "patch", "additive"}

@@ -176,6 +176,7 @@ def nappure(
     seed: Annotated[int, typer.Option(help="Seed of the image draw, the attacks, the batches and the noise.")] = 0,
     classifier: Annotated[Optional[str], typer.Option(help="Classifier name or checkpoint (default: the shipped one).")] = None,
     cache: Annotated[Optional[Path], typer.Option(help="Folder of the blind adversarial examples, shared between runs (default: --out).")] = None,
+    snapshot_every: Annotated[int, typer.Option(help="Keep the settings of every N-th iteration (settings-NNNN.json; 0: off).")] = 5,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the learned settings as JSON.")] = False,
 ) -> None:
@@ -192,7 +193,8 @@ def nappure(
         raise ConfigError(f"unknown attack(s) {', '.join(bad)} (expected {', '.join(PERTURBATIONS)})")
     cfg = NAPPureTuneConfig(data=data, out=str(out), kind=kind, steps=steps, n=n, attacks=attacks,
                             attack_steps=attack_steps, iters=iters, batch_size=batch_size, lr=lr, max_scale=max_scale,
-                            seed=seed, classifier=classifier, cache=str(cache) if cache else None)
+                            seed=seed, classifier=classifier, cache=str(cache) if cache else None,
+                            snapshot_every=snapshot_every)
     result = tune_nappure(cfg, resume=resume, log=lambda s: typer.echo(s, err=True))
     if as_json:
         echo_json(result)

@@ -50,6 +50,7 @@ class NAPPureTuneConfig:
     split_seed: int = 0
     classifier: Optional[str] = None  # name or checkpoint; None: the shipped classifier
     cache: Optional[str] = None  # folder of the adversarial examples (None: the run folder)
+    snapshot_every: int = 5  # also keep the settings of every N-th iteration (settings-NNNN.json), to choose from
 
 
 def _purifier(cfg: NAPPureTuneConfig):  # type: ignore[no-untyped-def]
@@ -144,7 +145,10 @@ def _adversarial(classifier: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, 
 
 def tune_nappure(cfg: NAPPureTuneConfig, resume: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Learn the hyper-parameters of NAPPure ``cfg.kind`` at K = ``cfg.steps``; see the module docstring.
-    Writes ``state.json`` (resumable, every iteration) and ``settings.json`` (the learned settings)."""
+    Writes ``state.json`` (resumable, every iteration), ``settings.json`` (the learned settings, rewritten every
+    iteration) and ``settings-NNNN.json`` every ``snapshot_every`` iterations: on held-out tracks the clean accuracy
+    falls as the learning goes on (it only sees training-track images, which the classifier fits), so the
+    iteration is chosen on held-out images (``benchmarks/nappure.py --images tune --set tuned=…``)."""
     from edgepure.data import open_dataset
     from edgepure.models.loading import resolve_classifier
 
@@ -178,7 +182,7 @@ def tune_nappure(cfg: NAPPureTuneConfig, resume: bool = False, log: Callable[[st
     if resume and state_path.exists():
         st = json.loads(state_path.read_text())
         now = json.loads(json.dumps(asdict(cfg)))
-        diff = sorted(k for k in now if k not in ("iters", "cache") and st["config"].get(k) != now[k])  # iters may grow
+        diff = sorted(k for k in now if k not in ("iters", "cache", "snapshot_every") and st["config"].get(k) != now[k])
         if diff:
             raise ConfigError(f"{state_path}: the run was started with other settings: "
                               + ", ".join(f"{k} {st['config'].get(k)!r} (now {now[k]!r})" for k in diff))
@@ -230,6 +234,8 @@ def tune_nappure(cfg: NAPPureTuneConfig, resume: bool = False, log: Callable[[st
               "adam_m": {k: opt.state[v]["exp_avg"].tolist() for k, v in logs.items()},
               "adam_v": {k: opt.state[v]["exp_avg_sq"].tolist() for k, v in logs.items()}}
         write_json_atomic(state_path, st)
-        write_json_atomic(out / "settings.json", {"kind": cfg.kind, "steps": cfg.steps, "iter": it + 1,
-                                                  "settings": learned_settings(pur, logs)})
+        doc = {"kind": cfg.kind, "steps": cfg.steps, "iter": it + 1, "settings": learned_settings(pur, logs)}
+        write_json_atomic(out / "settings.json", doc)
+        if cfg.snapshot_every > 0 and (it + 1) % cfg.snapshot_every == 0:
+            write_json_atomic(out / f"settings-{it + 1:04d}.json", doc)
     return json.loads((out / "settings.json").read_text())
