@@ -209,9 +209,11 @@ class NAPPure(Purifier):
         # tensors that stand in for λ1, λ2, σ₀ and the per-step step sizes while they are being learned
         # (edgepure.training.nappure); None: everything comes from the configuration
         self.hyper: Optional[Dict[str, torch.Tensor]] = None
-        # the ε of Adam's normaliser in the derivative an attack or the learning takes (the value keeps adam_eps;
-        # see _adam_direction); None: the exact derivative
-        self.backward_eps: Optional[float] = 1e-3
+        # the ε of Adam's normaliser in the derivative an attack takes (the value keeps adam_eps; see _adam_direction);
+        # None: the exact derivative. The joint purifier's exact derivative overflows (its δ sits under the mask);
+        # the per-kind ones stay finite, and there the exact derivative is the stronger attack (docs/nappure.md).
+        # Learning the hyper-parameters always takes the softened one (LEARN_BACKWARD_EPS).
+        self.backward_eps: Optional[float] = 1e-3 if config.kind == "joint" else None
         self.tuned: Optional[str] = None  # where learned settings came from (recorded in config())
 
     @property
@@ -308,8 +310,10 @@ class NAPPure(Purifier):
         if k_steps == 0:
             return x, self.family.identity(x), [float(self._final_loss(x * 2 - 1, x * 2 - 1, self.family.identity(x), noise))] if track else []
         # an adaptive attack differentiates through us, and so does the learning of the step sizes
-        create_graph = torch.is_grad_enabled() and (x.requires_grad or self._hyper_grad())
-        soft2 = self.backward_eps**2 if create_graph and self.backward_eps is not None else None
+        learning = torch.is_grad_enabled() and self._hyper_grad()
+        create_graph = learning or (torch.is_grad_enabled() and x.requires_grad)
+        eps_b = LEARN_BACKWARD_EPS if learning and self.backward_eps is None else self.backward_eps
+        soft2 = eps_b**2 if create_graph and eps_b is not None else None
         b1, b2 = cfg.betas
         # Adam's ε as a floor under the second moment, √max(v̂, ε²): the step stays differentiable where a
         # gradient is exactly 0 (√ has an infinite slope at 0), and the floor survives export (the ONNX
@@ -433,6 +437,8 @@ class NAPPure(Purifier):
         d["prior"] = getattr(self.prior, "edgepure_name", type(self.prior).__name__)
         return d
 
+
+LEARN_BACKWARD_EPS = 1e-3  # the backward ε while hyper-parameters are learned (edgepure.training.nappure)
 
 _TUNED_KEYS = {"lam1", "lam2", "init_sigma", "step_scale"}
 
