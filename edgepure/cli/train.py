@@ -1,4 +1,4 @@
-"""``edgepure train``: train classifiers and the image priors the purifiers use."""
+"""``edgepure train``: train classifiers, the image priors the purifiers use, and NAPPure's learned settings."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import typer
 
 from edgepure.cli.common import echo_json, user_errors
 
-app = typer.Typer(help="Train classifiers and image priors.", no_args_is_help=True)
+app = typer.Typer(help="Train classifiers, image priors and purifier networks; learn NAPPure's settings.", no_args_is_help=True)
 
 
 @app.command("classifier")
