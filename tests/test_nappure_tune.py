@@ -72,8 +72,10 @@ def test_the_hyper_parameters_get_gradients_and_their_settings_reproduce_the_run
     pur.hyper = {k: v.exp().float() for k, v in moved.items()}
     with torch.no_grad():
         learned = pur(signs, noise)
+    hyper = pur.hyper
     settings = tune.learned_settings(pur, moved)
-    assert pur.hyper is None and set(settings) == {"lam1", "lam2", "init_sigma", "step_scale"}
+    assert pur.hyper is hyper and set(settings) == {"lam1", "lam2", "init_sigma", "step_scale"}
+    pur.hyper = None
     again = _tiny("joint", steps=3, **settings)
     with torch.no_grad():
         assert torch.allclose(again(signs, noise), learned, atol=1e-4)

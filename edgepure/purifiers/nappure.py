@@ -244,20 +244,22 @@ class NAPPure(Purifier):
 
     def _phi(self, theta: Params) -> torch.Tensor:
         if isinstance(self.family, Composite):
-            return sum(self._lam1(k) * v for k, v in self.family.penalties(theta).items())  # type: ignore[return-value]
-        return self._lam1(self.family.name) * self.family.penalty(theta)
+            return sum(self.lambda1(k) * v for k, v in self.family.penalties(theta).items())  # type: ignore[return-value]
+        return self.lambda1(self.family.name) * self.family.penalty(theta)
 
     def loss(self, y: torch.Tensor, y_adv: torch.Tensor, theta: Params, noise: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """The per-sample objective L (y in [−1, 1])."""
-        return self._prior_term(y, noise, z) + self._phi(theta) + self._lam2() * self._likelihood(y, y_adv, theta)
+        return self._prior_term(y, noise, z) + self._phi(theta) + self.lambda2() * self._likelihood(y, y_adv, theta)
 
     # -- hyper-parameters: the configuration's, or the tensors being learned (``self.hyper``) -------------------
-    def _lam1(self, family: str) -> float | torch.Tensor:
+    def lambda1(self, family: str) -> float | torch.Tensor:
+        """λ1 of ``family`` (a float, or the tensor being learned)."""
         if self.hyper is not None and f"lam1.{family}" in self.hyper:
             return self.hyper[f"lam1.{family}"]
         return _lookup(self.cfg.lam1, family, "λ1")
 
-    def _lam2(self) -> float | torch.Tensor:
+    def lambda2(self) -> float | torch.Tensor:
+        """λ2 (a float, or the tensor being learned)."""
         if self.hyper is not None and "lam2" in self.hyper:
             return self.hyper["lam2"]
         return self.cfg.lam2
@@ -335,7 +337,7 @@ class NAPPure(Purifier):
         learn = [k for k in theta if k not in fixed]
         lr_x = self.step_sizes("x")
         lr_th = {k: self.step_sizes(self.step_group(k)) for k in learn}
-        lam2 = self._lam2()
+        lam2 = self.lambda2()
         m_y = v_y = torch.zeros_like(y)
         m_t = {k: torch.zeros_like(theta[k]) for k in learn}
         v_t = {k: torch.zeros_like(theta[k]) for k in learn}
@@ -393,7 +395,7 @@ class NAPPure(Purifier):
         argmin_δ λ1‖δ‖² + λ2‖r − 2δ‖² (r = y_adv − y, δ in [0, 1] units). Others keep the identity (for the
         soft mask the closed form, m = clip(1 − λ1/(2λ2·Σ_c r_c²)), was measured and made it worse)."""
         if isinstance(self.family, Additive):
-            l1, l2 = self._lam1("additive"), self._lam2()
+            l1, l2 = self.lambda1("additive"), self.lambda2()
             return {"delta": (2 * l2 / (l1 + 4 * l2)) * (y_adv - y)}
         return theta
 

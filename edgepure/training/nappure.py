@@ -74,30 +74,30 @@ def _start(pur: Any, x: torch.Tensor) -> dict[str, torch.Tensor]:
         start[f"lr.{g}"] = torch.tensor(pur.step_sizes(g), dtype=torch.float64).clamp_min(1e-12).log()
     start["lam2"] = torch.tensor(math.log(c.lam2), dtype=torch.float64)
     for f in fams:
-        start[f"lam1.{f}"] = torch.tensor(math.log(float(pur._lam1(f))), dtype=torch.float64)
+        start[f"lam1.{f}"] = torch.tensor(math.log(float(pur.lambda1(f))), dtype=torch.float64)
     if c.init_sigma is not None:
         start["init_sigma"] = torch.tensor(math.log(c.init_sigma), dtype=torch.float64)
     return start
 
 
 def learned_settings(pur: Any, logs: dict[str, torch.Tensor]) -> dict[str, Any]:
-    """NAPPure settings (``lam1``, ``lam2``, ``init_sigma``, ``step_scale``) for learned logarithms ``logs``."""
-    pur.hyper = None
+    """NAPPure settings (``lam1``, ``lam2``, ``init_sigma``, ``step_scale``) for learned logarithms ``logs``
+    (``pur`` is left as it was)."""
     values = {k: v.detach().double().exp() for k, v in logs.items()}
     out: dict[str, Any] = {"lam2": float(values["lam2"]),
                            "lam1": dict(pur.cfg.lam1) | {k[5:]: float(v) for k, v in values.items() if k.startswith("lam1.")}}
     if "init_sigma" in values:
         out["init_sigma"] = float(values["init_sigma"])
     scale = {}
-    configured = pur.cfg
-    pur.cfg = replace(configured, step_scale=None)  # step_scale multiplies the schedule alone
+    configured, hyper = pur.cfg, pur.hyper
+    pur.cfg, pur.hyper = replace(configured, step_scale=None), None  # step_scale multiplies the schedule alone
     try:
         for k, v in values.items():
             if k.startswith("lr."):
                 base = pur.step_sizes(k[3:])
                 scale[k[3:]] = [round(float(a) / b, 6) if b > 0 else 1.0 for a, b in zip(v.tolist(), base)]
     finally:
-        pur.cfg = configured
+        pur.cfg, pur.hyper = configured, hyper
     out["step_scale"] = scale
     return out
 
