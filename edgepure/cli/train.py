@@ -175,7 +175,7 @@ def nappure(
     max_scale: Annotated[float, typer.Option(help="Each learned value stays within this factor of its start.")] = 4.0,
     seed: Annotated[int, typer.Option(help="Seed of the image draw, the attacks, the batches and the noise.")] = 0,
     classifier: Annotated[Optional[str], typer.Option(help="Classifier name or checkpoint (default: the shipped one).")] = None,
-    cache: Annotated[Optional[Path], typer.Option(help="Folder of the blind adversarial examples, shared between runs (default: --out).")] = None,
+    cache: Annotated[Optional[Path], typer.Option(help="Folder of the blind adversarial examples, shared between runs and with eval robust --cache (default: --out).")] = None,
     snapshot_every: Annotated[int, typer.Option(help="Keep the settings of every N-th iteration (settings-NNNN.json; 0: off).")] = 5,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the learned settings as JSON.")] = False,

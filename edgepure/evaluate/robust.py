@@ -25,7 +25,7 @@ from edgepure.perturb import PERTURBATIONS, create_perturbation
 from edgepure.purifiers import Purifier, create_purifier
 from edgepure.runtime.errors import ConfigError
 
-__all__ = ["ATTACK_METHODS", "benchmark"]
+__all__ = ["ATTACK_METHODS", "AdvCache", "adversarial_key", "benchmark", "blind_spec"]
 
 ATTACK_METHODS = {"apgd": APGD, "pgd": PGD}
 
@@ -54,7 +54,7 @@ def _defended_predict(classifier: nn.Module, purifier: Optional[Purifier], x: to
     return classifier(xp).argmax(1).numpy(), xp
 
 
-def _fingerprint(classifier: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: dict[str, Any],
+def adversarial_key(classifier: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: dict[str, Any],
                  purifier: Optional[nn.Module] = None) -> str:
     """A key for adversarial examples: the weights of what the attack differentiates (the classifier, and the
     purifier for the adaptive threats), the images and the attack settings."""
@@ -71,7 +71,15 @@ def _fingerprint(classifier: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: 
     return h.hexdigest()[:24]
 
 
-class _AdvCache:
+def blind_spec(attack: str, steps: int, seed: int, budget: Optional[dict[str, Any]] = None, dataset: str = "gtsrb",
+               method: str = "apgd", eot: int = 1, restarts: int = 1, batch_size: int = 128) -> dict[str, Any]:
+    """The attack settings that key cached examples (:func:`adversarial_key`): every batch of ``batch_size`` images
+    attacked with seed ``seed`` + its offset."""
+    return {"attack": attack, "budget": budget or {}, "dataset": dataset, "method": method, "steps": steps,
+            "eot": eot, "restarts": restarts, "seed": seed, "batch_size": batch_size}
+
+
+class AdvCache:
     """Adversarial examples on disk. A blind attack does not see the defense, so one run serves every
     defense evaluated against the same classifier, images and attack settings; an adaptive one is keyed by
     the purifier too (its weights and settings), and serves every backend that runs that purifier."""
@@ -158,7 +166,7 @@ def benchmark(
         pred, purified = _defended_predict(classifier, purifier, x, seed + s)
         return (scorer(x, seed + s) if scorer is not None else pred), purified
 
-    cache = _AdvCache(Path(cache_dir) if cache_dir is not None else None)
+    cache = AdvCache(Path(cache_dir) if cache_dir is not None else None)
     clean_pred = np.concatenate([predict(x_all[s : s + batch_size], s)[0] for s in starts])
     with torch.no_grad():
         bare_pred = np.concatenate([classifier(x_all[s : s + batch_size]).argmax(1).numpy() for s in starts])
@@ -182,8 +190,8 @@ def benchmark(
             ok = np.zeros(n, dtype=bool)
             cached, key = None, ""
             if cache.dir is not None:
-                spec = {"attack": name, "budget": budget, "dataset": dataset, "method": method, "steps": steps,
-                        "eot": eot, "restarts": restarts, "seed": seed, "batch_size": batch_size}
+                spec = blind_spec(name, steps, seed, budget=budget, dataset=dataset, method=method, eot=eot,
+                                  restarts=restarts, batch_size=batch_size)
                 seen = None
                 if threat is not Threat.blind:
                     assert purifier is not None
@@ -191,7 +199,7 @@ def benchmark(
                     spec.update(threat=threat.value, defense=getattr(purifier, "edgepure_name", type(purifier).__name__),
                                 defense_config={k: v for k, v in purifier.config().items() if k != "votes"})
                     seen = purifier
-                key = _fingerprint(classifier, x_all, y_all, spec, seen)
+                key = adversarial_key(classifier, x_all, y_all, spec, seen)
                 cached = cache.load(threat.value, key, tuple(x_all.shape))
             fresh = []
             for s in starts:

@@ -15,7 +15,6 @@ The result is a settings file for ``create_purifier("nappure", kind=…, steps=K
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import time
@@ -23,7 +22,6 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-import numpy as np
 import torch
 
 from edgepure.runtime.errors import ConfigError
@@ -104,42 +102,30 @@ def learned_settings(pur: Any, logs: dict[str, torch.Tensor]) -> dict[str, Any]:
 
 def _adversarial(classifier: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: NAPPureTuneConfig,
                  cache: Path, log: Callable[[str], None]) -> dict[str, torch.Tensor]:
-    """Blind APGD-CE examples of every attack, computed once and kept in ``cache`` (one ``.npy`` per attack,
-    keyed by the classifier's weights, the images, the attack, its steps and the seed: runs that share a
-    ``cache`` folder share them)."""
+    """Blind APGD-CE examples of every attack, computed once and kept in ``cache`` — the cache and keys of
+    ``edgepure eval robust`` (same attack, batches and seeds), so the two share examples of the same images."""
     from edgepure.attacks import APGD
+    from edgepure.evaluate.robust import AdvCache, adversarial_key, blind_spec
     from edgepure.perturb import create_perturbation
 
-    base = hashlib.sha256()
-    for t in classifier.state_dict().values():
-        base.update(t.detach().cpu().numpy().tobytes())
-    base.update(x.numpy().tobytes())
-    cache.mkdir(parents=True, exist_ok=True)
+    store = AdvCache(cache)
     adv = {}
     for a in cfg.attacks:
-        h = base.copy()
-        h.update(json.dumps([a, cfg.attack_steps, cfg.seed]).encode())
-        path = cache / f"blind-{a}-{h.hexdigest()[:24]}.npy"
-        if path.exists():
-            arr = np.load(path, allow_pickle=False)
-            if arr.shape != tuple(x.shape) or arr.dtype != np.float32:
-                raise ConfigError(f"{path}: cached adversarial examples have shape {arr.shape} {arr.dtype}, "
-                                  f"expected {tuple(x.shape)} float32 (delete the file)")
-            adv[a] = torch.from_numpy(arr)
+        spec = blind_spec(a, cfg.attack_steps, cfg.seed)
+        key = adversarial_key(classifier, x, y, spec)
+        cached = store.load("blind", key, tuple(x.shape))
+        if cached is not None:
+            adv[a] = cached
             continue
         t0 = time.perf_counter()
-        parts = []
-        for s in range(0, len(x), 128):
-            atk = APGD(classifier, create_perturbation(a, "gtsrb", image_size=x.shape[-1]), steps=cfg.attack_steps,
-                       seed=cfg.seed + s)
-            parts.append(atk(x[s : s + 128], y[s : s + 128]).detach())
+        b = spec["batch_size"]
+        parts = [APGD(classifier, create_perturbation(a, "gtsrb", image_size=x.shape[-1]), steps=cfg.attack_steps,
+                      seed=cfg.seed + s)(x[s : s + b], y[s : s + b]).detach() for s in range(0, len(x), b)]
         adv[a] = torch.cat(parts)
         with torch.no_grad():
             acc = float((classifier(adv[a]).argmax(1) == y).float().mean())
         log(f"blind {a}: {len(x)} examples in {time.perf_counter() - t0:.0f} s, classifier accuracy {acc:.3f}")
-        tmp = path.with_suffix(".tmp.npy")
-        np.save(tmp, adv[a].numpy())
-        tmp.replace(path)
+        store.save("blind", key, adv[a])
     return adv
 
 
