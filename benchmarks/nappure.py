@@ -142,7 +142,7 @@ def main() -> None:
     ap.add_argument("--steps", default=None, help="K, or a comma list (default: 8 in fixed mode, the paper's count in reference mode)")
     ap.add_argument("--mode", default="fixed")
     ap.add_argument("--prior-grad", default="full")
-    ap.add_argument("--prior", default=None, help="a prior checkpoint (.safetensors) instead of the shipped one")
+    ap.add_argument("--prior", default=None, help="a prior name or checkpoint (.safetensors or run folder) instead of the shipped one")
     ap.add_argument("--classifier", default=None, help="a classifier name or checkpoint instead of the shipped one")
     ap.add_argument("--set", action="append", default=[], help="NAPPure setting key=JSON (repeatable)")
     ap.add_argument("--attack-steps", type=int, default=100)
@@ -169,15 +169,11 @@ def main() -> None:
     from edgepure.cli.common import parse_settings
     from edgepure.evaluate.robust import benchmark
     from edgepure.models.loading import resolve_classifier
-    from edgepure.models.registry import create_prior, load_weights_file
     from edgepure.purifiers import create_purifier
 
     data = _images(args)
     classifier = resolve_classifier(args.classifier)
-    prior = None
-    if args.prior:
-        prior = create_prior("edm_unet_s")
-        load_weights_file(prior, args.prior)
+    prior = args.prior
     settings = parse_settings(args.set, "--set")
     ks: list = [int(s) for s in args.steps.split(",")] if args.steps else ([8] if args.mode == "fixed" else [None])
     for k in ks:
@@ -190,7 +186,7 @@ def main() -> None:
         t = time.perf_counter()
         r = benchmark(classifier, data, pur, MATCH[args.kind], ["blind"], steps=args.attack_steps, seed=0,
                       batch_size=128, cache_dir=args.cache)
-        row = {"kind": args.kind, "steps": pur.steps, "classifier": args.classifier or "shipped",
+        row = {"kind": args.kind, "steps": pur.steps, "classifier": args.classifier or "shipped", "prior": args.prior or "shipped",
                "oracle_mask": args.oracle_mask, "mode": args.mode, "prior_grad": args.prior_grad, "set": settings,
                "images": args.images, "n": r["n"], "clean": round(r["clean_accuracy"], 4),
                "robust": {a: round(v["blind"], 4) for a, v in r["robust_accuracy"].items()},

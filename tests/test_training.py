@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from edgepure.models.loading import resolve_classifier
-from edgepure.runtime.errors import ModelError
+from edgepure.runtime.errors import ConfigError, ModelError
 from edgepure.training.augment import AugmentConfig, augment_batch, gaussian_blur
 from edgepure.training.classifier import TrainConfig, train_classifier
 
@@ -134,6 +134,53 @@ def test_prior_training_learns_resumes_exactly_and_refuses_other_settings(gtsrb_
     load_weights_file(prior, tmp_path / "full" / "best.safetensors")  # the best checkpoint loads as a prior
     with pytest.raises(ModelError, match="trained with seed=0, asked to resume with 3"):
         train_prior(_prior_cfg(gtsrb_dir, tmp_path / "full", seed=3), resume=True, log=lambda s: None)
+
+
+def test_corrupt_batch_corrupts_the_chosen_share_within_its_budget() -> None:
+    from edgepure.training.prior import CORRUPT_EPS, CORRUPT_PX, corrupt_batch
+
+    y = torch.zeros(400, 3, 32, 32)
+    assert torch.equal(corrupt_batch(y, 0.0, torch.Generator().manual_seed(0)), y)
+    out = corrupt_batch(y, 0.5, torch.Generator().manual_seed(0))
+    assert torch.equal(out, corrupt_batch(y, 0.5, torch.Generator().manual_seed(0)))  # seeded
+    changed = (out != y).flatten(1).any(1)
+    assert 0.4 < changed.float().mean() < 0.6
+    assert out.min() >= -1 and out.max() <= 1
+    # every corrupted image has a patch (a rectangle of large changes within the size range) or only a small
+    # additive pattern (|change| ≤ 2ε in [−1, 1] units) everywhere
+    for img in out[changed]:
+        big = img.abs().amax(0) > 2 * CORRUPT_EPS + 1e-6
+        if big.any():
+            rows, cols = big.any(1).nonzero().flatten(), big.any(0).nonzero().flatten()
+            assert int(rows[-1] - rows[0]) + 1 <= CORRUPT_PX[1] and int(cols[-1] - cols[0]) + 1 <= CORRUPT_PX[1]
+    small = [img for img in out[changed] if float(img.abs().max()) <= 2 * CORRUPT_EPS + 1e-6]
+    assert small, "some images carry only the additive pattern"
+
+
+def test_prior_fine_tuning_starts_from_init_and_checkpoints_load_as_priors(gtsrb_dir: Path, tmp_path: Path) -> None:
+    from edgepure import create_purifier
+    from edgepure.models.loading import resolve_prior
+    from edgepure.training.prior import train_prior
+
+    base = train_prior(_prior_cfg(gtsrb_dir, tmp_path / "base", epochs=1), log=lambda s: None)
+    assert "restore@0.5" not in base["history"][0]
+    tuned = train_prior(_prior_cfg(gtsrb_dir, tmp_path / "tuned", epochs=1, max_steps=1, lr=1e-12,
+                                   init=str(tmp_path / "base"), corrupt=0.5), log=lambda s: None)
+    entry = tuned["history"][0]
+    assert {"restore@0.5", "mix@0.5"} <= set(entry) and tuned["best_val_mse"] == entry["mix@0.5"]
+    # lr ≈ 0: the run starts from (and stays at) the init weights
+    assert entry["mse@0.5"] == pytest.approx(base["history"][0]["mse@0.5"], rel=1e-4)
+    prior = resolve_prior(str(tmp_path / "tuned"))
+    assert prior.edgepure_source.endswith("best.safetensors")
+    pur = create_purifier("nappure", kind="additive", steps=1, prior=str(tmp_path / "tuned"))
+    assert pur.config()["prior"] == prior.edgepure_source  # the manifest names the checkpoint
+    with pytest.raises(ModelError, match="checkpoint not found"):
+        resolve_prior(str(tmp_path / "nowhere.safetensors"))
+    with pytest.raises(ConfigError, match="it is a edm_unet_xs, the run trains a edm_unet_s"):
+        train_prior(_prior_cfg(gtsrb_dir, tmp_path / "x", model="edm_unet_s", init=str(tmp_path / "base")),
+                    log=lambda s: None)
+    with pytest.raises(ConfigError, match="corrupt must be a share"):
+        train_prior(_prior_cfg(gtsrb_dir, tmp_path / "y", corrupt=1.5), log=lambda s: None)
 
 
 def test_denoise_batch_replaces_the_chosen_share_with_the_priors_output() -> None:

@@ -73,6 +73,8 @@ def prior(
     focus_p: Annotated[float, typer.Option(help="Share of samples drawn from the focus range (the rest: EDM log-normal).")] = 0.5,
     ema: Annotated[float, typer.Option(help="EMA decay of the weights (0: off); the EMA is validated and saved as best.")] = 0.999,
     val_fraction: Annotated[float, typer.Option(help="Fraction of tracks held out for validation.")] = 0.1,
+    corrupt: Annotated[float, typer.Option(help="Share of inputs with an occluding patch or additive pattern under the noise, clean target (a restoration prior).")] = 0.0,
+    init: Annotated[Optional[str], typer.Option(help="Start from these weights: a registered prior's shipped ones or a checkpoint (fine-tuning).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the run folder's last checkpoint.")] = False,
     max_steps: Annotated[int, typer.Option(help="Stop after this many optimiser steps (0: no limit).")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the final record as JSON.")] = False,
@@ -82,14 +84,15 @@ def prior(
 
     cfg = PriorConfig(data=data, out=str(out), model=model, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                       focus=(focus_low, focus_high), focus_p=focus_p, ema=ema, val_fraction=val_fraction,
-                      max_steps=max_steps or None)
+                      max_steps=max_steps or None, corrupt=corrupt, init=init)
     record = train_prior(cfg, resume=resume, log=lambda s: typer.echo(s, err=True))
     summary = {"out": str(out), "epochs_done": record["epoch"] + 1, "best_val_mse": record["best_val_mse"],
                "last": record["history"][-1]}
     if as_json:
         echo_json(summary)
     else:
-        typer.echo(f"best validation MSE at σ=0.5: {summary['best_val_mse']:.5f}; checkpoints in {out}")
+        what = "mean of the denoising and restoration MSE" if corrupt > 0 else "MSE"
+        typer.echo(f"best validation {what} at σ=0.5: {summary['best_val_mse']:.5f}; checkpoints in {out}")
 
 
 @app.command("blindspot")

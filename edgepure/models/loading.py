@@ -8,10 +8,10 @@ from typing import Any
 
 from torch import nn
 
-from edgepure.models.registry import create_classifier, load_classifier, load_weights_file
+from edgepure.models.registry import create_classifier, create_prior, load_classifier, load_weights_file
 from edgepure.runtime.errors import ModelError
 
-__all__ = ["load_classifier_source", "resolve_classifier"]
+__all__ = ["load_classifier_source", "prior_label", "resolve_classifier", "resolve_prior"]
 
 
 def resolve_classifier(spec: str | None) -> nn.Module:
@@ -19,9 +19,20 @@ def resolve_classifier(spec: str | None) -> nn.Module:
     (``.safetensors`` with its ``.json`` beside it, or a training directory holding ``best.safetensors``)."""
     if spec is None:
         return load_classifier()
+    found = _checkpoint(spec)
+    if found is None:
+        return load_classifier(spec)
+    path, meta = found
+    model = create_classifier(meta["name"], **meta["model_config"])
+    load_weights_file(model, path)
+    return model.eval()
+
+
+def _checkpoint(spec: str) -> tuple[Path, dict[str, Any]] | None:
+    """``(safetensors path, record)`` when ``spec`` names a checkpoint file or training directory, else None."""
     p = Path(spec).expanduser()
     if not (p.suffix == ".safetensors" or p.is_dir() or p.exists()):
-        return load_classifier(spec)
+        return None
     if p.is_dir():
         p = p / "best.safetensors"
     if p.suffix != ".safetensors":
@@ -33,13 +44,31 @@ def resolve_classifier(spec: str | None) -> nn.Module:
         raise ModelError(f"{meta_path}: the checkpoint's JSON record is missing (it names the architecture)")
     try:
         meta = json.loads(meta_path.read_text())
-        name = meta["name"]
-        config = meta.get("model_config", {})
-    except (json.JSONDecodeError, KeyError) as exc:
+        meta["name"], meta.setdefault("model_config", {})
+    except (json.JSONDecodeError, KeyError, TypeError) as exc:
         raise ModelError(f"{meta_path}: not a checkpoint record ({exc})") from None
-    model = create_classifier(name, **config)
-    load_weights_file(model, p)
+    return p, meta
+
+
+def resolve_prior(spec: str, pretrained: bool = True) -> nn.Module:
+    """A prior (denoiser) network: a registered name (its shipped weights when ``pretrained``) or a training
+    checkpoint of ``edgepure train prior`` (``.safetensors`` with its ``.json``, or the run directory's best).
+    A checkpoint's path is kept as ``edgepure_source`` so that a purifier's ``config()`` can name it."""
+    found = _checkpoint(spec)
+    if found is None:
+        return create_prior(spec, pretrained=pretrained)
+    path, meta = found
+    if meta.get("kind", "prior") != "prior":
+        raise ModelError(f"{path}: a {meta['kind']} checkpoint, expected an image prior's")
+    model = create_prior(meta["name"], **meta["model_config"])
+    load_weights_file(model, path)
+    model.edgepure_source = str(path)  # type: ignore[attr-defined]
     return model.eval()
+
+
+def prior_label(model: nn.Module) -> str:
+    """What rebuilds ``model`` through :func:`resolve_prior`: its checkpoint path, else its registered name."""
+    return getattr(model, "edgepure_source", None) or getattr(model, "edgepure_name", type(model).__name__)
 
 
 def load_classifier_source(spec: str) -> tuple[Any, dict[str, Any]]:

@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from edgepure.models.loading import prior_label
 from edgepure.purifiers.base import Purifier
 from edgepure.purifiers.registry import register_purifier
 from edgepure.runtime.errors import ConfigError
@@ -102,7 +103,7 @@ class COUP(Purifier):
 
     def config(self) -> dict[str, object]:
         return {"steps": self.steps, "t_star": self.t_star, "lam": self.lam, "beta_min": self.beta_min,
-                "beta_max": self.beta_max}
+                "beta_max": self.beta_max, "prior": prior_label(self.prior)}
 
     def calls_per_image(self) -> dict[str, int]:
         """Network evaluations per purified image: denoiser forwards, classifier forward + input-gradient."""
@@ -113,9 +114,9 @@ class COUP(Purifier):
 def coup(pretrained: bool = True, prior: Optional[nn.Module | str] = None, classifier: Optional[nn.Module | str] = None,
          **settings: Any) -> COUP:
     """COUP: reverse diffusion from the input, guided by the classifier's confidence (its input gradient in the graph)."""
-    from edgepure.models.loading import load_classifier
-    from edgepure.models.registry import DEFAULT_PRIOR, create_prior
+    from edgepure.models.loading import load_classifier, resolve_prior
+    from edgepure.models.registry import DEFAULT_PRIOR
 
-    d = prior if isinstance(prior, nn.Module) else create_prior(prior or DEFAULT_PRIOR, pretrained=pretrained)
+    d = prior if isinstance(prior, nn.Module) else resolve_prior(prior or DEFAULT_PRIOR, pretrained=pretrained)
     clf = classifier if isinstance(classifier, nn.Module) else load_classifier(classifier)
     return COUP(d, clf, **settings)

@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgepure.models.priors import ddpm_alphas_bar
+from edgepure.models.loading import prior_label
 from edgepure.purifiers.base import Purifier, voted_calls
 from edgepure.purifiers.registry import register_purifier
 from edgepure.runtime.errors import ConfigError
@@ -120,7 +121,7 @@ class HeteroDiffusion(Purifier):
 
     def config(self) -> dict[str, object]:
         return {"t_l": self.t_l, "t_s": self.t_s, "tau": self.tau, "resample": self.resample, "calls": self.calls,
-                "timesteps": self.timesteps, "votes": self.votes}
+                "timesteps": self.timesteps, "votes": self.votes, "prior": prior_label(self.prior)}
 
     def calls_per_image(self) -> dict[str, int]:
         """Network evaluations per crop beyond the one classification every pipeline makes: the mask's classifier
@@ -133,9 +134,9 @@ class HeteroDiffusion(Purifier):
 def hetero_diffusion(pretrained: bool = True, prior: Optional[nn.Module | str] = None,
                      classifier: Optional[nn.Module | str] = None, **settings: Any) -> HeteroDiffusion:
     """Diffusion purification with heterogeneous noise (attended pixels strong, the rest weak) and single-step resampling."""
-    from edgepure.models.loading import load_classifier
-    from edgepure.models.registry import DEFAULT_PRIOR, create_prior
+    from edgepure.models.loading import load_classifier, resolve_prior
+    from edgepure.models.registry import DEFAULT_PRIOR
 
-    d = prior if isinstance(prior, nn.Module) else create_prior(prior or DEFAULT_PRIOR, pretrained=pretrained)
+    d = prior if isinstance(prior, nn.Module) else resolve_prior(prior or DEFAULT_PRIOR, pretrained=pretrained)
     clf = classifier if isinstance(classifier, nn.Module) else load_classifier(classifier)
     return HeteroDiffusion(d, clf, **settings)

@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from edgepure.perturb import Additive, Composite, ConvBlur, Flow, Params, Perturbation, SoftMask
+from edgepure.models.loading import prior_label
 from edgepure.purifiers.base import Purifier, voted_calls
 from edgepure.purifiers.registry import register_purifier
 from edgepure.runtime.errors import ConfigError
@@ -436,7 +437,7 @@ class NAPPure(Purifier):
         d = asdict(self.cfg)
         d["mode"] = self.mode
         d["tuned"] = self.tuned
-        d["prior"] = getattr(self.prior, "edgepure_name", type(self.prior).__name__)
+        d["prior"] = prior_label(self.prior)
         return d
 
 
@@ -486,7 +487,8 @@ def nappure(kind: str = "joint", steps: Optional[int] = None, mode: str = "fixed
     path of a ``settings.json`` of ``edgepure train nappure`` (λ1, λ2, σ₀ and per-step step sizes learned for this
     kind and K). Settings passed as keywords take precedence over either; ``config()`` records where they came
     from and every value, so ``create_purifier("nappure", **pur.config())`` rebuilds ``pur`` without the file."""
-    from edgepure.models.registry import DEFAULT_PRIOR, create_prior
+    from edgepure.models.loading import resolve_prior
+    from edgepure.models.registry import DEFAULT_PRIOR
 
     if kind not in KINDS:
         raise ConfigError(f"nappure: unknown kind {kind!r} (expected one of {', '.join(KINDS)})")
@@ -519,7 +521,7 @@ def nappure(kind: str = "joint", steps: Optional[int] = None, mode: str = "fixed
         raise ConfigError(f"nappure: learned settings ({tuned}) are for fixed mode, not mode {mode!r}")
     cfg = replace(cfg, prior_grad=prior_grad, **overrides)
     if prior is None or isinstance(prior, str):
-        d = create_prior(prior or DEFAULT_PRIOR, pretrained=pretrained)
+        d = resolve_prior(prior or DEFAULT_PRIOR, pretrained=pretrained)
     else:
         d = prior
     pur = NAPPure(d, cfg, mode=mode)

@@ -6,6 +6,13 @@ Loss (Karras et al. 2022): ``λ(σ)·‖D(y + σn; σ) − y‖²`` with ``λ(σ
 (``P_mean`` −1.2, ``P_std`` 1.2), so the prior also serves purifiers that denoise at other levels.
 Validation: the mean squared error of ``D`` at fixed noise levels on the held-out tracks, with noise
 drawn from a fixed seed (identical every epoch), in [−1, 1] units.
+
+``corrupt`` > 0 trains a *restoration* prior: that share of the inputs carries, before the noise, an occluding
+patch (flat colour, random texture or saturated random pixels; 3–12 px, anywhere) and/or an additive pattern
+(random signs of ±ε, ε up to 32/255, at 1, 2 or 4 px scale), while the target stays the clean image. ``D`` then
+estimates the clean sign behind stickers and high-frequency patterns as well as behind Gaussian noise. The other
+inputs, and the validation, are the plain denoising task. ``init`` starts from trained weights (a registered
+prior's shipped ones or a checkpoint) — a fine-tuning run.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from edgepure.runtime.errors import ConfigError
 from edgepure.training.classifier import _to_tensor
 from edgepure.training.loop import fit
 
-__all__ = ["PriorConfig", "train_prior", "validate_prior"]
+__all__ = ["PriorConfig", "corrupt_batch", "train_prior", "validate_prior"]
 
 VAL_SIGMAS = (0.1, 0.25, 0.5, 1.0)
 
@@ -49,6 +56,47 @@ class PriorConfig:
     grad_clip: float = 1.0
     max_steps: int | None = None
     model_kwargs: dict[str, Any] = field(default_factory=dict)
+    corrupt: float = 0.0  # share of inputs with a restoration corruption (the target stays clean)
+    init: str | None = None  # start from these weights: a registered prior's shipped ones, or a checkpoint
+
+
+CORRUPT_PX = (3, 12)  # side of an occluding patch, pixels
+CORRUPT_EPS = 32 / 255  # largest additive pattern, [0, 1] units
+
+
+def corrupt_batch(y: torch.Tensor, p: float, g: torch.Generator) -> torch.Tensor:
+    """Corrupt a share ``p`` of the images ``y`` (N×C×H×W in [−1, 1]): per picked image a patch (probability
+    ½), an additive sign pattern (¼) or both (¼); see the module docstring. Returns a new tensor."""
+    n, c, h, w = y.shape
+    pick = torch.rand(n, generator=g) < p
+    kind = torch.rand(n, generator=g)
+    use_patch = pick & (kind < 0.75)
+    use_add = pick & (kind >= 0.5)
+    # patches: a rectangle per image, content by type (flat colour, uniform texture, saturated pixels)
+    lo, hi = CORRUPT_PX
+    ph = torch.randint(lo, hi + 1, (n,), generator=g)
+    pw = torch.randint(lo, hi + 1, (n,), generator=g)
+    r0 = (torch.rand(n, generator=g) * (h - ph + 1)).long()
+    c0 = (torch.rand(n, generator=g) * (w - pw + 1)).long()
+    rows, cols = torch.arange(h), torch.arange(w)
+    inside = (((rows[None] >= r0[:, None]) & (rows[None] < (r0 + ph)[:, None]))[:, :, None]
+              & ((cols[None] >= c0[:, None]) & (cols[None] < (c0 + pw)[:, None]))[:, None, :])
+    mask = (inside & use_patch[:, None, None]).unsqueeze(1).to(y.dtype)  # N×1×H×W
+    flat = torch.rand(n, c, 1, 1, generator=g).expand(n, c, h, w)
+    texture = torch.rand(n, c, h, w, generator=g)
+    saturated = (torch.rand(n, c, h, w, generator=g) < 0.5).to(y.dtype)
+    style = torch.randint(0, 3, (n,), generator=g).view(n, 1, 1, 1)
+    content = torch.where(style == 0, flat, torch.where(style == 1, texture, saturated)) * 2 - 1
+    out = y * (1 - mask) + content * mask
+    # additive: ±ε at a random scale (adversarial patterns are saturated and partly low-frequency)
+    eps = 2 * CORRUPT_EPS * torch.rand(n, generator=g) * use_add.to(y.dtype)
+    scale_of = torch.randint(0, 3, (n,), generator=g)
+    for i, scale in enumerate((1, 2, 4)):
+        at = scale_of == i
+        signs = torch.randint(0, 2, (n, c, h // scale, w // scale), generator=g).to(y.dtype) * 2 - 1
+        signs = signs.repeat_interleave(scale, 2).repeat_interleave(scale, 3)
+        out = out + (eps * at.to(y.dtype)).view(n, 1, 1, 1) * signs
+    return out.clamp(-1.0, 1.0)
 
 
 def sample_sigmas(n: int, cfg: PriorConfig, g: torch.Generator) -> torch.Tensor:
@@ -72,19 +120,32 @@ def _shift(x: torch.Tensor, px: int, g: torch.Generator) -> torch.Tensor:
     return x.gather(3, cols)
 
 
-def edm_loss(model: torch.nn.Module, y: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+def edm_loss(model: torch.nn.Module, y: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor,
+             observed: torch.Tensor | None = None) -> torch.Tensor:
+    """EDM's weighted denoising loss of ``model`` at ``y`` (the target); the noise is added to ``observed``
+    (default ``y``; a corrupted copy for a restoration prior)."""
     sd = float(getattr(model, "sigma_data", 0.5))
     weight = (sigma**2 + sd**2) / (sigma * sd) ** 2
-    err = (model(y + sigma.view(-1, 1, 1, 1) * noise, sigma) - y).square().flatten(1).mean(1)
+    x = y if observed is None else observed
+    err = (model(x + sigma.view(-1, 1, 1, 1) * noise, sigma) - y).square().flatten(1).mean(1)
     return (weight * err).mean()
 
 
 @torch.no_grad()
 def validate_prior(model: torch.nn.Module, images: torch.Tensor, sigmas: tuple[float, ...] = VAL_SIGMAS,
-                   batch_size: int = 256, seed: int = 1234) -> dict[str, float]:
-    """Mean squared denoising error per noise level (images uint8 NCHW; errors in [−1, 1] units)."""
+                   batch_size: int = 256, seed: int = 1234, corrupt: bool = False) -> dict[str, float]:
+    """Mean squared denoising error per noise level (images uint8 NCHW; errors in [−1, 1] units); with
+    ``corrupt`` also the restoration error at σ 0.5 (``restore@0.5``) and the mean of the two (``mix@0.5``)."""
     model.eval()
     out: dict[str, float] = {}
+    if corrupt:  # the restoration task at σ 0.5: corrupted inputs, clean targets (fixed corruptions)
+        g = torch.Generator().manual_seed(seed + 1)
+        total = 0.0
+        for i in range(0, len(images), batch_size):
+            y = images[i : i + batch_size].float() / 127.5 - 1
+            x = corrupt_batch(y, 1.0, g) + 0.5 * torch.randn(y.shape, generator=g)
+            total += float((model(x, torch.full((len(y),), 0.5)) - y).square().flatten(1).mean(1).sum())
+        out["restore@0.5"] = total / max(len(images), 1)
     for s in sigmas:
         g = torch.Generator().manual_seed(seed)
         total, n = 0.0, 0
@@ -95,7 +156,22 @@ def validate_prior(model: torch.nn.Module, images: torch.Tensor, sigmas: tuple[f
             total += float((d - y).square().flatten(1).mean(1).sum())
             n += len(y)
         out[f"mse@{s:g}"] = total / max(n, 1)
+    if corrupt and "mse@0.5" in out:
+        out["mix@0.5"] = (out["mse@0.5"] + out["restore@0.5"]) / 2
     return out
+
+
+def _init_weights(model: torch.nn.Module, cfg: PriorConfig) -> None:
+    from edgepure.models.loading import resolve_prior
+
+    src = resolve_prior(str(cfg.init))
+    name = getattr(src, "edgepure_name", None)
+    if name != cfg.model:
+        raise ConfigError(f"--init {cfg.init}: it is a {name}, the run trains a {cfg.model}")
+    try:
+        model.load_state_dict(src.state_dict())
+    except RuntimeError as exc:
+        raise ConfigError(f"--init {cfg.init}: its weights do not fit {cfg.model} ({str(exc).splitlines()[0]})") from None
 
 
 def train_prior(cfg: PriorConfig, resume: bool = False, log: Any = print) -> dict[str, Any]:
@@ -111,10 +187,14 @@ def train_prior(cfg: PriorConfig, resume: bool = False, log: Any = print) -> dic
     lo, hi = cfg.focus
     if not 0 < lo <= hi:
         raise ConfigError(f"focus noise range must satisfy 0 < low ≤ high, got {cfg.focus}")
+    if not 0 <= cfg.corrupt <= 1:
+        raise ConfigError(f"corrupt must be a share in [0, 1], got {cfg.corrupt}")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     model = create_prior(cfg.model, **cfg.model_kwargs)
+    if cfg.init is not None and not resume:
+        _init_weights(model, cfg)
     size = int(getattr(model, "input_size", 32))
     common = dict(size=size, val_fraction=cfg.val_fraction, split_seed=cfg.split_seed, progress=True)
     train = open_dataset(cfg.data, "train", **common)
@@ -126,8 +206,11 @@ def train_prior(cfg: PriorConfig, resume: bool = False, log: Any = print) -> dic
     def loss_fn(idx: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         y = _shift(x_train[idx].float() / 127.5 - 1, cfg.shift, g)
         sigma = sample_sigmas(len(y), cfg, g)
-        return edm_loss(model, y, sigma, torch.randn(y.shape, generator=g))
+        observed = corrupt_batch(y, cfg.corrupt, g) if cfg.corrupt > 0 else None
+        return edm_loss(model, y, sigma, torch.randn(y.shape, generator=g), observed)
 
-    return fit(model, cfg, len(x_train), loss_fn, lambda m: validate_prior(m, x_val), out, score="mse@0.5",
+    restoring = cfg.corrupt > 0
+    return fit(model, cfg, len(x_train), loss_fn, lambda m: validate_prior(m, x_val, corrupt=restoring), out,
+               score="mix@0.5" if restoring else "mse@0.5",
                minimize=True, best_key="best_val_mse", record={"kind": "prior", "input_size": size, "dataset": "gtsrb"},
                resume=resume, log=log)
