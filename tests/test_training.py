@@ -137,23 +137,30 @@ def test_prior_training_learns_resumes_exactly_and_refuses_other_settings(gtsrb_
 
 
 def test_corrupt_batch_corrupts_the_chosen_share_within_its_budget() -> None:
-    from edgepure.training.prior import CORRUPT_EPS, CORRUPT_PX, corrupt_batch
+    from edgepure.training.prior import CORRUPT_PX, CORRUPT_SIGMA, corrupt_batch, corrupted_sigmas
 
+    from edgepure.training.prior import CORRUPT_EPS
+
+    eps_max = CORRUPT_EPS[1]
     y = torch.zeros(400, 3, 32, 32)
-    assert torch.equal(corrupt_batch(y, 0.0, torch.Generator().manual_seed(0)), y)
-    out = corrupt_batch(y, 0.5, torch.Generator().manual_seed(0))
-    assert torch.equal(out, corrupt_batch(y, 0.5, torch.Generator().manual_seed(0)))  # seeded
+    none, picked = corrupt_batch(y, 0.0, torch.Generator().manual_seed(0))
+    assert torch.equal(none, y) and not picked.any()
+    out, picked = corrupt_batch(y, 0.5, torch.Generator().manual_seed(0))
+    assert torch.equal(out, corrupt_batch(y, 0.5, torch.Generator().manual_seed(0))[0])  # seeded
     changed = (out != y).flatten(1).any(1)
+    assert torch.equal(changed, picked)
+    s = corrupted_sigmas(1000, torch.Generator().manual_seed(0))
+    assert CORRUPT_SIGMA[0] <= float(s.min()) and float(s.max()) <= CORRUPT_SIGMA[1] and float(s.median()) < 0.2
     assert 0.4 < changed.float().mean() < 0.6
     assert out.min() >= -1 and out.max() <= 1
     # every corrupted image has a patch (a rectangle of large changes within the size range) or only a small
     # additive pattern (|change| ≤ 2ε in [−1, 1] units) everywhere
     for img in out[changed]:
-        big = img.abs().amax(0) > 2 * CORRUPT_EPS + 1e-6
+        big = img.abs().amax(0) > 2 * eps_max + 1e-6
         if big.any():
             rows, cols = big.any(1).nonzero().flatten(), big.any(0).nonzero().flatten()
             assert int(rows[-1] - rows[0]) + 1 <= CORRUPT_PX[1] and int(cols[-1] - cols[0]) + 1 <= CORRUPT_PX[1]
-    small = [img for img in out[changed] if float(img.abs().max()) <= 2 * CORRUPT_EPS + 1e-6]
+    small = [img for img in out[changed] if float(img.abs().max()) <= 2 * eps_max + 1e-6]
     assert small, "some images carry only the additive pattern"
 
 
@@ -163,11 +170,11 @@ def test_prior_fine_tuning_starts_from_init_and_checkpoints_load_as_priors(gtsrb
     from edgepure.training.prior import train_prior
 
     base = train_prior(_prior_cfg(gtsrb_dir, tmp_path / "base", epochs=1), log=lambda s: None)
-    assert "restore@0.5" not in base["history"][0]
+    assert "restore@0.1" not in base["history"][0]
     tuned = train_prior(_prior_cfg(gtsrb_dir, tmp_path / "tuned", epochs=1, max_steps=1, lr=1e-12,
                                    init=str(tmp_path / "base"), corrupt=0.5), log=lambda s: None)
     entry = tuned["history"][0]
-    assert {"restore@0.5", "mix@0.5"} <= set(entry) and tuned["best_val_mse"] == entry["mix@0.5"]
+    assert {"restore@0.1", "restore@0.5", "mix"} <= set(entry) and tuned["best_val_mse"] == entry["mix"]
     # lr ≈ 0: the run starts from (and stays at) the init weights
     assert entry["mse@0.5"] == pytest.approx(base["history"][0]["mse@0.5"], rel=1e-4)
     prior = resolve_prior(str(tmp_path / "tuned"))

@@ -91,8 +91,8 @@ def prior(
     if as_json:
         echo_json(summary)
     else:
-        what = "mean of the denoising and restoration MSE" if corrupt > 0 else "MSE"
-        typer.echo(f"best validation {what} at σ=0.5: {summary['best_val_mse']:.5f}; checkpoints in {out}")
+        what = "mean of the denoising MSE at σ=0.5 and the restoration MSE at σ=0.1 and 0.5" if corrupt > 0 else "MSE at σ=0.5"
+        typer.echo(f"best validation {what}: {summary['best_val_mse']:.5f}; checkpoints in {out}")
 
 
 @app.command("blindspot")

@@ -9,7 +9,9 @@ drawn from a fixed seed (identical every epoch), in [−1, 1] units.
 
 ``corrupt`` > 0 trains a *restoration* prior: that share of the inputs carries, before the noise, an occluding
 patch (flat colour, random texture or saturated random pixels; 3–12 px, anywhere) and/or an additive pattern
-(random signs of ±ε, ε up to 32/255, at 1, 2 or 4 px scale), while the target stays the clean image. ``D`` then
+(random signs of ±ε, ε from 8/255 to 32/255, at 1, 2 or 4 px scale), while the target stays the clean image; the
+noise level of a corrupted input is log-uniform on [0.01, 1] (a restoration at low σ is what a purifier's first
+jump needs). ``D`` then
 estimates the clean sign behind stickers and high-frequency patterns as well as behind Gaussian noise. The other
 inputs, and the validation, are the plain denoising task. ``init`` starts from trained weights (a registered
 prior's shipped ones or a checkpoint) — a fine-tuning run.
@@ -17,6 +19,7 @@ prior's shipped ones or a checkpoint) — a fine-tuning run.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,7 +32,7 @@ from edgepure.runtime.errors import ConfigError
 from edgepure.training.classifier import _to_tensor
 from edgepure.training.loop import fit
 
-__all__ = ["PriorConfig", "corrupt_batch", "train_prior", "validate_prior"]
+__all__ = ["PriorConfig", "corrupt_batch", "corrupted_sigmas", "train_prior", "validate_prior"]
 
 VAL_SIGMAS = (0.1, 0.25, 0.5, 1.0)
 
@@ -61,17 +64,19 @@ class PriorConfig:
 
 
 CORRUPT_PX = (3, 12)  # side of an occluding patch, pixels
-CORRUPT_EPS = 32 / 255  # largest additive pattern, [0, 1] units
+CORRUPT_EPS = (8 / 255, 32 / 255)  # range of the additive pattern's amplitude, [0, 1] units
+CORRUPT_SIGMA = (0.01, 1.0)  # noise levels of corrupted inputs: log-uniform (restoration matters most at low σ)
 
 
-def corrupt_batch(y: torch.Tensor, p: float, g: torch.Generator) -> torch.Tensor:
-    """Corrupt a share ``p`` of the images ``y`` (N×C×H×W in [−1, 1]): per picked image a patch (probability
-    ½), an additive sign pattern (¼) or both (¼); see the module docstring. Returns a new tensor."""
+def corrupt_batch(y: torch.Tensor, p: float, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Corrupt a share ``p`` of the images ``y`` (N×C×H×W in [−1, 1]): per picked image a patch and an additive
+    sign pattern, each with probability 0.6 (a patch when neither is drawn); see the module docstring. Returns
+    the corrupted copy and which images were picked."""
     n, c, h, w = y.shape
     pick = torch.rand(n, generator=g) < p
-    kind = torch.rand(n, generator=g)
-    use_patch = pick & (kind < 0.75)
-    use_add = pick & (kind >= 0.5)
+    use_patch = torch.rand(n, generator=g) < 0.6
+    use_add = pick & (torch.rand(n, generator=g) < 0.6)
+    use_patch = pick & (use_patch | ~use_add)
     # patches: a rectangle per image, content by type (flat colour, uniform texture, saturated pixels)
     lo, hi = CORRUPT_PX
     ph = torch.randint(lo, hi + 1, (n,), generator=g)
@@ -89,14 +94,21 @@ def corrupt_batch(y: torch.Tensor, p: float, g: torch.Generator) -> torch.Tensor
     content = torch.where(style == 0, flat, torch.where(style == 1, texture, saturated)) * 2 - 1
     out = y * (1 - mask) + content * mask
     # additive: ±ε at a random scale (adversarial patterns are saturated and partly low-frequency)
-    eps = 2 * CORRUPT_EPS * torch.rand(n, generator=g) * use_add.to(y.dtype)
+    lo_eps, hi_eps = CORRUPT_EPS
+    eps = 2 * (lo_eps + (hi_eps - lo_eps) * torch.rand(n, generator=g)) * use_add.to(y.dtype)
     scale_of = torch.randint(0, 3, (n,), generator=g)
     for i, scale in enumerate((1, 2, 4)):
         at = scale_of == i
         signs = torch.randint(0, 2, (n, c, h // scale, w // scale), generator=g).to(y.dtype) * 2 - 1
         signs = signs.repeat_interleave(scale, 2).repeat_interleave(scale, 3)
         out = out + (eps * at.to(y.dtype)).view(n, 1, 1, 1) * signs
-    return out.clamp(-1.0, 1.0)
+    return out.clamp(-1.0, 1.0), pick
+
+
+def corrupted_sigmas(n: int, g: torch.Generator) -> torch.Tensor:
+    """Noise levels for corrupted inputs, log-uniform on ``CORRUPT_SIGMA``."""
+    lo, hi = CORRUPT_SIGMA
+    return torch.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * torch.rand(n, generator=g))
 
 
 def sample_sigmas(n: int, cfg: PriorConfig, g: torch.Generator) -> torch.Tensor:
@@ -135,17 +147,19 @@ def edm_loss(model: torch.nn.Module, y: torch.Tensor, sigma: torch.Tensor, noise
 def validate_prior(model: torch.nn.Module, images: torch.Tensor, sigmas: tuple[float, ...] = VAL_SIGMAS,
                    batch_size: int = 256, seed: int = 1234, corrupt: bool = False) -> dict[str, float]:
     """Mean squared denoising error per noise level (images uint8 NCHW; errors in [−1, 1] units); with
-    ``corrupt`` also the restoration error at σ 0.5 (``restore@0.5``) and the mean of the two (``mix@0.5``)."""
+    ``corrupt`` also the restoration error at σ 0.1 and 0.5 (``restore@…``) and the mean of those two and
+    ``mse@0.5`` (``mix``, what picks the best checkpoint of a restoration prior)."""
     model.eval()
     out: dict[str, float] = {}
-    if corrupt:  # the restoration task at σ 0.5: corrupted inputs, clean targets (fixed corruptions)
-        g = torch.Generator().manual_seed(seed + 1)
-        total = 0.0
-        for i in range(0, len(images), batch_size):
-            y = images[i : i + batch_size].float() / 127.5 - 1
-            x = corrupt_batch(y, 1.0, g) + 0.5 * torch.randn(y.shape, generator=g)
-            total += float((model(x, torch.full((len(y),), 0.5)) - y).square().flatten(1).mean(1).sum())
-        out["restore@0.5"] = total / max(len(images), 1)
+    if corrupt:  # the restoration task: corrupted inputs, clean targets (fixed corruptions and noise)
+        for level in (0.1, 0.5):
+            g = torch.Generator().manual_seed(seed + 1)
+            total = 0.0
+            for i in range(0, len(images), batch_size):
+                y = images[i : i + batch_size].float() / 127.5 - 1
+                x = corrupt_batch(y, 1.0, g)[0] + level * torch.randn(y.shape, generator=g)
+                total += float((model(x, torch.full((len(y),), level)) - y).square().flatten(1).mean(1).sum())
+            out[f"restore@{level:g}"] = total / max(len(images), 1)
     for s in sigmas:
         g = torch.Generator().manual_seed(seed)
         total, n = 0.0, 0
@@ -157,7 +171,7 @@ def validate_prior(model: torch.nn.Module, images: torch.Tensor, sigmas: tuple[f
             n += len(y)
         out[f"mse@{s:g}"] = total / max(n, 1)
     if corrupt and "mse@0.5" in out:
-        out["mix@0.5"] = (out["mse@0.5"] + out["restore@0.5"]) / 2
+        out["mix"] = (out["mse@0.5"] + out["restore@0.1"] + out["restore@0.5"]) / 3
     return out
 
 
@@ -206,11 +220,14 @@ def train_prior(cfg: PriorConfig, resume: bool = False, log: Any = print) -> dic
     def loss_fn(idx: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         y = _shift(x_train[idx].float() / 127.5 - 1, cfg.shift, g)
         sigma = sample_sigmas(len(y), cfg, g)
-        observed = corrupt_batch(y, cfg.corrupt, g) if cfg.corrupt > 0 else None
+        observed = None
+        if cfg.corrupt > 0:
+            observed, picked = corrupt_batch(y, cfg.corrupt, g)
+            sigma = torch.where(picked, corrupted_sigmas(len(y), g), sigma)
         return edm_loss(model, y, sigma, torch.randn(y.shape, generator=g), observed)
 
     restoring = cfg.corrupt > 0
     return fit(model, cfg, len(x_train), loss_fn, lambda m: validate_prior(m, x_val, corrupt=restoring), out,
-               score="mix@0.5" if restoring else "mse@0.5",
+               score="mix" if restoring else "mse@0.5",
                minimize=True, best_key="best_val_mse", record={"kind": "prior", "input_size": size, "dataset": "gtsrb"},
                resume=resume, log=log)
