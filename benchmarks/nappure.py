@@ -5,6 +5,9 @@
         --set lr_theta='{"flow": 0.3}' --cache runs/advcache
     # latency per image against K (torch CPU)
     python benchmarks/nappure.py --latency --steps 4,8,16,32 --threads 2
+    # the prior's denoising jump alone (no steps) at several σ, on the occlusion purifier's attack
+    python benchmarks/nappure.py --data PATH/TO/GTSRB --images tune --kind occlusion --jump 0.03,0.1 \
+        --prior edm_unet_s_restore --cache runs/advcache
     # the flow warp's one-hot sampler against F.grid_sample, alternating in one process
     python benchmarks/nappure.py --warp-ab --kind joint --steps 8 --batch 1 --repeat 14 --threads 1
 
@@ -58,6 +61,38 @@ def _latency(args: argparse.Namespace) -> None:
             ms = 1000 * float(np.median(times)) / args.batch
             print(json.dumps({"kind": args.kind, "steps": k, "prior_grad": grad, "batch": args.batch,
                               "ms_per_image": round(ms, 2), "threads": args.threads, "cpu": platform.processor()}))
+
+
+def _jump(args: argparse.Namespace) -> None:
+    """Score the prior's single denoising jump, x ↦ D(2x − 1 + σn; σ) (NAPPure's denoised start without any step),
+    for each σ of ``--jump``, on the blind examples of ``--kind``'s attacks (n from a fixed seed)."""
+    from edgepure.evaluate.robust import benchmark
+    from edgepure.models.loading import resolve_classifier, resolve_prior
+    from edgepure.purifiers.base import Purifier
+
+    class Jump(Purifier):
+        def __init__(self, prior: torch.nn.Module, sigma: float) -> None:
+            super().__init__()
+            self.prior, self.sigma = prior, sigma
+
+        def forward(self, x: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+            n = torch.randn(x.shape, generator=torch.Generator().manual_seed(0))
+            with torch.no_grad():
+                y = self.prior(2 * x - 1 + self.sigma * n, torch.full((len(x),), self.sigma))
+            return ((y + 1) / 2).clamp(0, 1)
+
+        def config(self) -> dict:
+            return {"jump_sigma": self.sigma}
+
+    data = _images(args)
+    classifier = resolve_classifier(args.classifier)
+    prior = resolve_prior(args.prior or "edm_unet_s")
+    for sigma in [float(v) for v in args.jump.split(",")]:
+        r = benchmark(classifier, data, Jump(prior, sigma), MATCH[args.kind], ["blind"], steps=args.attack_steps,
+                      seed=0, batch_size=128, cache_dir=args.cache)
+        print(json.dumps({"jump_sigma": sigma, "prior": args.prior or "edm_unet_s", "images": args.images, "n": r["n"],
+                          "clean": round(r["clean_accuracy"], 4),
+                          "robust": {a: round(v["blind"], 4) for a, v in r["robust_accuracy"].items()}}), flush=True)
 
 
 def _oracle_mask(pur, how: str) -> None:  # type: ignore[no-untyped-def]
@@ -155,6 +190,7 @@ def main() -> None:
     ap.add_argument("--oracle-mask", choices=("start", "fixed"), default=None,
                     help="occlusion: start the mask at the true 7×7 patch (and with 'fixed' keep it there)")
     ap.add_argument("--table", default=None, help="print a markdown table of the eval JSONs in this folder")
+    ap.add_argument("--jump", default=None, help="score the prior's single denoising jump alone at these σ (comma list)")
     args = ap.parse_args()
     if args.table:
         _table(args.table)
@@ -165,6 +201,9 @@ def main() -> None:
         return
     if args.warp_ab:
         _warp_ab(args)
+        return
+    if args.jump:
+        _jump(args)
         return
     from edgepure.cli.common import parse_settings
     from edgepure.evaluate.robust import benchmark

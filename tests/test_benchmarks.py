@@ -102,6 +102,8 @@ SCRIPTS = {
     "classifier": (["--synth-n", "43", "--threads", "1"], '"synthetic_test"'),
     "nappure": (["--latency", "--kind", "additive", "--steps", "1", "--repeat", "1", "--batch", "1", "--threads", "1"],
                 '"ms_per_image"'),
+    "nappure:jump": (["--data", "synth", "--images", "tune", "--n", "4", "--kind", "occlusion", "--jump", "0.05",
+                      "--attack-steps", "1", "--threads", "1"], '"jump_sigma": 0.05'),
     "nappure:warp-ab": (["--warp-ab", "--kind", "distortion", "--steps", "1", "--repeat", "1", "--batch", "1",
                          "--threads", "1"], '"one-hot"'),
     "export": (["--purifiers", "median", "--batches", "1", "--repeats", "2", "--threads", "1", "--out", "{tmp}/exp"],

@@ -219,3 +219,32 @@ def test_settings_of_a_purifier_with_a_step_scale_are_relative_to_the_schedule_a
     assert s["step_scale"]["x"] == pytest.approx([2.0, 0.5, 1.0]) and s["step_scale"]["mask"] == pytest.approx([1.0, 3.0, 1.0])
     assert s["lam2"] == pytest.approx(4.0) and s["init_sigma"] == pytest.approx(0.7)
     assert pur.cfg.step_scale == given["step_scale"]  # the purifier is left as it was
+
+
+def test_the_restoration_prior_has_its_own_hand_set_settings_and_shipped_ones_follow_the_prior(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import edgepure.purifiers.nappure as nappure
+
+    restore = edgepure.create_purifier("nappure", kind="occlusion", steps=16, prior=nappure.RESTORE_PRIOR,
+                                       pretrained=False)
+    plain = edgepure.create_purifier("nappure", kind="occlusion", steps=16, prior="edm_unet_s", pretrained=False,
+                                     tuned="none")
+    # the shipped K 16 occlusion settings were learned on top of edm_unet_s's hand-set ones: not applied here
+    assert restore.config()["tuned"] is None and restore.config()["prior"] == nappure.RESTORE_PRIOR
+    assert restore.cfg == nappure.fixed_config("occlusion", 16, nappure.RESTORE_PRIOR) != plain.cfg
+    assert restore.cfg.init_sigma != plain.cfg.init_sigma
+    learned = nappure.TUNED_DIR / "nappure-occlusion-k16.json"
+    with pytest.raises(ConfigError, match="learned with the prior 'edm_unet_s'"):
+        edgepure.create_purifier("nappure", kind="occlusion", steps=16, prior=nappure.RESTORE_PRIOR,
+                                 pretrained=False, tuned=str(learned))
+    # a file learned with the restoration prior applies to it, and is the shipped default only for it
+    monkeypatch.setattr(nappure, "TUNED_DIR", tmp_path)
+    path = tmp_path / "nappure-occlusion-k2.json"
+    path.write_text(json.dumps({"kind": "occlusion", "steps": 2, "prior": nappure.RESTORE_PRIOR, "iter": 1,
+                                "settings": {"lam2": 9.0}}))
+    mine = edgepure.create_purifier("nappure", kind="occlusion", steps=2, prior=nappure.RESTORE_PRIOR, pretrained=False)
+    other = edgepure.create_purifier("nappure", kind="occlusion", steps=2, prior="edm_unet_s", pretrained=False)
+    assert mine.cfg.lam2 == 9.0 and mine.config()["tuned"] == "shipped:nappure-occlusion-k2.json"
+    assert other.cfg.lam2 == 5.0 and other.config()["tuned"] is None
+    # the kind's default prior: the restoration prior where it ships, edm_unet_s in reference mode and elsewhere
+    assert nappure.default_prior("distortion") == "edm_unet_s" and nappure.default_prior("occlusion", "reference") == "edm_unet_s"

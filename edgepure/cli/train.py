@@ -180,6 +180,7 @@ def nappure(
     classifier: Annotated[Optional[str], typer.Option(help="Classifier name or checkpoint (default: the shipped one).")] = None,
     cache: Annotated[Optional[Path], typer.Option(help="Folder of the blind adversarial examples, shared between runs and with eval robust --cache (default: --out).")] = None,
     snapshot_every: Annotated[int, typer.Option(help="Keep the settings of every N-th iteration (settings-NNNN.json; 0: off).")] = 5,
+    prior: Annotated[Optional[str], typer.Option(help="The purifier's prior, a name or checkpoint (default: the kind's default prior).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the learned settings as JSON.")] = False,
 ) -> None:
@@ -197,7 +198,7 @@ def nappure(
     cfg = NAPPureTuneConfig(data=data, out=str(out), kind=kind, steps=steps, n=n, attacks=attacks,
                             attack_steps=attack_steps, iters=iters, batch_size=batch_size, lr=lr, max_scale=max_scale,
                             seed=seed, classifier=classifier, cache=str(cache) if cache else None,
-                            snapshot_every=snapshot_every)
+                            snapshot_every=snapshot_every, prior=prior)
     result = tune_nappure(cfg, resume=resume, log=lambda s: typer.echo(s, err=True))
     if as_json:
         echo_json(result)

@@ -157,6 +157,12 @@ def edm_unet_s(**kw: object) -> EDMDenoiser:
     return EDMDenoiser(**kw)  # type: ignore[arg-type]
 
 
+@register_prior(pretrained_tag="edm_unet_s_restore_gtsrb")
+def edm_unet_s_restore(**kw: object) -> EDMDenoiser:
+    """edm_unet_s fine-tuned as a restoration prior: the clean sign from noised inputs with stickers or additive patterns."""
+    return EDMDenoiser(**kw)  # type: ignore[arg-type]
+
+
 @register_prior()
 def edm_unet_xs(**kw: object) -> EDMDenoiser:
     """EDM denoiser U-Net, 16/32/32 channels: tiny, for tests and fixtures."""

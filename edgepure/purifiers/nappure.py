@@ -118,12 +118,39 @@ _FIXED = {
 }
 
 
-def fixed_config(kind: str, steps: int) -> NAPPureConfig:
-    """Settings for a short run: ``_FIXED`` plus a cosine decay of both step sizes over the K steps (with a
-    constant step the image keeps drifting as K grows; the decay makes the result settle whatever K is)."""
+# The restoration prior (``edm_unet_s_restore``: edm_unet_s fine-tuned to return the clean sign from inputs that
+# carry stickers or additive patterns under the noise, edgepure.training.prior ``corrupt``) removes a sticker in
+# the first jump already, at a small σ₀; the steps then only refine (a small image step), because the
+# likelihood pulls the image back to the observation wherever the mask stays shut. Chosen on the 96 tuning
+# images (docs/nappure.md, "A restoration prior").
+RESTORE_PRIOR = "edm_unet_s_restore"
+_FIXED_RESTORE = {
+    "occlusion": dict(lam1={"mask": 0.05}, lam2=5.0, lr_x=0.01, lr_theta={"mask": 0.5}, mask_init=0.0, init_sigma=0.03),
+}
+# the prior a fixed-mode purifier of each kind uses unless told otherwise
+_KIND_PRIOR = {"occlusion": RESTORE_PRIOR}
+
+
+def default_prior(kind: str, mode: str = "fixed") -> str:
+    """The registered prior a purifier of ``kind`` uses by default (the restoration prior where it ships and
+    helps, edm_unet_s otherwise and in reference mode)."""
+    from edgepure.models.registry import DEFAULT_PRIOR, list_priors
+
+    name = _KIND_PRIOR.get(kind, DEFAULT_PRIOR) if mode == "fixed" else DEFAULT_PRIOR
+    return name if name == DEFAULT_PRIOR or name in list_priors(pretrained=True) else DEFAULT_PRIOR
+
+
+def fixed_config(kind: str, steps: int, prior: Optional[str] = None) -> NAPPureConfig:
+    """Settings for a short run: ``_FIXED`` (``_FIXED_RESTORE`` with the restoration prior) plus a cosine decay of
+    both step sizes over the K steps (with a constant step the image keeps drifting as K grows; the decay makes
+    the result settle whatever K is)."""
     if kind not in _FIXED:
         raise ConfigError(f"nappure: unknown kind {kind!r} (expected one of {', '.join(KINDS)})")
-    return NAPPureConfig(kind, steps, lr_schedule="cosine", **_FIXED[kind])  # type: ignore[arg-type]
+    return NAPPureConfig(kind, steps, lr_schedule="cosine", **_fixed_table(kind, prior)[kind])  # type: ignore[arg-type]
+
+
+def _fixed_table(kind: str, prior: Optional[str]) -> Dict[str, Dict[str, Any]]:
+    return _FIXED_RESTORE if prior == RESTORE_PRIOR and kind in _FIXED_RESTORE else _FIXED
 
 
 def build_family(kind: str, image_size: int = 32, flow_eps: Optional[float] = None, mask_init: float = -4.0) -> Perturbation:
@@ -455,8 +482,18 @@ def shipped_tuned(kind: str, steps: int) -> Optional[Path]:
     return p if p.is_file() else None
 
 
-def load_tuned(path: str | Path, kind: str, steps: int) -> Dict[str, Any]:
-    """The settings learned by ``edgepure train nappure`` (its ``settings.json``) for ``kind`` at K = ``steps``."""
+def tuned_prior(path: str | Path) -> str:
+    """The prior a learned-settings file was learned with (files without the field: edm_unet_s)."""
+    try:
+        doc = json.loads(Path(path).expanduser().read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return "edm_unet_s"  # load_tuned reports what is wrong with the file
+    return str(doc.get("prior", "edm_unet_s")) if isinstance(doc, dict) else "edm_unet_s"
+
+
+def load_tuned(path: str | Path, kind: str, steps: int, prior: Optional[str] = None) -> Dict[str, Any]:
+    """The settings learned by ``edgepure train nappure`` (its ``settings.json``) for ``kind`` at K = ``steps``,
+    on top of the hand-set settings that ``prior`` (the purifier's, by name) starts from."""
     p = Path(path).expanduser()
     if not p.is_file():
         raise ConfigError(f"nappure: tuned settings file {p} does not exist")
@@ -470,6 +507,10 @@ def load_tuned(path: str | Path, kind: str, steps: int) -> Dict[str, Any]:
     if doc["kind"] != kind or doc["steps"] != steps:
         raise ConfigError(f"nappure: {p} was learned for kind {doc['kind']!r} at K = {doc['steps']}, "
                           f"but the purifier is kind {kind!r} at K = {steps}")
+    learned_with = str(doc.get("prior", "edm_unet_s"))
+    if _fixed_table(kind, learned_with) is not _fixed_table(kind, prior):  # learned on top of other hand-set settings
+        raise ConfigError(f"nappure: {p} was learned with the prior {learned_with!r}, whose hand-set {kind} settings "
+                          f"differ from those of the purifier's prior {prior!r}")
     extra = set(doc["settings"]) - _TUNED_KEYS
     if extra:
         raise ConfigError(f"nappure: {p} sets {', '.join(sorted(extra))}; expected only {', '.join(sorted(_TUNED_KEYS))}")
@@ -488,16 +529,18 @@ def nappure(kind: str = "joint", steps: Optional[int] = None, mode: str = "fixed
     kind and K). Settings passed as keywords take precedence over either; ``config()`` records where they came
     from and every value, so ``create_purifier("nappure", **pur.config())`` rebuilds ``pur`` without the file."""
     from edgepure.models.loading import resolve_prior
-    from edgepure.models.registry import DEFAULT_PRIOR
 
     if kind not in KINDS:
         raise ConfigError(f"nappure: unknown kind {kind!r} (expected one of {', '.join(KINDS)})")
+    if prior is None:
+        prior = default_prior(kind, mode)
+    prior_name = prior if isinstance(prior, str) else getattr(prior, "edgepure_name", None)
     if mode == "reference":
         cfg = paper_config(kind)
         if steps is not None:
             cfg = replace(cfg, steps=steps)
     elif mode == "fixed":
-        cfg = fixed_config(kind, 16 if steps is None else steps)
+        cfg = fixed_config(kind, 16 if steps is None else steps, prior_name)
     else:
         raise ConfigError(f"nappure: mode must be 'fixed' or 'reference', got {mode!r}")
     unknown = set(overrides) - set(NAPPureConfig.__dataclass_fields__)
@@ -510,20 +553,19 @@ def nappure(kind: str = "joint", steps: Optional[int] = None, mode: str = "fixed
         else:
             if tuned == "shipped":
                 path = shipped_tuned(kind, cfg.steps)
+                if path is not None and _fixed_table(kind, tuned_prior(path)) is not _fixed_table(kind, prior_name):
+                    path = None  # learned on top of another prior's hand-set settings: this prior's hand-set ones
             elif tuned.startswith("shipped:"):
                 path = TUNED_DIR / tuned.split(":", 1)[1]
             else:
                 path = Path(tuned)
             if path is not None:
-                overrides = load_tuned(path, kind, cfg.steps) | overrides
+                overrides = load_tuned(path, kind, cfg.steps, prior_name) | overrides
                 source = f"shipped:{path.name}" if tuned.startswith("shipped") else str(path)
     elif mode == "reference" and tuned not in ("shipped", "none", None):
         raise ConfigError(f"nappure: learned settings ({tuned}) are for fixed mode, not mode {mode!r}")
     cfg = replace(cfg, prior_grad=prior_grad, **overrides)
-    if prior is None or isinstance(prior, str):
-        d = resolve_prior(prior or DEFAULT_PRIOR, pretrained=pretrained)
-    else:
-        d = prior
+    d = resolve_prior(prior, pretrained=pretrained) if isinstance(prior, str) else prior
     pur = NAPPure(d, cfg, mode=mode)
     pur.tuned = source
     return pur

@@ -49,13 +49,14 @@ class NAPPureTuneConfig:
     classifier: Optional[str] = None  # name or checkpoint; None: the shipped classifier
     cache: Optional[str] = None  # folder of the adversarial examples (None: the run folder)
     snapshot_every: int = 5  # also keep the settings of every N-th iteration (settings-NNNN.json), to choose from
+    prior: Optional[str] = None  # name or checkpoint; None: the kind's default prior (nappure.default_prior)
 
 
 def _purifier(cfg: NAPPureTuneConfig):  # type: ignore[no-untyped-def]
     from edgepure.purifiers import create_purifier
 
     # learning starts from the hand-set settings, also where learned ones ship for this kind and K
-    return create_purifier("nappure", kind=cfg.kind, steps=cfg.steps, tuned="none")
+    return create_purifier("nappure", kind=cfg.kind, steps=cfg.steps, tuned="none", prior=cfg.prior)
 
 
 def _start(pur: Any, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -220,7 +221,8 @@ def tune_nappure(cfg: NAPPureTuneConfig, resume: bool = False, log: Callable[[st
               "adam_m": {k: opt.state[v]["exp_avg"].tolist() for k, v in logs.items()},
               "adam_v": {k: opt.state[v]["exp_avg_sq"].tolist() for k, v in logs.items()}}
         write_json_atomic(state_path, st)
-        doc = {"kind": cfg.kind, "steps": cfg.steps, "iter": it + 1, "settings": learned_settings(pur, logs)}
+        doc = {"kind": cfg.kind, "steps": cfg.steps, "prior": pur.config()["prior"], "iter": it + 1,
+               "settings": learned_settings(pur, logs)}
         write_json_atomic(out / "settings.json", doc)
         if cfg.snapshot_every > 0 and (it + 1) % cfg.snapshot_every == 0:
             write_json_atomic(out / f"settings-{it + 1:04d}.json", doc)

@@ -66,6 +66,7 @@ class PriorConfig:
 CORRUPT_PX = (3, 12)  # side of an occluding patch, pixels
 CORRUPT_EPS = (8 / 255, 32 / 255)  # range of the additive pattern's amplitude, [0, 1] units
 CORRUPT_SIGMA = (0.01, 1.0)  # noise levels of corrupted inputs: log-uniform (restoration matters most at low σ)
+RESTORE_WEIGHT_SIGMA = 0.1  # corrupted inputs are weighted as if σ were at least this
 
 
 def corrupt_batch(y: torch.Tensor, p: float, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -133,11 +134,13 @@ def _shift(x: torch.Tensor, px: int, g: torch.Generator) -> torch.Tensor:
 
 
 def edm_loss(model: torch.nn.Module, y: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor,
-             observed: torch.Tensor | None = None) -> torch.Tensor:
+             observed: torch.Tensor | None = None, weight_sigma: torch.Tensor | None = None) -> torch.Tensor:
     """EDM's weighted denoising loss of ``model`` at ``y`` (the target); the noise is added to ``observed``
-    (default ``y``; a corrupted copy for a restoration prior)."""
+    (default ``y``; a corrupted copy for a restoration prior). ``weight_sigma`` (default ``sigma``) sets EDM's
+    weight λ(σ) = (σ² + σd²)/(σ·σd)², which evens out the σ² scale of a denoising error."""
     sd = float(getattr(model, "sigma_data", 0.5))
-    weight = (sigma**2 + sd**2) / (sigma * sd) ** 2
+    ws = sigma if weight_sigma is None else weight_sigma
+    weight = (ws**2 + sd**2) / (ws * sd) ** 2
     x = y if observed is None else observed
     err = (model(x + sigma.view(-1, 1, 1, 1) * noise, sigma) - y).square().flatten(1).mean(1)
     return (weight * err).mean()
@@ -220,11 +223,13 @@ def train_prior(cfg: PriorConfig, resume: bool = False, log: Any = print) -> dic
     def loss_fn(idx: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         y = _shift(x_train[idx].float() / 127.5 - 1, cfg.shift, g)
         sigma = sample_sigmas(len(y), cfg, g)
-        observed = None
+        observed, weight_sigma = None, None
         if cfg.corrupt > 0:
             observed, picked = corrupt_batch(y, cfg.corrupt, g)
             sigma = torch.where(picked, corrupted_sigmas(len(y), g), sigma)
-        return edm_loss(model, y, sigma, torch.randn(y.shape, generator=g), observed)
+            # a restoration error does not shrink with σ: EDM's weight, ∝ 1/σ² at low σ, is held at λ(0.1)
+            weight_sigma = torch.where(picked, sigma.clamp_min(RESTORE_WEIGHT_SIGMA), sigma)
+        return edm_loss(model, y, sigma, torch.randn(y.shape, generator=g), observed, weight_sigma)
 
     restoring = cfg.corrupt > 0
     return fit(model, cfg, len(x_train), loss_fn, lambda m: validate_prior(m, x_val, corrupt=restoring), out,
