@@ -24,7 +24,7 @@ def test_weights_ship_small_with_their_record() -> None:
     total = sum(p.stat().st_size for p in WEIGHTS.glob("*.safetensors"))
     assert total < 15_000_000
     assert edgepure.list_classifiers(pretrained=True) == ["signnet_s"]
-    assert registry.list_priors(pretrained=True) == ["bsn_s", "edm_unet_s", "impure_s"]
+    assert registry.list_priors(pretrained=True) == ["bsn_s", "edm_unet_s", "edm_unet_s_restore", "impure_s"]
     for stem in {p.stem for p in WEIGHTS.glob("*.safetensors")}:  # every shipped network has its model card
         assert f"{stem}.md" in files and f"{stem}.json" in files, stem
 
@@ -40,6 +40,29 @@ def test_shipped_prior_denoises_held_out_renders() -> None:
     mse = validate_prior(prior, images, sigmas=(0.5,))["mse@0.5"]
     # the noisy input's own error is σ² = 0.25; the identity-free denoiser must be far better
     assert mse < 0.05, mse
+
+
+def test_shipped_restoration_prior_removes_a_sticker_that_the_plain_prior_keeps() -> None:
+    import torch
+
+    renders = torch.from_numpy(open_dataset("synth", "test", n=64, seed=2).as_float_nchw())
+    g = torch.Generator().manual_seed(0)
+    stuck = renders.clone()
+    stuck[:, :, 12:19, 12:19] = (torch.rand(len(renders), 3, 7, 7, generator=g) < 0.5).float()  # saturated pixels
+    noise, sigma = torch.randn(renders.shape, generator=g), torch.full((len(renders),), 0.02)
+
+    def jump(name: str, x: torch.Tensor) -> torch.Tensor:
+        prior = registry.create_prior(name, pretrained=True)
+        with torch.no_grad():
+            return ((prior(x * 2 - 1 + 0.02 * noise, sigma) + 1) / 2).clamp(0, 1)
+
+    def patch_error(x: torch.Tensor) -> float:
+        return float((x - renders)[:, :, 12:19, 12:19].square().mean())
+
+    observed = patch_error(stuck)
+    assert patch_error(jump("edm_unet_s", stuck)) > 0.8 * observed  # a denoiser at σ 0.02 keeps the sticker
+    assert patch_error(jump("edm_unet_s_restore", stuck)) < 0.2 * observed  # the restoration prior paints it out
+    assert float((jump("edm_unet_s_restore", renders) - renders).square().mean()) < 0.005  # and leaves clean signs be
 
 
 def test_load_classifier_classifies_rendered_signs() -> None:

@@ -125,7 +125,7 @@ _FIXED = {
 # images (docs/nappure.md, "A restoration prior").
 RESTORE_PRIOR = "edm_unet_s_restore"
 _FIXED_RESTORE = {
-    "occlusion": dict(lam1={"mask": 0.05}, lam2=5.0, lr_x=0.01, lr_theta={"mask": 0.5}, mask_init=0.0, init_sigma=0.03),
+    "occlusion": dict(lam1={"mask": 0.05}, lam2=5.0, lr_x=0.003, lr_theta={"mask": 0.5}, mask_init=0.0, init_sigma=0.02),
 }
 # the prior a fixed-mode purifier of each kind uses unless told otherwise
 _KIND_PRIOR = {"occlusion": RESTORE_PRIOR}
