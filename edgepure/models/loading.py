@@ -44,9 +44,11 @@ def _checkpoint(spec: str) -> tuple[Path, dict[str, Any]] | None:
         raise ModelError(f"{meta_path}: the checkpoint's JSON record is missing (it names the architecture)")
     try:
         meta = json.loads(meta_path.read_text())
-        meta["name"], meta.setdefault("model_config", {})
-    except (json.JSONDecodeError, KeyError, TypeError) as exc:
+    except json.JSONDecodeError as exc:
         raise ModelError(f"{meta_path}: not a checkpoint record ({exc})") from None
+    if not isinstance(meta, dict) or "name" not in meta:
+        raise ModelError(f"{meta_path}: not a checkpoint record (it names no architecture)")
+    meta.setdefault("model_config", {})
     return p, meta
 
 

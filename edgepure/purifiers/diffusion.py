@@ -35,8 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from edgepure.models.priors import ddpm_alphas_bar
 from edgepure.models.loading import prior_label
+from edgepure.models.priors import ddpm_alphas_bar
 from edgepure.purifiers.base import Purifier, voted_calls
 from edgepure.purifiers.registry import register_purifier
 from edgepure.runtime.errors import ConfigError

@@ -35,8 +35,9 @@ from typing import Any, Dict, Optional
 import torch
 from torch import nn
 
-from edgepure.perturb import Additive, Composite, ConvBlur, Flow, Params, Perturbation, SoftMask
 from edgepure.models.loading import prior_label
+from edgepure.models.registry import DEFAULT_PRIOR, list_priors
+from edgepure.perturb import Additive, Composite, ConvBlur, Flow, Params, Perturbation, SoftMask
 from edgepure.purifiers.base import Purifier, voted_calls
 from edgepure.purifiers.registry import register_purifier
 from edgepure.runtime.errors import ConfigError
@@ -134,8 +135,6 @@ _KIND_PRIOR = {"occlusion": RESTORE_PRIOR}
 def default_prior(kind: str, mode: str = "fixed") -> str:
     """The registered prior a purifier of ``kind`` uses by default (the restoration prior where it ships and
     helps, edm_unet_s otherwise and in reference mode)."""
-    from edgepure.models.registry import DEFAULT_PRIOR, list_priors
-
     name = _KIND_PRIOR.get(kind, DEFAULT_PRIOR) if mode == "fixed" else DEFAULT_PRIOR
     return name if name == DEFAULT_PRIOR or name in list_priors(pretrained=True) else DEFAULT_PRIOR
 
@@ -482,18 +481,8 @@ def shipped_tuned(kind: str, steps: int) -> Optional[Path]:
     return p if p.is_file() else None
 
 
-def tuned_prior(path: str | Path) -> str:
-    """The prior a learned-settings file was learned with (files without the field: edm_unet_s)."""
-    try:
-        doc = json.loads(Path(path).expanduser().read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return "edm_unet_s"  # load_tuned reports what is wrong with the file
-    return str(doc.get("prior", "edm_unet_s")) if isinstance(doc, dict) else "edm_unet_s"
-
-
-def load_tuned(path: str | Path, kind: str, steps: int, prior: Optional[str] = None) -> Dict[str, Any]:
-    """The settings learned by ``edgepure train nappure`` (its ``settings.json``) for ``kind`` at K = ``steps``,
-    on top of the hand-set settings that ``prior`` (the purifier's, by name) starts from."""
+def _read_tuned(path: str | Path, kind: str, steps: int) -> Dict[str, Any]:
+    """A learned-settings file of ``edgepure train nappure``, checked to be for ``kind`` at K = ``steps``."""
     p = Path(path).expanduser()
     if not p.is_file():
         raise ConfigError(f"nappure: tuned settings file {p} does not exist")
@@ -507,13 +496,29 @@ def load_tuned(path: str | Path, kind: str, steps: int, prior: Optional[str] = N
     if doc["kind"] != kind or doc["steps"] != steps:
         raise ConfigError(f"nappure: {p} was learned for kind {doc['kind']!r} at K = {doc['steps']}, "
                           f"but the purifier is kind {kind!r} at K = {steps}")
-    learned_with = str(doc.get("prior", "edm_unet_s"))
-    if _fixed_table(kind, learned_with) is not _fixed_table(kind, prior):  # learned on top of other hand-set settings
-        raise ConfigError(f"nappure: {p} was learned with the prior {learned_with!r}, whose hand-set {kind} settings "
-                          f"differ from those of the purifier's prior {prior!r}")
     extra = set(doc["settings"]) - _TUNED_KEYS
     if extra:
         raise ConfigError(f"nappure: {p} sets {', '.join(sorted(extra))}; expected only {', '.join(sorted(_TUNED_KEYS))}")
+    return doc
+
+
+def _other_table(path: str | Path, doc: Dict[str, Any], kind: str, prior: Optional[str]) -> Optional[str]:
+    """Why a learned-settings file does not fit a purifier on ``prior`` — it was learned on top of another prior's
+    hand-set settings (files without a ``prior`` field: edm_unet_s) — or None when it fits."""
+    learned_with = str(doc.get("prior", DEFAULT_PRIOR))
+    if _fixed_table(kind, learned_with) is _fixed_table(kind, prior):
+        return None
+    return (f"nappure: {path} was learned with the prior {learned_with!r}, whose hand-set {kind} settings "
+            f"differ from those of the purifier's prior {prior!r}")
+
+
+def load_tuned(path: str | Path, kind: str, steps: int, prior: Optional[str] = None) -> Dict[str, Any]:
+    """The settings learned by ``edgepure train nappure`` (its ``settings.json``) for ``kind`` at K = ``steps``,
+    on top of the hand-set settings that ``prior`` (the purifier's, by name) starts from."""
+    doc = _read_tuned(path, kind, steps)
+    problem = _other_table(path, doc, kind, prior)
+    if problem is not None:
+        raise ConfigError(problem)
     return dict(doc["settings"])
 
 
@@ -553,15 +558,18 @@ def nappure(kind: str = "joint", steps: Optional[int] = None, mode: str = "fixed
         else:
             if tuned == "shipped":
                 path = shipped_tuned(kind, cfg.steps)
-                if path is not None and _fixed_table(kind, tuned_prior(path)) is not _fixed_table(kind, prior_name):
-                    path = None  # learned on top of another prior's hand-set settings: this prior's hand-set ones
             elif tuned.startswith("shipped:"):
                 path = TUNED_DIR / tuned.split(":", 1)[1]
             else:
                 path = Path(tuned)
             if path is not None:
-                overrides = load_tuned(path, kind, cfg.steps, prior_name) | overrides
-                source = f"shipped:{path.name}" if tuned.startswith("shipped") else str(path)
+                doc = _read_tuned(path, kind, cfg.steps)
+                problem = _other_table(path, doc, kind, prior_name)
+                if problem is not None and tuned != "shipped":
+                    raise ConfigError(problem)
+                if problem is None:  # the default passes over a file learned on another prior's hand-set settings
+                    overrides = dict(doc["settings"]) | overrides
+                    source = f"shipped:{path.name}" if tuned.startswith("shipped") else str(path)
     elif mode == "reference" and tuned not in ("shipped", "none", None):
         raise ConfigError(f"nappure: learned settings ({tuned}) are for fixed mode, not mode {mode!r}")
     cfg = replace(cfg, prior_grad=prior_grad, **overrides)

@@ -16,9 +16,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from edgepure.runtime.errors import ModelError
+from edgepure.runtime.errors import ConfigError, ModelError
 
-__all__ = ["check_resumable", "load_checkpoint", "save_checkpoint", "write_json_atomic"]
+__all__ = ["check_resumable", "init_from", "load_checkpoint", "save_checkpoint", "write_json_atomic"]
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
@@ -101,3 +101,15 @@ def check_resumable(directory: Path, record: dict[str, Any], cfg: Any, keys: tup
         if key in saved and saved[key] != getattr(cfg, key):
             raise ModelError(f"{directory}: checkpoint was trained with {key}={saved[key]!r}, "
                              f"asked to resume with {getattr(cfg, key)!r}")
+
+
+def init_from(model: nn.Module, src: nn.Module, spec: str, arch: str) -> None:
+    """Copy the weights of ``src`` (what ``--init spec`` resolved to) into ``model``, a fresh ``arch``: a user error
+    when ``src`` is another architecture or its weights do not fit."""
+    name = getattr(src, "edgepure_name", None)
+    if name is not None and name != arch:
+        raise ConfigError(f"--init {spec}: it is a {name}, the run trains a {arch}")
+    try:
+        model.load_state_dict(src.state_dict())
+    except RuntimeError as exc:
+        raise ConfigError(f"--init {spec}: its weights do not fit {arch} ({str(exc).splitlines()[0]})") from None

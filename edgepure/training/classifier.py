@@ -98,17 +98,10 @@ def denoise_batch(x: torch.Tensor, prior: torch.nn.Module, p: float, low: float,
 
 def _init_weights(model: torch.nn.Module, cfg: TrainConfig) -> None:
     from edgepure.models.loading import resolve_classifier
+    from edgepure.training.checkpoint import init_from
 
-    if cfg.init is None:
-        return
-    src = resolve_classifier(cfg.init)
-    name = getattr(src, "edgepure_name", None)
-    if name is not None and name != cfg.model:
-        raise ConfigError(f"--init {cfg.init}: it is a {name}, the run trains a {cfg.model}")
-    try:
-        model.load_state_dict(src.state_dict())
-    except RuntimeError as exc:
-        raise ConfigError(f"--init {cfg.init}: its weights do not fit {cfg.model} ({str(exc).splitlines()[0]})") from None
+    if cfg.init is not None:
+        init_from(model, resolve_classifier(cfg.init), cfg.init, cfg.model)
 
 
 @torch.no_grad()

@@ -27,8 +27,10 @@ from typing import Any
 import torch
 
 from edgepure.data import open_dataset
+from edgepure.models.loading import resolve_prior
 from edgepure.models.registry import create_prior
 from edgepure.runtime.errors import ConfigError
+from edgepure.training.checkpoint import init_from
 from edgepure.training.classifier import _to_tensor
 from edgepure.training.loop import fit
 
@@ -146,6 +148,19 @@ def edm_loss(model: torch.nn.Module, y: torch.Tensor, sigma: torch.Tensor, noise
     return (weight * err).mean()
 
 
+def _mean_error(model: torch.nn.Module, images: torch.Tensor, sigma: float, seed: int, batch_size: int,
+                corrupted: bool = False) -> float:
+    """Mean squared error of ``D`` at ``sigma`` against the clean images (inputs corrupted first if asked)."""
+    g = torch.Generator().manual_seed(seed)
+    total = 0.0
+    for i in range(0, len(images), batch_size):
+        y = images[i : i + batch_size].float() / 127.5 - 1
+        x = corrupt_batch(y, 1.0, g)[0] if corrupted else y
+        d = model(x + sigma * torch.randn(y.shape, generator=g), torch.full((len(y),), sigma))
+        total += float((d - y).square().flatten(1).mean(1).sum())
+    return total / max(len(images), 1)
+
+
 @torch.no_grad()
 def validate_prior(model: torch.nn.Module, images: torch.Tensor, sigmas: tuple[float, ...] = VAL_SIGMAS,
                    batch_size: int = 256, seed: int = 1234, corrupt: bool = False) -> dict[str, float]:
@@ -156,39 +171,12 @@ def validate_prior(model: torch.nn.Module, images: torch.Tensor, sigmas: tuple[f
     out: dict[str, float] = {}
     if corrupt:  # the restoration task: corrupted inputs, clean targets (fixed corruptions and noise)
         for level in (0.1, 0.5):
-            g = torch.Generator().manual_seed(seed + 1)
-            total = 0.0
-            for i in range(0, len(images), batch_size):
-                y = images[i : i + batch_size].float() / 127.5 - 1
-                x = corrupt_batch(y, 1.0, g)[0] + level * torch.randn(y.shape, generator=g)
-                total += float((model(x, torch.full((len(y),), level)) - y).square().flatten(1).mean(1).sum())
-            out[f"restore@{level:g}"] = total / max(len(images), 1)
+            out[f"restore@{level:g}"] = _mean_error(model, images, level, seed + 1, batch_size, corrupted=True)
     for s in sigmas:
-        g = torch.Generator().manual_seed(seed)
-        total, n = 0.0, 0
-        for i in range(0, len(images), batch_size):
-            y = images[i : i + batch_size].float() / 127.5 - 1
-            noise = torch.randn(y.shape, generator=g)
-            d = model(y + s * noise, torch.full((len(y),), s))
-            total += float((d - y).square().flatten(1).mean(1).sum())
-            n += len(y)
-        out[f"mse@{s:g}"] = total / max(n, 1)
+        out[f"mse@{s:g}"] = _mean_error(model, images, s, seed, batch_size)
     if corrupt and "mse@0.5" in out:
         out["mix"] = (out["mse@0.5"] + out["restore@0.1"] + out["restore@0.5"]) / 3
     return out
-
-
-def _init_weights(model: torch.nn.Module, cfg: PriorConfig) -> None:
-    from edgepure.models.loading import resolve_prior
-
-    src = resolve_prior(str(cfg.init))
-    name = getattr(src, "edgepure_name", None)
-    if name != cfg.model:
-        raise ConfigError(f"--init {cfg.init}: it is a {name}, the run trains a {cfg.model}")
-    try:
-        model.load_state_dict(src.state_dict())
-    except RuntimeError as exc:
-        raise ConfigError(f"--init {cfg.init}: its weights do not fit {cfg.model} ({str(exc).splitlines()[0]})") from None
 
 
 def train_prior(cfg: PriorConfig, resume: bool = False, log: Any = print) -> dict[str, Any]:
@@ -211,7 +199,7 @@ def train_prior(cfg: PriorConfig, resume: bool = False, log: Any = print) -> dic
     torch.manual_seed(cfg.seed)
     model = create_prior(cfg.model, **cfg.model_kwargs)
     if cfg.init is not None and not resume:
-        _init_weights(model, cfg)
+        init_from(model, resolve_prior(cfg.init), cfg.init, cfg.model)
     size = int(getattr(model, "input_size", 32))
     common = dict(size=size, val_fraction=cfg.val_fraction, split_seed=cfg.split_seed, progress=True)
     train = open_dataset(cfg.data, "train", **common)
