@@ -24,7 +24,8 @@ def test_weights_ship_small_with_their_record() -> None:
     total = sum(p.stat().st_size for p in WEIGHTS.glob("*.safetensors"))
     assert total < 15_000_000
     assert edgepure.list_classifiers(pretrained=True) == ["signnet_s"]
-    assert registry.list_priors(pretrained=True) == ["bsn_s", "edm_unet_s", "edm_unet_s_restore", "impure_s"]
+    assert registry.list_priors(pretrained=True) == ["bsn_s", "edm_unet_s", "edm_unet_s_guided", "edm_unet_s_restore",
+                                                     "impure_s"]
     for stem in {p.stem for p in WEIGHTS.glob("*.safetensors")}:  # every shipped network has its model card
         assert f"{stem}.md" in files and f"{stem}.json" in files, stem
 
@@ -63,6 +64,31 @@ def test_shipped_restoration_prior_removes_a_sticker_that_the_plain_prior_keeps(
     assert patch_error(jump("edm_unet_s", stuck)) > 0.8 * observed  # a denoiser at σ 0.02 keeps the sticker
     assert patch_error(jump("edm_unet_s_restore", stuck)) < 0.2 * observed  # the restoration prior paints it out
     assert float((jump("edm_unet_s_restore", renders) - renders).square().mean()) < 0.005  # and leaves clean signs be
+
+
+def test_shipped_guided_prior_undoes_additive_attacks_on_the_shipped_classifier() -> None:
+    import torch
+
+    from edgepure.attacks import PGD
+
+    classifier = edgepure.load_classifier()
+    data = open_dataset("synth", "test", n=96, seed=3)
+    x, labels = torch.from_numpy(data.as_float_nchw()), torch.from_numpy(data.labels).long()
+    adv = PGD(classifier, "additive", steps=10, seed=0)(x, labels)  # L∞ 24/255, the protocol's budget
+    g = torch.Generator().manual_seed(0)
+    noise, sigma = torch.randn(x.shape, generator=g), torch.full((len(x),), 0.05)
+
+    def accuracy_after_jump(name: str, images: torch.Tensor) -> float:
+        prior = registry.create_prior(name, pretrained=True)
+        with torch.no_grad():
+            out = ((prior(images * 2 - 1 + 0.05 * noise, sigma) + 1) / 2).clamp(0, 1)
+            return float((classifier(out).argmax(1) == labels).float().mean())
+
+    with torch.no_grad():
+        assert float((classifier(adv).argmax(1) == labels).float().mean()) < 0.1  # the attack works
+    plain, guided = accuracy_after_jump("edm_unet_s", adv), accuracy_after_jump("edm_unet_s_guided", adv)
+    assert guided > plain + 0.3, (plain, guided)  # the guided prior's restoration is one the classifier reads
+    assert accuracy_after_jump("edm_unet_s_guided", x) > 0.9  # and clean signs stay readable
 
 
 def test_load_classifier_classifies_rendered_signs() -> None:

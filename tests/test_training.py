@@ -186,8 +186,51 @@ def test_prior_fine_tuning_starts_from_init_and_checkpoints_load_as_priors(gtsrb
     with pytest.raises(ConfigError, match="it is a edm_unet_xs, the run trains a edm_unet_s"):
         train_prior(_prior_cfg(gtsrb_dir, tmp_path / "x", model="edm_unet_s", init=str(tmp_path / "base")),
                     log=lambda s: None)
-    with pytest.raises(ConfigError, match="corrupt must be a share"):
+    with pytest.raises(ConfigError, match="corrupt and adversarial must be shares"):
         train_prior(_prior_cfg(gtsrb_dir, tmp_path / "y", corrupt=1.5), log=lambda s: None)
+    with pytest.raises(ConfigError, match="adv_steps must be ≥ 1, got 0"):
+        train_prior(_prior_cfg(gtsrb_dir, tmp_path / "z", adversarial=0.5, adv_steps=0), log=lambda s: None)
+
+
+def test_adversarial_batch_attacks_the_classifier_within_the_protocol_budgets() -> None:
+    from edgepure import load_classifier
+    from edgepure.training.prior import adversarial_batch
+
+    classifier = load_classifier().eval()
+    x = torch.rand(24, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        labels = classifier(x).argmax(1)
+    y = x * 2 - 1
+    adv = adversarial_batch(y, labels, classifier, 3, torch.Generator().manual_seed(1))
+    assert torch.equal(adv, adversarial_batch(y, labels, classifier, 3, torch.Generator().manual_seed(1)))
+    assert adv.shape == y.shape and adv.min() >= -1 and adv.max() <= 1
+    delta = (adv - y).abs()
+    patch, additive = delta[:12], delta[12:]
+    outside = torch.ones(32, 32, dtype=torch.bool)
+    outside[11:21, 11:21] = False  # the 7×7 centred patch (soft edges) and a pixel around it
+    assert float(patch[..., outside].max()) == 0 and float(patch.amax()) > 0.5
+    assert float(additive.max()) <= 2 * 24 / 255 + 1e-5 and float(additive.mean()) > 0.02
+    with torch.no_grad():
+        fooled = classifier((adv + 1) / 2).argmax(1) != labels
+    assert fooled[12:].float().mean() > 0.5  # random images under 24/255 noise: the attack works
+
+
+def test_prior_training_with_adversarial_inputs_validates_on_attacked_images(gtsrb_dir: Path, tmp_path: Path) -> None:
+    from edgepure.training.prior import train_prior
+
+    rec = train_prior(_prior_cfg(gtsrb_dir, tmp_path / "adv", epochs=1, max_steps=2, adversarial=0.5, adv_steps=1),
+                      log=lambda s: None)
+    entry = rec["history"][0]
+    assert {"adversarial@0.1", "mix"} <= set(entry) and "restore@0.1" not in entry
+    assert entry["mix"] == pytest.approx((entry["mse@0.5"] + entry["adversarial@0.1"]) / 2)
+    assert rec["config"]["adversarial"] == 0.5
+    assert 0 <= entry["adversarial_accuracy@0.1"] <= 1 and 0 <= entry["accuracy@0.1"] <= 1
+    # the classifier-feature term: same run with it adds to the training loss
+    guided = train_prior(_prior_cfg(gtsrb_dir, tmp_path / "guided", epochs=1, max_steps=2, adversarial=0.5,
+                                    adv_steps=1, feature_weight=5.0), log=lambda s: None)
+    assert guided["history"][0]["train_loss"] > entry["train_loss"] + 0.1
+    with pytest.raises(ConfigError, match="feature_weight must be ≥ 0"):
+        train_prior(_prior_cfg(gtsrb_dir, tmp_path / "neg", feature_weight=-1.0), log=lambda s: None)
 
 
 def test_denoise_batch_replaces_the_chosen_share_with_the_priors_output() -> None:

@@ -75,6 +75,10 @@ def prior(
     val_fraction: Annotated[float, typer.Option(help="Fraction of tracks held out for validation.")] = 0.1,
     corrupt: Annotated[float, typer.Option(help="Share of inputs with an occluding patch or additive pattern under the noise, clean target (a restoration prior).")] = 0.0,
     init: Annotated[Optional[str], typer.Option(help="Start from these weights: a registered prior's shipped ones or a checkpoint (fine-tuning).")] = None,
+    adversarial: Annotated[float, typer.Option(help="Share of inputs replaced by PGD patch/additive examples against the classifier, clean target.")] = 0.0,
+    adv_steps: Annotated[int, typer.Option(help="PGD steps of those examples.")] = 4,
+    feature_weight: Annotated[float, typer.Option(help="Weight of a classifier-feature loss on the denoised outputs at σ ≤ 0.5 (restorations the classifier reads).")] = 0.0,
+    classifier: Annotated[Optional[str], typer.Option(help="Classifier they attack / whose features guide: a registered name or a checkpoint (default: the shipped one).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the run folder's last checkpoint.")] = False,
     max_steps: Annotated[int, typer.Option(help="Stop after this many optimiser steps (0: no limit).")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the final record as JSON.")] = False,
@@ -84,14 +88,16 @@ def prior(
 
     cfg = PriorConfig(data=data, out=str(out), model=model, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                       focus=(focus_low, focus_high), focus_p=focus_p, ema=ema, val_fraction=val_fraction,
-                      max_steps=max_steps or None, corrupt=corrupt, init=init)
+                      max_steps=max_steps or None, corrupt=corrupt, init=init, adversarial=adversarial,
+                      adv_steps=adv_steps, classifier=classifier, feature_weight=feature_weight)
     record = train_prior(cfg, resume=resume, log=lambda s: typer.echo(s, err=True))
     summary = {"out": str(out), "epochs_done": record["epoch"] + 1, "best_val_mse": record["best_val_mse"],
                "last": record["history"][-1]}
     if as_json:
         echo_json(summary)
     else:
-        what = "mean of the denoising MSE at σ=0.5 and the restoration MSE at σ=0.1 and 0.5" if corrupt > 0 else "MSE at σ=0.5"
+        what = ("mean of the denoising MSE at σ=0.5 and the restoration MSEs" if corrupt > 0 or adversarial > 0
+                else "MSE at σ=0.5")
         typer.echo(f"best validation {what}: {summary['best_val_mse']:.5f}; checkpoints in {out}")
 
 

@@ -163,6 +163,12 @@ def edm_unet_s_restore(**kw: object) -> EDMDenoiser:
     return EDMDenoiser(**kw)  # type: ignore[arg-type]
 
 
+@register_prior(pretrained_tag="edm_unet_s_guided_gtsrb")
+def edm_unet_s_guided(**kw: object) -> EDMDenoiser:
+    """edm_unet_s_restore fine-tuned on adversarial examples of the shipped classifier with a loss on its features."""
+    return EDMDenoiser(**kw)  # type: ignore[arg-type]
+
+
 @register_prior()
 def edm_unet_xs(**kw: object) -> EDMDenoiser:
     """EDM denoiser U-Net, 16/32/32 channels: tiny, for tests and fixtures."""

@@ -128,8 +128,17 @@ RESTORE_PRIOR = "edm_unet_s_restore"
 _FIXED_RESTORE = {
     "occlusion": dict(lam1={"mask": 0.05}, lam2=5.0, lr_x=0.003, lr_theta={"mask": 0.5}, mask_init=0.0, init_sigma=0.02),
 }
+# The guided prior (``edm_unet_s_guided``: the restoration prior fine-tuned on PGD examples of the shipped classifier
+# with a loss on the classifier's features, edgepure.training.prior ``adversarial`` / ``feature_weight``) also
+# removes adversarial additive noise in its jump. Chosen on the 96 tuning images (docs/nappure.md, "A guided prior").
+GUIDED_PRIOR = "edm_unet_s_guided"
+_FIXED_GUIDED = {
+    "occlusion": dict(_FIXED_RESTORE["occlusion"]),
+    "additive": dict(lam1={"additive": 0.1}, lam2=3.0, lr_x=0.005, lr_theta={"additive": 0.05}, init_sigma=0.02),
+}
+_PRIOR_TABLES: Dict[str, Dict[str, Dict[str, Any]]] = {RESTORE_PRIOR: _FIXED_RESTORE, GUIDED_PRIOR: _FIXED_GUIDED}
 # the prior a fixed-mode purifier of each kind uses unless told otherwise
-_KIND_PRIOR = {"occlusion": RESTORE_PRIOR}
+_KIND_PRIOR = {"occlusion": GUIDED_PRIOR, "additive": GUIDED_PRIOR}
 
 
 def default_prior(kind: str, mode: str = "fixed") -> str:
@@ -140,7 +149,7 @@ def default_prior(kind: str, mode: str = "fixed") -> str:
 
 
 def fixed_config(kind: str, steps: int, prior: Optional[str] = None) -> NAPPureConfig:
-    """Settings for a short run: ``_FIXED`` (``_FIXED_RESTORE`` with the restoration prior) plus a cosine decay of
+    """Settings for a short run: ``_FIXED`` (``_FIXED_RESTORE`` / ``_FIXED_GUIDED`` with those priors) plus a cosine decay of
     both step sizes over the K steps (with a constant step the image keeps drifting as K grows; the decay makes
     the result settle whatever K is)."""
     if kind not in _FIXED:
@@ -149,7 +158,8 @@ def fixed_config(kind: str, steps: int, prior: Optional[str] = None) -> NAPPureC
 
 
 def _fixed_table(kind: str, prior: Optional[str]) -> Dict[str, Dict[str, Any]]:
-    return _FIXED_RESTORE if prior == RESTORE_PRIOR and kind in _FIXED_RESTORE else _FIXED
+    table = _PRIOR_TABLES.get(prior or DEFAULT_PRIOR, _FIXED)
+    return table if kind in table else _FIXED
 
 
 def build_family(kind: str, image_size: int = 32, flow_eps: Optional[float] = None, mask_init: float = -4.0) -> Perturbation:

@@ -27,7 +27,7 @@ from edgepure.runtime.errors import ConfigError
 from edgepure.training.classifier import _to_tensor
 from edgepure.training.loop import fit
 
-__all__ = ["ImpureConfig", "perturb_batch", "train_impure"]
+__all__ = ["ImpureConfig", "feature_loss", "perturb_batch", "train_impure"]
 
 FAMILIES = ("conv", "patch", "flow", "additive")
 
@@ -88,7 +88,8 @@ def _mix(inp: torch.Tensor, rec: torch.Tensor, patch: int, g: torch.Generator) -
     return keep * rec + (1 - keep) * inp
 
 
-def _feature_loss(classifier: torch.nn.Module, mixed: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+def feature_loss(classifier: torch.nn.Module, mixed: torch.Tensor, clean: torch.Tensor) -> torch.Tensor:
+    """Σ over the classifier's stages of ‖F_s(mixed) − F_s(clean)‖₁ / ‖F_s(clean)‖₁ (the clean side without grad)."""
     with torch.no_grad():
         ref = classifier.stage_features(clean)  # type: ignore[operator]
     got = classifier.stage_features(mixed)  # type: ignore[operator]
@@ -139,7 +140,7 @@ def train_impure(cfg: ImpureConfig, resume: bool = False, log: Any = print) -> d
         rec = model(inp, torch.randn(inp.shape, generator=g))
         loss = (rec - clean).abs().mean()
         if cfg.feature_weight > 0:
-            loss = loss + cfg.feature_weight * _feature_loss(classifier, _mix(inp, rec, patch, g), clean)
+            loss = loss + cfg.feature_weight * feature_loss(classifier, _mix(inp, rec, patch, g), clean)
         return loss
 
     return fit(model, cfg, len(x_train), loss_fn,

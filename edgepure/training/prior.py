@@ -15,6 +15,18 @@ jump needs). ``D`` then
 estimates the clean sign behind stickers and high-frequency patterns as well as behind Gaussian noise. The other
 inputs, and the validation, are the plain denoising task. ``init`` starts from trained weights (a registered
 prior's shipped ones or a checkpoint) — a fine-tuning run.
+
+``adversarial`` > 0 adds the attacks a deployed purifier meets: that share of the inputs is replaced by adversarial
+examples against the classifier (the shipped one unless ``classifier`` names another), half a patch and half additive
+noise with the NAPPure protocol's budgets (7×7 centred patch; L∞ 24/255), found by ``adv_steps``-step PGD from a
+random start on the fly (IMPure's recipe for its reconstruction network); target clean, noise level as for the
+other corruptions. Validation then adds ``adversarial@0.1`` on a fixed set attacked the same way.
+
+``feature_weight`` > 0 adds a classifier-guided term (as HGD's and IMPure's): for every input with σ ≤ 0.5, IMPure's
+normalised L1 distance between the classifier's stage activations on ``D``'s output and on the clean image — the
+restoration must be one the classifier reads, not only close in pixels (a residual of an adversarial pattern too
+small to matter for the MSE still fools a classifier). Validation then also reports the classifier's accuracy on
+the denoised clean and attacked held-out images at σ 0.1.
 """
 
 from __future__ import annotations
@@ -34,7 +46,7 @@ from edgepure.training.checkpoint import init_from
 from edgepure.training.classifier import _to_tensor
 from edgepure.training.loop import fit
 
-__all__ = ["PriorConfig", "corrupt_batch", "corrupted_sigmas", "train_prior", "validate_prior"]
+__all__ = ["PriorConfig", "adversarial_batch", "corrupt_batch", "corrupted_sigmas", "train_prior", "validate_prior"]
 
 VAL_SIGMAS = (0.1, 0.25, 0.5, 1.0)
 
@@ -63,12 +75,17 @@ class PriorConfig:
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     corrupt: float = 0.0  # share of inputs with a restoration corruption (the target stays clean)
     init: str | None = None  # start from these weights: a registered prior's shipped ones, or a checkpoint
+    adversarial: float = 0.0  # share of inputs replaced by PGD examples against the classifier (clean target)
+    adv_steps: int = 4
+    classifier: str | None = None  # attacked by ``adversarial`` (default: the shipped classifier)
+    feature_weight: float = 0.0  # weight of the classifier-feature loss on D's outputs (σ ≤ FEATURE_SIGMA_MAX)
 
 
 CORRUPT_PX = (3, 12)  # side of an occluding patch, pixels
 CORRUPT_EPS = (8 / 255, 32 / 255)  # range of the additive pattern's amplitude, [0, 1] units
 CORRUPT_SIGMA = (0.01, 1.0)  # noise levels of corrupted inputs: log-uniform (restoration matters most at low σ)
 RESTORE_WEIGHT_SIGMA = 0.1  # corrupted inputs are weighted as if σ were at least this
+FEATURE_SIGMA_MAX = 0.5  # the feature loss applies to inputs up to this noise level
 
 
 def corrupt_batch(y: torch.Tensor, p: float, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -108,6 +125,26 @@ def corrupt_batch(y: torch.Tensor, p: float, g: torch.Generator) -> tuple[torch.
     return out.clamp(-1.0, 1.0), pick
 
 
+ADV_FAMILIES = ("patch", "additive")
+
+
+def adversarial_batch(y: torch.Tensor, labels: torch.Tensor, classifier: torch.nn.Module, steps: int,
+                      g: torch.Generator) -> torch.Tensor:
+    """``y`` (N×C×H×W in [−1, 1]) attacked by PGD on ``classifier``: the first half with the protocol's patch,
+    the rest with its additive noise (budgets of ``create_perturbation(..., "gtsrb")``); returned in [−1, 1]."""
+    from edgepure.attacks import PGD
+    from edgepure.perturb import create_perturbation
+
+    x = (y + 1) / 2
+    out = x.clone()
+    for fam, idx in zip(ADV_FAMILIES, torch.arange(len(x)).chunk(2)):
+        if len(idx):
+            pert = create_perturbation(fam, "gtsrb", image_size=x.shape[-1])
+            seed = int(torch.randint(0, 2**31 - 1, (1,), generator=g))
+            out[idx] = PGD(classifier, pert, steps=steps, seed=seed)(x[idx], labels[idx]).detach()
+    return out.clamp(0, 1) * 2 - 1
+
+
 def corrupted_sigmas(n: int, g: torch.Generator) -> torch.Tensor:
     """Noise levels for corrupted inputs, log-uniform on ``CORRUPT_SIGMA``."""
     lo, hi = CORRUPT_SIGMA
@@ -140,22 +177,31 @@ def edm_loss(model: torch.nn.Module, y: torch.Tensor, sigma: torch.Tensor, noise
     """EDM's weighted denoising loss of ``model`` at ``y`` (the target); the noise is added to ``observed``
     (default ``y``; a corrupted copy for a restoration prior). ``weight_sigma`` (default ``sigma``) sets EDM's
     weight λ(σ) = (σ² + σd²)/(σ·σd)², which evens out the σ² scale of a denoising error."""
+    return _edm_loss_and_output(model, y, sigma, noise, observed, weight_sigma)[0]
+
+
+def _edm_loss_and_output(model: torch.nn.Module, y: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor,
+                         observed: torch.Tensor | None, weight_sigma: torch.Tensor | None
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
     sd = float(getattr(model, "sigma_data", 0.5))
     ws = sigma if weight_sigma is None else weight_sigma
     weight = (ws**2 + sd**2) / (ws * sd) ** 2
     x = y if observed is None else observed
-    err = (model(x + sigma.view(-1, 1, 1, 1) * noise, sigma) - y).square().flatten(1).mean(1)
-    return (weight * err).mean()
+    d = model(x + sigma.view(-1, 1, 1, 1) * noise, sigma)
+    return (weight * (d - y).square().flatten(1).mean(1)).mean(), d
 
 
 def _mean_error(model: torch.nn.Module, images: torch.Tensor, sigma: float, seed: int, batch_size: int,
-                corrupted: bool = False) -> float:
-    """Mean squared error of ``D`` at ``sigma`` against the clean images (inputs corrupted first if asked)."""
+                corrupted: bool = False, observed: torch.Tensor | None = None) -> float:
+    """Mean squared error of ``D`` at ``sigma`` against the clean images (inputs corrupted first if asked, or
+    ``observed``: given inputs in [−1, 1])."""
     g = torch.Generator().manual_seed(seed)
     total = 0.0
     for i in range(0, len(images), batch_size):
         y = images[i : i + batch_size].float() / 127.5 - 1
         x = corrupt_batch(y, 1.0, g)[0] if corrupted else y
+        if observed is not None:
+            x = observed[i : i + batch_size]
         d = model(x + sigma * torch.randn(y.shape, generator=g), torch.full((len(y),), sigma))
         total += float((d - y).square().flatten(1).mean(1).sum())
     return total / max(len(images), 1)
@@ -163,19 +209,39 @@ def _mean_error(model: torch.nn.Module, images: torch.Tensor, sigma: float, seed
 
 @torch.no_grad()
 def validate_prior(model: torch.nn.Module, images: torch.Tensor, sigmas: tuple[float, ...] = VAL_SIGMAS,
-                   batch_size: int = 256, seed: int = 1234, corrupt: bool = False) -> dict[str, float]:
+                   batch_size: int = 256, seed: int = 1234, corrupt: bool = False,
+                   attacked: torch.Tensor | None = None, classifier: torch.nn.Module | None = None,
+                   labels: torch.Tensor | None = None) -> dict[str, float]:
     """Mean squared denoising error per noise level (images uint8 NCHW; errors in [−1, 1] units); with
-    ``corrupt`` also the restoration error at σ 0.1 and 0.5 (``restore@…``) and the mean of those two and
-    ``mse@0.5`` (``mix``, what picks the best checkpoint of a restoration prior)."""
+    ``corrupt`` also the restoration error at σ 0.1 and 0.5 (``restore@…``), with ``attacked`` (adversarial
+    versions of ``images`` in [−1, 1]) the restoration error of those at σ 0.1 (``adversarial@0.1``), and the mean
+    of the restoration errors and ``mse@0.5`` (``mix``, what picks the best checkpoint of a restoration prior); with
+    ``classifier`` and ``labels`` its accuracy on the denoisings at σ 0.1 of the clean (``accuracy@0.1``) and the
+    attacked images (``adversarial_accuracy@0.1``)."""
     model.eval()
     out: dict[str, float] = {}
+    if classifier is not None and labels is not None:
+        sources = {"accuracy@0.1": images.float() / 127.5 - 1}
+        if attacked is not None:
+            sources["adversarial_accuracy@0.1"] = attacked
+        for key, inputs in sources.items():
+            g = torch.Generator().manual_seed(seed + 3)
+            right = 0
+            for i in range(0, len(inputs), batch_size):
+                x = inputs[i : i + batch_size]
+                d = model(x + 0.1 * torch.randn(x.shape, generator=g), torch.full((len(x),), 0.1))
+                right += int((classifier((d.clamp(-1, 1) + 1) / 2).argmax(1) == labels[i : i + batch_size]).sum())
+            out[key] = right / max(len(inputs), 1)
     if corrupt:  # the restoration task: corrupted inputs, clean targets (fixed corruptions and noise)
         for level in (0.1, 0.5):
             out[f"restore@{level:g}"] = _mean_error(model, images, level, seed + 1, batch_size, corrupted=True)
+    if attacked is not None:
+        out["adversarial@0.1"] = _mean_error(model, images, 0.1, seed + 2, batch_size, observed=attacked)
     for s in sigmas:
         out[f"mse@{s:g}"] = _mean_error(model, images, s, seed, batch_size)
-    if corrupt and "mse@0.5" in out:
-        out["mix"] = (out["mse@0.5"] + out["restore@0.1"] + out["restore@0.5"]) / 3
+    parts = [v for k, v in out.items() if k.startswith(("restore@", "adversarial@"))]
+    if parts and "mse@0.5" in out:
+        out["mix"] = (out["mse@0.5"] + sum(parts)) / (1 + len(parts))
     return out
 
 
@@ -192,8 +258,12 @@ def train_prior(cfg: PriorConfig, resume: bool = False, log: Any = print) -> dic
     lo, hi = cfg.focus
     if not 0 < lo <= hi:
         raise ConfigError(f"focus noise range must satisfy 0 < low ≤ high, got {cfg.focus}")
-    if not 0 <= cfg.corrupt <= 1:
-        raise ConfigError(f"corrupt must be a share in [0, 1], got {cfg.corrupt}")
+    if not 0 <= cfg.corrupt <= 1 or not 0 <= cfg.adversarial <= 1:
+        raise ConfigError(f"corrupt and adversarial must be shares in [0, 1], got {cfg.corrupt} and {cfg.adversarial}")
+    if cfg.adversarial > 0 and cfg.adv_steps < 1:
+        raise ConfigError(f"adv_steps must be ≥ 1, got {cfg.adv_steps}")
+    if cfg.feature_weight < 0:
+        raise ConfigError(f"feature_weight must be ≥ 0, got {cfg.feature_weight}")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
@@ -204,23 +274,48 @@ def train_prior(cfg: PriorConfig, resume: bool = False, log: Any = print) -> dic
     common = dict(size=size, val_fraction=cfg.val_fraction, split_seed=cfg.split_seed, progress=True)
     train = open_dataset(cfg.data, "train", **common)
     val = open_dataset(cfg.data, "val", **common)
-    x_train = _to_tensor(train.images)
+    x_train, y_train = _to_tensor(train.images), torch.from_numpy(train.labels).long()
     pick = torch.randperm(len(val.images), generator=torch.Generator().manual_seed(0))[: cfg.val_n]
     x_val = _to_tensor(val.images)[pick]
+    classifier, v_attacked, v_labels = None, None, None
+    if cfg.adversarial > 0 or cfg.feature_weight > 0:
+        from edgepure.models.loading import load_classifier
+
+        classifier = load_classifier(cfg.classifier).eval()
+        for p in classifier.parameters():
+            p.requires_grad_(False)
+        v_labels = torch.from_numpy(val.labels).long()[pick]
+    if classifier is not None and cfg.adversarial > 0:
+        v_attacked = adversarial_batch(x_val.float() / 127.5 - 1, v_labels, classifier, cfg.adv_steps,
+                                       torch.Generator().manual_seed(4321))
 
     def loss_fn(idx: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         y = _shift(x_train[idx].float() / 127.5 - 1, cfg.shift, g)
         sigma = sample_sigmas(len(y), cfg, g)
         observed, weight_sigma = None, None
-        if cfg.corrupt > 0:
+        if cfg.corrupt > 0 or cfg.adversarial > 0:
             observed, picked = corrupt_batch(y, cfg.corrupt, g)
+            if classifier is not None and cfg.adversarial > 0:
+                adv = torch.rand(len(y), generator=g) < cfg.adversarial
+                if bool(adv.any()):
+                    observed[adv] = adversarial_batch(y[adv], y_train[idx][adv], classifier, cfg.adv_steps, g)
+                picked = picked | adv
             sigma = torch.where(picked, corrupted_sigmas(len(y), g), sigma)
             # a restoration error does not shrink with σ: EDM's weight, ∝ 1/σ² at low σ, is held at λ(0.1)
             weight_sigma = torch.where(picked, sigma.clamp_min(RESTORE_WEIGHT_SIGMA), sigma)
-        return edm_loss(model, y, sigma, torch.randn(y.shape, generator=g), observed, weight_sigma)
+        loss, d = _edm_loss_and_output(model, y, sigma, torch.randn(y.shape, generator=g), observed, weight_sigma)
+        near = sigma <= FEATURE_SIGMA_MAX
+        if cfg.feature_weight > 0 and classifier is not None and bool(near.any()):
+            from edgepure.training.impure import feature_loss
 
-    restoring = cfg.corrupt > 0
-    return fit(model, cfg, len(x_train), loss_fn, lambda m: validate_prior(m, x_val, corrupt=restoring), out,
+            to01 = lambda z: (z.clamp(-1, 1) + 1) / 2  # noqa: E731
+            loss = loss + cfg.feature_weight * feature_loss(classifier, to01(d[near]), to01(y[near]))
+        return loss
+
+    restoring = cfg.corrupt > 0 or cfg.adversarial > 0
+    return fit(model, cfg, len(x_train), loss_fn,
+               lambda m: validate_prior(m, x_val, corrupt=cfg.corrupt > 0, attacked=v_attacked,
+                                        classifier=classifier, labels=v_labels), out,
                score="mix" if restoring else "mse@0.5",
                minimize=True, best_key="best_val_mse", record={"kind": "prior", "input_size": size, "dataset": "gtsrb"},
                resume=resume, log=log)
