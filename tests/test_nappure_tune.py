@@ -246,5 +246,15 @@ def test_the_restoration_prior_has_its_own_hand_set_settings_and_shipped_ones_fo
     other = edgepure.create_purifier("nappure", kind="occlusion", steps=2, prior="edm_unet_s", pretrained=False)
     assert mine.cfg.lam2 == 9.0 and mine.config()["tuned"] == "shipped:nappure-occlusion-k2.json"
     assert other.cfg.lam2 == 5.0 and other.config()["tuned"] is None
-    # the kind's default prior: the restoration prior where it ships, edm_unet_s in reference mode and elsewhere
+    # the kind's default prior: the guided prior where it ships, edm_unet_s in reference mode and elsewhere
     assert nappure.default_prior("distortion") == "edm_unet_s" and nappure.default_prior("occlusion", "reference") == "edm_unet_s"
+    assert nappure.default_prior("occlusion") == nappure.default_prior("additive") == nappure.GUIDED_PRIOR
+    # each prior its own hand-set table: the guided additive purifier starts at a small jump with a small image step
+    guided = edgepure.create_purifier("nappure", kind="additive", steps=4, pretrained=False)
+    assert guided.config()["prior"] == nappure.GUIDED_PRIOR and guided.cfg.init_sigma == 0.02
+    assert guided.cfg == nappure.fixed_config("additive", 4, nappure.GUIDED_PRIOR) != nappure.fixed_config("additive", 4)
+    assert nappure.fixed_config("joint", 8, nappure.GUIDED_PRIOR) == nappure.fixed_config("joint", 8)  # no table of its own
+    # a file learned on the restoration prior's occlusion table is not applied to the guided prior's
+    with pytest.raises(ConfigError, match="learned with the prior 'edm_unet_s_restore'"):
+        edgepure.create_purifier("nappure", kind="occlusion", steps=2, prior=nappure.GUIDED_PRIOR, pretrained=False,
+                                 tuned=str(path))
