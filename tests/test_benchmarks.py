@@ -61,7 +61,9 @@ def test_smoke_report_measures_every_purifier_on_three_backends(smoke: dict[str,
         assert r["mflops_per_crop"] > 100  # the classifier alone is ~134 MFLOPs per 32×32 crop
     nap = rep["purifiers"][2]
     assert nap["mflops_per_crop"] > rep["purifiers"][0]["mflops_per_crop"]  # the prior's VJP is on top
-    assert nap["calls_per_image"] == {"denoiser_with_gradient": 1} and rep["purifiers"][1]["calls_per_image"] == {}
+    # one step (a prior VJP) after the denoised start (a plain prior forward; the additive default since edm_unet_s_guided)
+    assert nap["calls_per_image"] == {"denoiser_with_gradient": 1, "denoiser": 1}
+    assert rep["purifiers"][1]["calls_per_image"] == {}
     manifest = json.loads((smoke["out"] / "run" / "models" / "nappure-additive-K1-int8" / "manifest.json").read_text())
     assert manifest["precision"] == "int8"
     cache = smoke["out"] / "run" / "advcache"

@@ -134,7 +134,10 @@ _FIXED_RESTORE = {
 GUIDED_PRIOR = "edm_unet_s_guided"
 _FIXED_GUIDED = {
     "occlusion": dict(_FIXED_RESTORE["occlusion"]),
-    "additive": dict(lam1={"additive": 0.1}, lam2=3.0, lr_x=0.005, lr_theta={"additive": 0.05}, init_sigma=0.02),
+    # Adam's ε 1e-3, not 1e-8: at pixels whose gradient is ≈ 0 a 1e-8 ε turns rounding noise into a full ±lr step,
+    # and the exported graph then differs from PyTorch by one step there (found by the export's parity check)
+    "additive": dict(lam1={"additive": 0.1}, lam2=3.0, lr_x=0.005, lr_theta={"additive": 0.05}, init_sigma=0.02,
+                     adam_eps=1e-3),
 }
 _PRIOR_TABLES: Dict[str, Dict[str, Dict[str, Any]]] = {RESTORE_PRIOR: _FIXED_RESTORE, GUIDED_PRIOR: _FIXED_GUIDED}
 # the prior a fixed-mode purifier of each kind uses unless told otherwise
