@@ -21,6 +21,7 @@ from torch import nn
 
 from edgepure.attacks import APGD, PGD, Threat, attack_target
 from edgepure.data.base import ImageSet
+from edgepure.models.loading import frozen
 from edgepure.perturb import PERTURBATIONS, create_perturbation
 from edgepure.purifiers import Purifier, create_purifier
 from edgepure.runtime.errors import ConfigError
@@ -28,13 +29,6 @@ from edgepure.runtime.errors import ConfigError
 __all__ = ["ATTACK_METHODS", "AdvCache", "adversarial_key", "benchmark", "blind_spec"]
 
 ATTACK_METHODS = {"apgd": APGD, "pgd": PGD}
-
-
-def _freeze(model: nn.Module) -> nn.Module:
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    return model
 
 
 @torch.no_grad()
@@ -150,8 +144,8 @@ def benchmark(
         raise ConfigError("no images to evaluate")
     purifier = create_purifier(defense) if isinstance(defense, str) else defense
     if purifier is not None:
-        _freeze(purifier)
-    _freeze(classifier)
+        frozen(purifier)
+    frozen(classifier)
     if purifier is None:
         threat_list = [Threat.blind]  # without a defense every threat is the same attack
     x_all = torch.from_numpy(data.as_float_nchw())

@@ -11,7 +11,15 @@ from torch import nn
 from edgepure.models.registry import create_classifier, create_prior, load_classifier, load_weights_file
 from edgepure.runtime.errors import ModelError
 
-__all__ = ["load_classifier_source", "prior_label", "resolve_classifier", "resolve_prior"]
+__all__ = ["frozen", "load_classifier_source", "prior_label", "resolve_classifier", "resolve_prior"]
+
+
+def frozen(model: nn.Module) -> nn.Module:
+    """``model`` in eval mode with every parameter's gradient off (a fixed network that attacks and losses go through)."""
+    model.eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
 
 
 def resolve_classifier(spec: str | None) -> nn.Module:

@@ -145,8 +145,8 @@ _KIND_PRIOR = {"occlusion": GUIDED_PRIOR, "additive": GUIDED_PRIOR}
 
 
 def default_prior(kind: str, mode: str = "fixed") -> str:
-    """The registered prior a purifier of ``kind`` uses by default (the restoration prior where it ships and
-    helps, edm_unet_s otherwise and in reference mode)."""
+    """The registered prior a purifier of ``kind`` uses by default (``_KIND_PRIOR``: the guided prior for occlusion and
+    additive noise where it ships, edm_unet_s otherwise and in reference mode)."""
     name = _KIND_PRIOR.get(kind, DEFAULT_PRIOR) if mode == "fixed" else DEFAULT_PRIOR
     return name if name == DEFAULT_PRIOR or name in list_priors(pretrained=True) else DEFAULT_PRIOR
 
@@ -161,7 +161,7 @@ def fixed_config(kind: str, steps: int, prior: Optional[str] = None) -> NAPPureC
 
 
 def _fixed_table(kind: str, prior: Optional[str]) -> Dict[str, Dict[str, Any]]:
-    table = _PRIOR_TABLES.get(prior or DEFAULT_PRIOR, _FIXED)
+    table = _PRIOR_TABLES.get(prior or "", _FIXED)
     return table if kind in table else _FIXED
 
 

@@ -109,7 +109,7 @@ def _validate(model: torch.nn.Module, classifier: torch.nn.Module, clean: torch.
 
 def train_impure(cfg: ImpureConfig, resume: bool = False, log: Any = print) -> dict[str, Any]:
     """Train ``cfg.model`` on the training split of ``cfg.data``; checkpoints go to ``cfg.out``."""
-    from edgepure.models.loading import load_classifier
+    from edgepure.models.loading import frozen, load_classifier
 
     if cfg.epochs <= 0 or cfg.batch_size < 5:
         raise ConfigError(f"need epochs > 0 and a batch size ≥ 5 (five parts), got {cfg.epochs} and {cfg.batch_size}")
@@ -119,9 +119,7 @@ def train_impure(cfg: ImpureConfig, resume: bool = False, log: Any = print) -> d
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
     model = create_prior(cfg.model, **cfg.model_kwargs)
-    classifier = load_classifier(cfg.classifier).eval()
-    for p in classifier.parameters():
-        p.requires_grad_(False)
+    classifier = frozen(load_classifier(cfg.classifier))
     size = int(getattr(model, "input_size", 32))
     common = dict(size=size, val_fraction=cfg.val_fraction, split_seed=cfg.split_seed, progress=True)
     train = open_dataset(cfg.data, "train", **common)

@@ -137,7 +137,7 @@ def tune_nappure(cfg: NAPPureTuneConfig, resume: bool = False, log: Callable[[st
     falls as the learning goes on (it only sees training-track images, which the classifier fits), so the
     iteration is chosen on held-out images (``benchmarks/nappure.py --images tune --set tuned=…``)."""
     from edgepure.data import open_dataset
-    from edgepure.models.loading import resolve_classifier
+    from edgepure.models.loading import frozen, resolve_classifier
 
     if cfg.steps < 1 or cfg.iters < 1 or cfg.batch_size < 1 or cfg.n < 1:
         raise ConfigError(f"steps, iters, batch size and n must be ≥ 1, got {cfg.steps}, {cfg.iters}, {cfg.batch_size}, {cfg.n}")
@@ -156,9 +156,7 @@ def tune_nappure(cfg: NAPPureTuneConfig, resume: bool = False, log: Callable[[st
                         split_seed=cfg.split_seed)
     x_all = torch.from_numpy(data.as_float_nchw())
     y_all = torch.from_numpy(data.labels)
-    classifier = resolve_classifier(cfg.classifier).eval()
-    for p in classifier.parameters():
-        p.requires_grad_(False)
+    classifier = frozen(resolve_classifier(cfg.classifier))
     adv = _adversarial(classifier, x_all, y_all, cfg, Path(cfg.cache) if cfg.cache else out, log)
     pur = _purifier(cfg)
     start = _start(pur, x_all)

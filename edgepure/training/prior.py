@@ -34,16 +34,17 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
 from edgepure.data import open_dataset
-from edgepure.models.loading import resolve_prior
+from edgepure.models.loading import frozen, resolve_classifier, resolve_prior
 from edgepure.models.registry import create_prior
 from edgepure.runtime.errors import ConfigError
 from edgepure.training.checkpoint import init_from
 from edgepure.training.classifier import _to_tensor
+from edgepure.training.impure import feature_loss
 from edgepure.training.loop import fit
 
 __all__ = ["PriorConfig", "adversarial_batch", "corrupt_batch", "corrupted_sigmas", "train_prior", "validate_prior"]
@@ -191,20 +192,32 @@ def _edm_loss_and_output(model: torch.nn.Module, y: torch.Tensor, sigma: torch.T
     return (weight * (d - y).square().flatten(1).mean(1)).mean(), d
 
 
-def _mean_error(model: torch.nn.Module, images: torch.Tensor, sigma: float, seed: int, batch_size: int,
-                corrupted: bool = False, observed: torch.Tensor | None = None) -> float:
-    """Mean squared error of ``D`` at ``sigma`` against the clean images (inputs corrupted first if asked, or
-    ``observed``: given inputs in [−1, 1])."""
+def _denoised(model: torch.nn.Module, images: torch.Tensor, sigma: float, seed: int, batch_size: int,
+              corrupted: bool = False, observed: torch.Tensor | None = None
+              ) -> Iterator[tuple[slice, torch.Tensor, torch.Tensor]]:
+    """Per batch of the clean ``images`` (uint8): its slice, the clean batch in [−1, 1] and ``D`` at ``sigma`` of it
+    (corrupted first if asked, or of ``observed``: given inputs in [−1, 1]); noise from ``seed``."""
     g = torch.Generator().manual_seed(seed)
-    total = 0.0
     for i in range(0, len(images), batch_size):
-        y = images[i : i + batch_size].float() / 127.5 - 1
+        at = slice(i, i + batch_size)
+        y = images[at].float() / 127.5 - 1
         x = corrupt_batch(y, 1.0, g)[0] if corrupted else y
         if observed is not None:
-            x = observed[i : i + batch_size]
-        d = model(x + sigma * torch.randn(y.shape, generator=g), torch.full((len(y),), sigma))
-        total += float((d - y).square().flatten(1).mean(1).sum())
+            x = observed[at]
+        yield at, y, model(x + sigma * torch.randn(y.shape, generator=g), torch.full((len(y),), sigma))
+
+
+def _mean_error(model: torch.nn.Module, images: torch.Tensor, sigma: float, seed: int, batch_size: int,
+                corrupted: bool = False, observed: torch.Tensor | None = None) -> float:
+    """Mean squared error of ``D`` at ``sigma`` against the clean images (see ``_denoised``)."""
+    total = sum(float((d - y).square().flatten(1).mean(1).sum())
+                for _, y, d in _denoised(model, images, sigma, seed, batch_size, corrupted, observed))
     return total / max(len(images), 1)
+
+
+def _to01(z: torch.Tensor) -> torch.Tensor:
+    """[−1, 1] (a denoiser's output, clipped) to the classifier's [0, 1]."""
+    return (z.clamp(-1, 1) + 1) / 2
 
 
 @torch.no_grad()
@@ -221,17 +234,11 @@ def validate_prior(model: torch.nn.Module, images: torch.Tensor, sigmas: tuple[f
     model.eval()
     out: dict[str, float] = {}
     if classifier is not None and labels is not None:
-        sources = {"accuracy@0.1": images.float() / 127.5 - 1}
-        if attacked is not None:
-            sources["adversarial_accuracy@0.1"] = attacked
-        for key, inputs in sources.items():
-            g = torch.Generator().manual_seed(seed + 3)
-            right = 0
-            for i in range(0, len(inputs), batch_size):
-                x = inputs[i : i + batch_size]
-                d = model(x + 0.1 * torch.randn(x.shape, generator=g), torch.full((len(x),), 0.1))
-                right += int((classifier((d.clamp(-1, 1) + 1) / 2).argmax(1) == labels[i : i + batch_size]).sum())
-            out[key] = right / max(len(inputs), 1)
+        sources = [("accuracy@0.1", None)] + ([("adversarial_accuracy@0.1", attacked)] if attacked is not None else [])
+        for key, observed in sources:
+            right = sum(int((classifier(_to01(d)).argmax(1) == labels[at]).sum())
+                        for at, _, d in _denoised(model, images, 0.1, seed + 3, batch_size, observed=observed))
+            out[key] = right / max(len(images), 1)
     if corrupt:  # the restoration task: corrupted inputs, clean targets (fixed corruptions and noise)
         for level in (0.1, 0.5):
             out[f"restore@{level:g}"] = _mean_error(model, images, level, seed + 1, batch_size, corrupted=True)
@@ -279,21 +286,19 @@ def train_prior(cfg: PriorConfig, resume: bool = False, log: Any = print) -> dic
     x_val = _to_tensor(val.images)[pick]
     classifier, v_attacked, v_labels = None, None, None
     if cfg.adversarial > 0 or cfg.feature_weight > 0:
-        from edgepure.models.loading import load_classifier
-
-        classifier = load_classifier(cfg.classifier).eval()
-        for p in classifier.parameters():
-            p.requires_grad_(False)
+        classifier = frozen(resolve_classifier(cfg.classifier))
         v_labels = torch.from_numpy(val.labels).long()[pick]
     if classifier is not None and cfg.adversarial > 0:
         v_attacked = adversarial_batch(x_val.float() / 127.5 - 1, v_labels, classifier, cfg.adv_steps,
                                        torch.Generator().manual_seed(4321))
 
+    restoring = cfg.corrupt > 0 or cfg.adversarial > 0
+
     def loss_fn(idx: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         y = _shift(x_train[idx].float() / 127.5 - 1, cfg.shift, g)
         sigma = sample_sigmas(len(y), cfg, g)
         observed, weight_sigma = None, None
-        if cfg.corrupt > 0 or cfg.adversarial > 0:
+        if restoring:
             observed, picked = corrupt_batch(y, cfg.corrupt, g)
             if classifier is not None and cfg.adversarial > 0:
                 adv = torch.rand(len(y), generator=g) < cfg.adversarial
@@ -306,13 +311,9 @@ def train_prior(cfg: PriorConfig, resume: bool = False, log: Any = print) -> dic
         loss, d = _edm_loss_and_output(model, y, sigma, torch.randn(y.shape, generator=g), observed, weight_sigma)
         near = sigma <= FEATURE_SIGMA_MAX
         if cfg.feature_weight > 0 and classifier is not None and bool(near.any()):
-            from edgepure.training.impure import feature_loss
-
-            to01 = lambda z: (z.clamp(-1, 1) + 1) / 2  # noqa: E731
-            loss = loss + cfg.feature_weight * feature_loss(classifier, to01(d[near]), to01(y[near]))
+            loss = loss + cfg.feature_weight * feature_loss(classifier, _to01(d[near]), _to01(y[near]))
         return loss
 
-    restoring = cfg.corrupt > 0 or cfg.adversarial > 0
     return fit(model, cfg, len(x_train), loss_fn,
                lambda m: validate_prior(m, x_val, corrupt=cfg.corrupt > 0, attacked=v_attacked,
                                         classifier=classifier, labels=v_labels), out,
