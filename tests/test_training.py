@@ -190,6 +190,10 @@ def test_prior_fine_tuning_starts_from_init_and_checkpoints_load_as_priors(gtsrb
         train_prior(_prior_cfg(gtsrb_dir, tmp_path / "y", corrupt=1.5), log=lambda s: None)
     with pytest.raises(ConfigError, match="adv_steps must be ≥ 1, got 0"):
         train_prior(_prior_cfg(gtsrb_dir, tmp_path / "z", adversarial=0.5, adv_steps=0), log=lambda s: None)
+    with pytest.raises(ConfigError, match="adv_additive must be a share in \\[0, 1\\], got 1.5"):
+        train_prior(_prior_cfg(gtsrb_dir, tmp_path / "w", adversarial=0.5, adv_additive=1.5), log=lambda s: None)
+    with pytest.raises(ConfigError, match="adv_sigma_max must be in \\(0.01, 1\\], got 0.005"):
+        train_prior(_prior_cfg(gtsrb_dir, tmp_path / "v", adversarial=0.5, adv_sigma_max=0.005), log=lambda s: None)
 
 
 def test_adversarial_batch_attacks_the_classifier_within_the_protocol_budgets() -> None:
@@ -213,6 +217,11 @@ def test_adversarial_batch_attacks_the_classifier_within_the_protocol_budgets() 
     with torch.no_grad():
         fooled = classifier((adv + 1) / 2).argmax(1) != labels
     assert fooled[12:].float().mean() > 0.5  # random images under 24/255 noise: the attack works
+    # the mix of the two families: all additive, all patch, and a quarter patch
+    for share, n_patch in ((1.0, 0), (0.0, 24), (0.75, 6)):
+        d = (adversarial_batch(y, labels, classifier, 1, torch.Generator().manual_seed(1), share) - y).abs()
+        patch_only = d[..., outside].flatten(1).amax(1) == 0
+        assert patch_only.tolist() == [True] * n_patch + [False] * (24 - n_patch)
 
 
 def test_prior_training_with_adversarial_inputs_validates_on_attacked_images(gtsrb_dir: Path, tmp_path: Path) -> None:

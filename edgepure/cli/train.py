@@ -77,6 +77,8 @@ def prior(
     init: Annotated[Optional[str], typer.Option(help="Start from these weights: a registered prior's shipped ones or a checkpoint (fine-tuning).")] = None,
     adversarial: Annotated[float, typer.Option(help="Share of inputs replaced by PGD patch/additive examples against the classifier, clean target.")] = 0.0,
     adv_steps: Annotated[int, typer.Option(help="PGD steps of those examples.")] = 4,
+    adv_additive: Annotated[float, typer.Option(help="Share of those examples with additive noise (the rest: a patch).")] = 0.5,
+    adv_sigma_max: Annotated[float, typer.Option(help="Their noise levels are log-uniform from 0.01 up to this (a purifier's jump uses small σ).")] = 1.0,
     feature_weight: Annotated[float, typer.Option(help="Weight of a classifier-feature loss on the denoised outputs at σ ≤ 0.5 (restorations the classifier reads).")] = 0.0,
     classifier: Annotated[Optional[str], typer.Option(help="Classifier they attack / whose features guide: a registered name or a checkpoint (default: the shipped one).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the run folder's last checkpoint.")] = False,
@@ -89,7 +91,8 @@ def prior(
     cfg = PriorConfig(data=data, out=str(out), model=model, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                       focus=(focus_low, focus_high), focus_p=focus_p, ema=ema, val_fraction=val_fraction,
                       max_steps=max_steps or None, corrupt=corrupt, init=init, adversarial=adversarial,
-                      adv_steps=adv_steps, classifier=classifier, feature_weight=feature_weight)
+                      adv_steps=adv_steps, classifier=classifier, feature_weight=feature_weight,
+                      adv_additive=adv_additive, adv_sigma_max=adv_sigma_max)
     record = train_prior(cfg, resume=resume, log=lambda s: typer.echo(s, err=True))
     summary = {"out": str(out), "epochs_done": record["epoch"] + 1, "best_val_mse": record["best_val_mse"],
                "last": record["history"][-1]}

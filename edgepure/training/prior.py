@@ -80,6 +80,8 @@ class PriorConfig:
     adv_steps: int = 4
     classifier: str | None = None  # attacked by ``adversarial`` (default: the shipped classifier)
     feature_weight: float = 0.0  # weight of the classifier-feature loss on D's outputs (σ ≤ FEATURE_SIGMA_MAX)
+    adv_additive: float = 0.5  # share of the adversarial examples that carry additive noise (the rest: a patch)
+    adv_sigma_max: float = 1.0  # their noise levels: log-uniform on [CORRUPT_SIGMA[0], this]
 
 
 CORRUPT_PX = (3, 12)  # side of an occluding patch, pixels
@@ -130,15 +132,17 @@ ADV_FAMILIES = ("patch", "additive")
 
 
 def adversarial_batch(y: torch.Tensor, labels: torch.Tensor, classifier: torch.nn.Module, steps: int,
-                      g: torch.Generator) -> torch.Tensor:
-    """``y`` (N×C×H×W in [−1, 1]) attacked by PGD on ``classifier``: the first half with the protocol's patch,
-    the rest with its additive noise (budgets of ``create_perturbation(..., "gtsrb")``); returned in [−1, 1]."""
+                      g: torch.Generator, additive: float = 0.5) -> torch.Tensor:
+    """``y`` (N×C×H×W in [−1, 1]) attacked by PGD on ``classifier``: the first images with the protocol's patch,
+    the last ``round(additive·N)`` with its additive noise (budgets of ``create_perturbation(..., "gtsrb")``; half
+    and half by default); returned in [−1, 1]."""
     from edgepure.attacks import PGD
     from edgepure.perturb import create_perturbation
 
     x = (y + 1) / 2
     out = x.clone()
-    for fam, idx in zip(ADV_FAMILIES, torch.arange(len(x)).chunk(2)):
+    n_add = int(additive * len(x))  # floor: half and half puts the odd image in the patch half
+    for fam, idx in zip(ADV_FAMILIES, torch.arange(len(x)).split([len(x) - n_add, n_add])):
         if len(idx):
             pert = create_perturbation(fam, "gtsrb", image_size=x.shape[-1])
             seed = int(torch.randint(0, 2**31 - 1, (1,), generator=g))
@@ -146,9 +150,10 @@ def adversarial_batch(y: torch.Tensor, labels: torch.Tensor, classifier: torch.n
     return out.clamp(0, 1) * 2 - 1
 
 
-def corrupted_sigmas(n: int, g: torch.Generator) -> torch.Tensor:
-    """Noise levels for corrupted inputs, log-uniform on ``CORRUPT_SIGMA``."""
+def corrupted_sigmas(n: int, g: torch.Generator, high: float | None = None) -> torch.Tensor:
+    """Noise levels for corrupted inputs, log-uniform on ``CORRUPT_SIGMA`` (or up to ``high``)."""
     lo, hi = CORRUPT_SIGMA
+    hi = hi if high is None else high
     return torch.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * torch.rand(n, generator=g))
 
 
@@ -271,6 +276,10 @@ def train_prior(cfg: PriorConfig, resume: bool = False, log: Any = print) -> dic
         raise ConfigError(f"adv_steps must be ≥ 1, got {cfg.adv_steps}")
     if cfg.feature_weight < 0:
         raise ConfigError(f"feature_weight must be ≥ 0, got {cfg.feature_weight}")
+    if not 0 <= cfg.adv_additive <= 1:
+        raise ConfigError(f"adv_additive must be a share in [0, 1], got {cfg.adv_additive}")
+    if not CORRUPT_SIGMA[0] < cfg.adv_sigma_max <= CORRUPT_SIGMA[1]:
+        raise ConfigError(f"adv_sigma_max must be in ({CORRUPT_SIGMA[0]:g}, {CORRUPT_SIGMA[1]:g}], got {cfg.adv_sigma_max}")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
@@ -290,7 +299,7 @@ def train_prior(cfg: PriorConfig, resume: bool = False, log: Any = print) -> dic
         v_labels = torch.from_numpy(val.labels).long()[pick]
     if classifier is not None and cfg.adversarial > 0:
         v_attacked = adversarial_batch(x_val.float() / 127.5 - 1, v_labels, classifier, cfg.adv_steps,
-                                       torch.Generator().manual_seed(4321))
+                                       torch.Generator().manual_seed(4321), cfg.adv_additive)
 
     restoring = cfg.corrupt > 0 or cfg.adversarial > 0
 
@@ -300,12 +309,16 @@ def train_prior(cfg: PriorConfig, resume: bool = False, log: Any = print) -> dic
         observed, weight_sigma = None, None
         if restoring:
             observed, picked = corrupt_batch(y, cfg.corrupt, g)
+            adv = torch.zeros(len(y), dtype=torch.bool)
             if classifier is not None and cfg.adversarial > 0:
                 adv = torch.rand(len(y), generator=g) < cfg.adversarial
                 if bool(adv.any()):
-                    observed[adv] = adversarial_batch(y[adv], y_train[idx][adv], classifier, cfg.adv_steps, g)
+                    observed[adv] = adversarial_batch(y[adv], y_train[idx][adv], classifier, cfg.adv_steps, g,
+                                                      cfg.adv_additive)
                 picked = picked | adv
             sigma = torch.where(picked, corrupted_sigmas(len(y), g), sigma)
+            if cfg.adv_sigma_max != CORRUPT_SIGMA[1]:
+                sigma = torch.where(adv, corrupted_sigmas(len(y), g, cfg.adv_sigma_max), sigma)
             # a restoration error does not shrink with σ: EDM's weight, ∝ 1/σ² at low σ, is held at λ(0.1)
             weight_sigma = torch.where(picked, sigma.clamp_min(RESTORE_WEIGHT_SIGMA), sigma)
         loss, d = _edm_loss_and_output(model, y, sigma, torch.randn(y.shape, generator=g), observed, weight_sigma)
