@@ -31,11 +31,13 @@ def main() -> None:
     ap.add_argument("--tag", required=True)
     ap.add_argument("--command", required=True, help="the exact training command")
     ap.add_argument("--metrics", type=Path, help="JSON printed by benchmarks/classifier.py")
+    ap.add_argument("--checkpoint", default="best",
+                    help="which checkpoint of the run: best (the validation score's pick) or last_ema / last")
     ap.add_argument("--float16", action="store_true",
                     help="store floating-point tensors as float16 (half the size; loaded into float32 parameters)")
     args = ap.parse_args()
-    record = json.loads((args.run / "best.json").read_text())
-    src = args.run / "best.safetensors"
+    record = json.loads((args.run / f"{args.checkpoint}.json").read_text())
+    src = args.run / f"{args.checkpoint}.safetensors"
     WEIGHTS.mkdir(parents=True, exist_ok=True)
     dest = WEIGHTS / f"{args.tag}.safetensors"
     if args.float16:
@@ -79,6 +81,7 @@ def main() -> None:
         "training": {
             "command": args.command,
             "config": record["config"],
+            "checkpoint": args.checkpoint,
             "best_epoch": record["epoch"],
             "history": record["history"],
         },
