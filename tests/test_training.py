@@ -1,3 +1,4 @@
+import math
 from pathlib import Path
 
 import pytest
@@ -217,6 +218,13 @@ def test_adversarial_batch_attacks_the_classifier_within_the_protocol_budgets() 
     with torch.no_grad():
         fooled = classifier((adv + 1) / 2).argmax(1) != labels
     assert fooled[12:].float().mean() > 0.5  # random images under 24/255 noise: the attack works
+    # their noise levels: log-uniform from 0.01, up to 1 by default or to the cap given
+    from edgepure.training.prior import corrupted_sigmas
+
+    low = corrupted_sigmas(4096, torch.Generator().manual_seed(0), 0.1)
+    full = corrupted_sigmas(4096, torch.Generator().manual_seed(0))
+    assert float(low.min()) >= 0.01 and float(low.max()) <= 0.1 and float(full.max()) > 0.5
+    assert abs(float(low.log().mean()) - (math.log(0.01) + math.log(0.1)) / 2) < 0.05  # log-uniform: mean of the logs
     # the mix of the two families: all additive, all patch, and a quarter patch
     for share, n_patch in ((1.0, 0), (0.0, 24), (0.75, 6)):
         d = (adversarial_batch(y, labels, classifier, 1, torch.Generator().manual_seed(1), share) - y).abs()

@@ -20,7 +20,9 @@ prior's shipped ones or a checkpoint) — a fine-tuning run.
 examples against the classifier (the shipped one unless ``classifier`` names another), half a patch and half additive
 noise with the NAPPure protocol's budgets (7×7 centred patch; L∞ 24/255), found by ``adv_steps``-step PGD from a
 random start on the fly (IMPure's recipe for its reconstruction network); target clean, noise level as for the
-other corruptions. Validation then adds ``adversarial@0.1`` on a fixed set attacked the same way.
+other corruptions. ``adv_additive`` sets the additive share of those examples and ``adv_sigma_max`` caps their noise
+levels (log-uniform from 0.01 up to it: a purifier's denoised start reads D at a small σ). Validation then adds
+``adversarial@0.1`` on a fixed set attacked the same way.
 
 ``feature_weight`` > 0 adds a classifier-guided term (as HGD's and IMPure's): for every input with σ ≤ 0.5, IMPure's
 normalised L1 distance between the classifier's stage activations on ``D``'s output and on the clean image — the
@@ -134,7 +136,7 @@ ADV_FAMILIES = ("patch", "additive")
 def adversarial_batch(y: torch.Tensor, labels: torch.Tensor, classifier: torch.nn.Module, steps: int,
                       g: torch.Generator, additive: float = 0.5) -> torch.Tensor:
     """``y`` (N×C×H×W in [−1, 1]) attacked by PGD on ``classifier``: the first images with the protocol's patch,
-    the last ``round(additive·N)`` with its additive noise (budgets of ``create_perturbation(..., "gtsrb")``; half
+    the last ⌊additive·N⌋ with its additive noise (budgets of ``create_perturbation(..., "gtsrb")``; half
     and half by default); returned in [−1, 1]."""
     from edgepure.attacks import PGD
     from edgepure.perturb import create_perturbation
