@@ -3,7 +3,8 @@
 The result is a new model directory (the source stays untouched) with the quantized graphs, the FP32
 graphs that stay FP32 copied over, ``precision: "int8"`` and a ``calibration`` record in its manifest
 (data, image count, method, scope, exclusions, Q/DQ check, FP32-vs-INT8 agreement and accuracy on held-in
-images), ready for ``edgepure run`` (ONNX Runtime runs Q/DQ graphs on the CPU) and ``edgepure build``.
+images, in exact Q/DQ arithmetic and on this CPU's ONNX Runtime INT8 kernels), ready for ``edgepure run``
+(ONNX Runtime runs Q/DQ graphs on the CPU) and ``edgepure build``.
 """
 
 from __future__ import annotations
@@ -26,10 +27,11 @@ from edgepure.runtime.manifest import MANIFEST_NAME, load_manifest, sha256_file
 __all__ = ["calibrate_directory"]
 
 
-def _run(path: Path, images: np.ndarray, inputs: Sequence[dict[str, Any]], seed: int) -> np.ndarray:
+def _run(path: Path, images: np.ndarray, inputs: Sequence[dict[str, Any]], seed: int,
+         fuse_quantized: bool = True) -> np.ndarray:
     from edgepure.runtime.backends import ort_session
 
-    sess = ort_session(path, threads=None)
+    sess = ort_session(path, threads=None, fuse_quantized=fuse_quantized)
     reader = FeedReader(images, inputs, seed)
     return np.concatenate([sess.run(None, feed)[0] for feed in reader.feeds()])
 
@@ -168,15 +170,31 @@ def calibrate_directory(directory: str | Path, out: str | Path, images: np.ndarr
 
 def _report(src: Path, tmp: Path, models: dict[str, Any], new_models: dict[str, Any], images: np.ndarray,
             labels: Optional[np.ndarray], seed: int) -> dict[str, Any]:
-    """FP32 vs INT8 on held-in images: top-1 agreement, accuracy and the largest logit difference."""
+    """FP32 vs INT8 on held-in images: top-1 agreement, accuracy and the largest logit difference.
+
+    The headline numbers run the Q/DQ graph unfused (INT8 rounding and clipping computed exactly, as TensorRT
+    does with its 32-bit accumulation): they measure the calibration, on any CPU. ``onnxruntime_cpu`` repeats
+    them with ONNX Runtime's fused INT8 kernels on this CPU, which saturate on x86 CPUs without VNNI
+    (``int8_saturates``)."""
+    from edgepure.runtime.machine import describe_machine, int8_saturates
+
     role = "pipeline" if "pipeline" in models else "classifier"
-    a = _run(src / models[role]["file"], images, models[role]["inputs"], seed)
-    b = _run(tmp / new_models[role]["file"], images, models[role]["inputs"], seed)
-    n = len(a)
-    rep: dict[str, Any] = {"graph": role, "n": n, "top1_agreement": round(float(np.mean(a.argmax(1) == b.argmax(1))), 6),
-                           "max_abs_logit_diff": round(float(np.abs(a - b).max()), 5)}
-    if labels is not None:
-        y = np.asarray(labels[:n])
+    inputs = models[role]["inputs"]
+    a = _run(src / models[role]["file"], images, inputs, seed)
+    exact = _run(tmp / new_models[role]["file"], images, inputs, seed, fuse_quantized=False)
+    fused = _run(tmp / new_models[role]["file"], images, inputs, seed)
+    y = None if labels is None else np.asarray(labels[: len(a)])
+
+    def compare(b: np.ndarray) -> dict[str, Any]:
+        rep: dict[str, Any] = {"top1_agreement": round(float(np.mean(a.argmax(1) == b.argmax(1))), 6),
+                               "max_abs_logit_diff": round(float(np.abs(a - b).max()), 5)}
+        if y is not None:
+            rep["accuracy_int8"] = round(float(np.mean(b.argmax(1) == y)), 6)
+        return rep
+
+    rep: dict[str, Any] = {"graph": role, "n": len(a), "arithmetic": "qdq-exact", **compare(exact)}
+    if y is not None:
         rep["accuracy_fp32"] = round(float(np.mean(a.argmax(1) == y)), 6)
-        rep["accuracy_int8"] = round(float(np.mean(b.argmax(1) == y)), 6)
+    cpu = describe_machine().get("cpu", "")
+    rep["onnxruntime_cpu"] = {**compare(fused), "cpu": cpu, "int8_saturates": int8_saturates()}
     return rep

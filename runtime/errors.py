@@ -16,6 +16,7 @@ __all__ = [
     "ModelError",
     "ConfigError",
     "MissingDependencyError",
+    "PrecisionWarning",
 ]
 
 
@@ -52,3 +53,7 @@ class MissingDependencyError(EdgepureError):
             hint = f"pip install 'edgepure[{extra}]'" if extra else f"pip install {package}"
         super().__init__(message or f"{purpose} needs the Python package '{package}', which is not installed: {hint}")
         self.package = package
+
+
+class PrecisionWarning(UserWarning):
+    """A model runs here at lower accuracy than it was calibrated for (e.g. INT8 on a CPU whose kernels saturate)."""

@@ -11,7 +11,7 @@ import time
 from importlib import metadata
 from typing import Any, Callable
 
-__all__ = ["describe_machine", "matmul_peak_gflops"]
+__all__ = ["describe_machine", "int8_saturates", "matmul_peak_gflops"]
 
 _PACKAGES = ("edgepure", "numpy", "torch", "onnx", "onnxruntime", "onnxruntime-gpu", "tensorrt", "opencv-python-headless")
 
@@ -36,6 +36,34 @@ def _memory_gib() -> float | None:
     except (OSError, ValueError, IndexError):
         pass
     return None
+
+
+def _cpu_flags() -> set[str] | None:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return None
+
+
+_VNNI = ("avx512_vnni", "avx_vnni", "amx_int8")
+
+
+def int8_saturates() -> bool | None:
+    """Whether ONNX Runtime's x86 INT8 kernels saturate on this CPU: True on an x86 CPU with AVX2 but no VNNI.
+
+    Without VNNI, ONNX Runtime multiplies u8 activations by s8 weights with ``vpmaddubsw``, which adds pairs
+    of products into 16 bits and saturates, so a Q/DQ model's accuracy on such a CPU is not its calibration's
+    (TensorRT, ARM and VNNI CPUs accumulate in 32 bits). False where the flags show VNNI or no AVX2 (an ARM
+    CPU: a Jetson), None where the flags cannot be read.
+    """
+    flags = _cpu_flags()
+    if flags is None:
+        return None
+    return "avx2" in flags and not any(f in flags for f in _VNNI)
 
 
 def _usable_cpus() -> int:

@@ -13,6 +13,7 @@ stochastic purifier's noise input is fed from a seeded generator, so the same fr
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -20,7 +21,8 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from edgepure.runtime.backends import Backend, open_backend
-from edgepure.runtime.errors import ConfigError, ModelError
+from edgepure.runtime.errors import ConfigError, ModelError, PrecisionWarning
+from edgepure.runtime.machine import int8_saturates
 from edgepure.runtime.manifest import load_manifest
 from edgepure.runtime.preprocess import crop_roi, resize
 
@@ -85,6 +87,19 @@ class _Stage:
         return np.concatenate(out)[:n]
 
 
+def _saturation_message(directory: Path, manifest: dict[str, Any]) -> str:
+    rep = (manifest.get("calibration") or {}).get("report") or {}
+    measured = ""
+    if "top1_agreement" in rep:
+        measured = f" (calibration report: top-1 agreement with FP32 {rep['top1_agreement']:.3f} in Q/DQ arithmetic"
+        cpu = rep.get("onnxruntime_cpu") or {}
+        measured += (f", {cpu['top1_agreement']:.3f} on the CPU it was calibrated on)" if "top1_agreement" in cpu
+                     else ")")
+    return (f"{directory}: INT8 model on ONNX Runtime's CPU, and this CPU has AVX2 but no VNNI: its INT8 kernels "
+            f"saturate 16-bit sums of u8×s8 products, so answers can differ from the calibrated model's{measured}. "
+            "On this CPU run the FP32 model directory; the INT8 one is for TensorRT, ARM and VNNI CPUs.")
+
+
 class EdgeModel:
     """One exported model directory, ready to classify frames."""
 
@@ -107,6 +122,9 @@ class EdgeModel:
             roles = ["purifier", "classifier"] if mode == "split" else (
                 ["pipeline"] if "pipeline" in models else ["classifier"])
         self.mode, self.backend_name = mode, backend
+        if backend == "ort-cpu" and int8_saturates() and any(
+                (models[r].get("precision") == "int8") for r in roles):
+            warnings.warn(_saturation_message(self.directory, self.manifest), PrecisionWarning, stacklevel=2)
         self.stages = [_Stage(open_backend(backend, self.directory, r, self.manifest, threads), r) for r in roles]
         first = self.stages[0]
         self.batch, self.height, self.width = first.batch, first.height, first.width

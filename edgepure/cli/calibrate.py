@@ -95,7 +95,17 @@ def calibrate(
         line = f"  held-in {rep['graph']} ({rep['n']} images): top-1 agreement FP32/INT8 {rep['top1_agreement']:.4f}"
         if "accuracy_fp32" in rep:
             line += f", accuracy {100 * rep['accuracy_fp32']:.2f} % → {100 * rep['accuracy_int8']:.2f} %"
-        typer.echo(line)
+        typer.echo(line + " (exact Q/DQ arithmetic, as TensorRT computes it)")
+        cpu = rep.get("onnxruntime_cpu") or {}
+        if cpu:
+            line = f"  on this CPU's ONNX Runtime INT8 kernels: top-1 agreement {cpu['top1_agreement']:.4f}"
+            if "accuracy_int8" in cpu:
+                line += f", accuracy {100 * cpu['accuracy_int8']:.2f} %"
+            typer.echo(line)
+            if cpu.get("int8_saturates"):
+                typer.echo(f"warning: this CPU ({cpu.get('cpu') or 'x86'}) has AVX2 but no VNNI, where ONNX Runtime's "
+                           "INT8 kernels saturate u8×s8 products; run the FP32 directory on it, the INT8 one on "
+                           "TensorRT, ARM or a VNNI CPU", err=True)
     if "trt_calibration_cache" in cal:
         c = cal["trt_calibration_cache"]
         typer.echo(f"  TensorRT calibration cache: {c['file']} ({c['tensors']} tensors) for {c['for']}")

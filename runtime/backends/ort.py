@@ -37,8 +37,13 @@ def import_onnxruntime() -> Any:
 
 
 def ort_session(model: bytes | str | Path, providers: Sequence[str] = ("CPUExecutionProvider",),
-                threads: int | None = None, provider_options: Optional[Sequence[dict[str, Any]]] = None) -> Any:
-    """An InferenceSession on ``model`` (bytes or a path) with the given providers and intra-op threads."""
+                threads: int | None = None, provider_options: Optional[Sequence[dict[str, Any]]] = None,
+                fuse_quantized: bool = True) -> Any:
+    """An InferenceSession on ``model`` (bytes or a path) with the given providers and intra-op threads.
+
+    ``fuse_quantized=False`` keeps ONNX Runtime's graph optimisations at the basic level, where Q/DQ pairs
+    stay separate nodes around float operators: INT8 rounding and clipping computed exactly in float (what
+    TensorRT's 32-bit accumulation gives), instead of the fused integer kernels of the CPU at hand."""
     ort = import_onnxruntime()
     available = set(ort.get_available_providers())
     missing = [p for p in providers if p not in available]
@@ -51,6 +56,8 @@ def ort_session(model: bytes | str | Path, providers: Sequence[str] = ("CPUExecu
     opts.log_severity_level = 3
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    if not fuse_quantized:
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     if threads is not None:
         opts.intra_op_num_threads = threads
     source = model if isinstance(model, bytes) else str(model)
