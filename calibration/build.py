@@ -22,7 +22,7 @@ from edgepure.runtime.backends.cuda import missing_dependency, require_gpu
 from edgepure.runtime.backends.tensorrt import import_tensorrt, trt_major
 from edgepure.runtime.engines import ENGINE_DIR, KEY_FIELDS, PRECISIONS, current_key, engine_entry, find_engine
 from edgepure.runtime.errors import ConfigError, ModelError
-from edgepure.runtime.manifest import MANIFEST_NAME, load_manifest
+from edgepure.runtime.manifest import MANIFEST_NAME, load_manifest, make_public
 
 __all__ = ["TIMING_CACHE_NAME", "build_engine", "check_precision", "describe_engine"]
 
@@ -67,6 +67,7 @@ def _atomic_write(path: Path, data: bytes) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        make_public(tmp)  # mkstemp's 0600 would hide the engine, manifest and timing cache from other users
     except BaseException:
         os.unlink(tmp)
         raise
@@ -198,8 +199,6 @@ def _commit(d: Path, manifest: dict[str, Any], role: str, entry: dict[str, Any],
         os.unlink(tmp_engine)
         raise
     try:
-        os.chmod(tmp_engine, 0o644)
-        os.chmod(tmp_manifest, 0o644)
         os.replace(tmp_engine, engine)
     except BaseException:
         os.unlink(tmp_engine)

@@ -22,7 +22,7 @@ import numpy as np
 from edgepure.calibration.data import FeedReader
 from edgepure.calibration.quantize import METHODS, SCOPE_OPS, SCOPES, check_qdq, quantize_model
 from edgepure.runtime.errors import ConfigError, ModelError
-from edgepure.runtime.manifest import MANIFEST_NAME, load_manifest, sha256_file
+from edgepure.runtime.manifest import MANIFEST_NAME, load_manifest, make_public, sha256_file
 
 __all__ = ["calibrate_directory"]
 
@@ -158,7 +158,7 @@ def calibrate_directory(directory: str | Path, out: str | Path, images: np.ndarr
                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
         new.pop("engines", None)
         (tmp / MANIFEST_NAME).write_text(json.dumps(new, indent=2) + "\n")
-        tmp.chmod(0o755)
+        make_public(tmp)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)

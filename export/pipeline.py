@@ -27,7 +27,7 @@ from edgepure.export.graph import OPSET, to_onnx
 from edgepure.export.lint import lint_model
 from edgepure.export.voting import FusedPipeline, pipeline_module
 from edgepure.runtime.errors import ConfigError
-from edgepure.runtime.manifest import MANIFEST_NAME, SCHEMA_VERSION, sha256_file
+from edgepure.runtime.manifest import MANIFEST_NAME, SCHEMA_VERSION, make_public, sha256_file
 
 __all__ = ["FusedPipeline", "GraphNoise", "HalfPrecision", "PRECISIONS", "export_pipeline"]
 
@@ -309,9 +309,7 @@ def export_pipeline(
     cast: Callable[[nn.Module], nn.Module] = HalfPrecision if precision == "fp16" else (lambda m: m)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would make the shipped directory private
+    make_public(tmp)  # mkdtemp's 0700 would make the shipped directory private
     try:
         if onnx_classifier is not None:
             models = {"classifier": _adopt_classifier(onnx_classifier, tmp, lint_target)}

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 from edgepure.runtime.errors import ModelError
 
-__all__ = ["MANIFEST_NAME", "SCHEMA_VERSION", "load_manifest", "sha256_file", "verify_files"]
+__all__ = ["MANIFEST_NAME", "SCHEMA_VERSION", "load_manifest", "make_public", "sha256_file", "verify_files"]
 
 MANIFEST_NAME = "manifest.json"
 SCHEMA_VERSION = 1
@@ -63,3 +64,12 @@ def verify_files(manifest: dict[str, Any], directory: Path) -> None:
                 f"{file}: sha256 mismatch (manifest {entry['sha256'][:16]}…, file {found[:16]}…): "
                 "the model was modified or replaced after export"
             )
+
+
+def make_public(path: str | Path) -> None:
+    """Give a file or directory made by ``tempfile`` (0600 / 0700) the mode an ordinary ``open``/``mkdir``
+    would have (0666 / 0777 less the umask), before it is moved into place as an artifact: a model directory,
+    engine or manifest must be readable by the service that runs it, not only by whoever built it."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, (0o777 if Path(path).is_dir() else 0o666) & ~umask)

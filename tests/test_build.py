@@ -11,7 +11,9 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
+import os
 import re
+import stat
 import subprocess
 import sys
 import textwrap
@@ -169,6 +171,10 @@ def test_fp32_build_call_order_and_entry_with_fakes(model_dir: Path, trt10: Any,
     assert recorded["workspace"] == 1 << 30 and recorded["build_seconds"] >= 0
     assert recorded["created"].endswith("+00:00")
     assert not list(model_dir.rglob("*.tmp"))
+    umask = os.umask(0)
+    os.umask(umask)
+    for written in (engine, model_dir / "manifest.json"):  # readable like any file, not mkstemp's 0600
+        assert stat.S_IMODE(written.stat().st_mode) == 0o666 & ~umask, written
 
 
 @pytest.mark.parametrize("strongly_typed,flags", [(True, 2), (False, 0)])

@@ -95,6 +95,7 @@ def _export_variants(out: Path, step_list: list[int], one: Any, force: bool) -> 
     import tempfile
 
     from edgepure.runtime.errors import ConfigError
+    from edgepure.runtime.manifest import make_public
     from edgepure.runtime.variants import write_variants
 
     if out.exists() and not force:
@@ -104,7 +105,7 @@ def _export_variants(out: Path, step_list: list[int], one: Any, force: bool) -> 
     try:
         manifests = {f"k{k}": one(tmp / f"k{k}", {"steps": k}, False) for k in step_list}
         write_variants(tmp, [(name, name) for name in manifests])
-        tmp.chmod(0o755)
+        make_public(tmp)
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
