@@ -1,4 +1,6 @@
 import math
+import os
+import stat
 from pathlib import Path
 
 import pytest
@@ -29,6 +31,9 @@ def test_one_training_step_changes_weights_and_writes_checkpoints(gtsrb_dir: Pat
     for name in ("last.safetensors", "last.optim.safetensors", "last.json", "best.safetensors", "best.json"):
         assert (out / name).is_file(), name
     assert not list(out.glob("*.tmp"))
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE((out / "last.safetensors").stat().st_mode) == 0o666 & ~umask  # not safetensors' 0600
     torch.manual_seed(0)  # the trainer's own initialisation seed
     from edgepure.models.registry import create_classifier
 

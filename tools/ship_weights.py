@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 import edgepure
+from edgepure.runtime.manifest import make_public
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "edgepure" / "models" / "weights"
 
@@ -44,6 +45,7 @@ def main() -> None:
         from safetensors.torch import load_file, save_file
 
         save_file({k: (v.half() if v.is_floating_point() else v) for k, v in load_file(str(src)).items()}, str(dest))
+        make_public(dest)  # safetensors creates its files 0600
     else:
         shutil.copyfile(src, dest)
     digest = hashlib.sha256(dest.read_bytes()).hexdigest()

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from edgepure.runtime.errors import ConfigError, ModelError
+from edgepure.runtime.manifest import make_public
 
 __all__ = ["check_resumable", "init_from", "load_checkpoint", "save_checkpoint", "write_json_atomic"]
 
@@ -32,6 +33,7 @@ def _save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
 
     tmp = path.with_name(path.name + ".tmp")
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
+    make_public(tmp)  # safetensors creates its files 0600; a checkpoint is an ordinary file
     os.replace(tmp, path)
 
 
