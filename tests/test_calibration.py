@@ -274,3 +274,16 @@ def test_runtime_warns_about_int8_on_a_saturating_cpu(int8_dir: Path, model_dirs
         load_model(int8_dir, role="purifier")  # scope classifier: this graph stayed FP32
         monkeypatch.setattr(runtime_model, "int8_saturates", lambda: False)
         load_model(int8_dir)  # a VNNI or ARM CPU
+
+
+def test_cli_shows_the_int8_warning_as_one_line(int8_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from edgepure.runtime import model as runtime_model
+
+    monkeypatch.setattr(runtime_model, "int8_saturates", lambda: True)
+    r = cli.invoke(app, ["bench", "--model", str(int8_dir), "--iters", "2", "--warmup", "1", "--batch", "1"])
+    assert r.exit_code == 0, r.output
+    lines = [ln for ln in r.output.splitlines() if "no VNNI" in ln]
+    assert len(lines) == 1 and lines[0].startswith(f"warning: {int8_dir}: INT8 model")  # once, CLI-styled
+    r = cli.invoke(app, ["run", "synth://?n=2", "--model", str(int8_dir), "--headless"])
+    assert r.exit_code == 0, r.output
+    assert sum(ln.startswith("warning: ") and "no VNNI" in ln for ln in r.output.splitlines()) == 1

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import sys
-from typing import Any, Callable, TypeVar
+import warnings
+from typing import Any, Callable, Iterator, TypeVar
 
 import typer
 
@@ -13,7 +15,7 @@ from edgepure.runtime.errors import EdgepureError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-__all__ = ["echo_json", "parse_settings", "user_errors"]
+__all__ = ["echo_json", "parse_settings", "user_errors", "warnings_as_lines"]
 
 
 def user_errors(fn: F) -> F:
@@ -56,3 +58,21 @@ def parse_settings(items: list[str], option: str) -> dict[str, Any]:
         except json.JSONDecodeError:
             out[key] = raw
     return out
+
+
+@contextlib.contextmanager
+def warnings_as_lines(category: type[Warning]) -> Iterator[None]:
+    """Show the ``category`` warnings raised inside as ``warning: …`` lines on stderr, each distinct message once
+    (the CLI's style rather than Python's ``file:line:`` display); other warnings are shown as Python would."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", category)
+        try:
+            yield
+        finally:
+            shown: set[str] = set()
+            for w in caught:
+                if not issubclass(w.category, category):
+                    warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+                elif str(w.message) not in shown:
+                    shown.add(str(w.message))
+                    typer.echo(f"warning: {w.message}", err=True)

@@ -14,7 +14,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from edgepure.cli.common import echo_json, user_errors
+from edgepure.cli.common import echo_json, user_errors, warnings_as_lines
 
 
 class BackendName(str, Enum):
@@ -100,7 +100,7 @@ def run(
     quiet: Annotated[bool, typer.Option(help="Log only warnings and errors.")] = False,
 ) -> None:
     """Run purify → classify over a camera, video, folder or the synthetic sign source."""
-    from edgepure.runtime.errors import ConfigError
+    from edgepure.runtime.errors import ConfigError, PrecisionWarning
     from edgepure.runtime.stream import Runner, open_output, open_source, run_stream
 
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, stream=sys.stderr,
@@ -113,9 +113,10 @@ def run(
         raise ConfigError("--headless and a display:// output contradict each other")
     if backend is BackendName.tensorrt:
         _ensure_engines(model, mode.value, variant)
-    runner = Runner.from_directory(model, backend=backend.value, mode=mode.value, threads=threads, seed=seed,
-                                   variant=variant, roi=_roi(roi), smoothing=smoothing, k=topk,
-                                   budget_ms=budget_ms)
+    with warnings_as_lines(PrecisionWarning):
+        runner = Runner.from_directory(model, backend=backend.value, mode=mode.value, threads=threads, seed=seed,
+                                       variant=variant, roi=_roi(roi), smoothing=smoothing, k=topk,
+                                       budget_ms=budget_ms)
     try:
         source = open_source(input, _attack_transform(input, runner))
         outputs = [open_output(output, fps)]
@@ -182,15 +183,16 @@ def bench(
 ) -> None:
     """Latency percentiles, throughput and the runtime's overhead over a bare session.run."""
     from edgepure.runtime.bench import bench_directory
-    from edgepure.runtime.errors import ConfigError
+    from edgepure.runtime.errors import ConfigError, PrecisionWarning
 
     try:
         batches = [int(b) for b in batch.split(",") if b.strip()]
     except ValueError:
         raise ConfigError(f"--batch expects comma-separated integers, got {batch!r}") from None
     backends = [b.value for b in (backend or [BackendName.ort_cpu])]
-    report = bench_directory(model, backends, batches, warmup=warmup, iters=iters, threads=threads, roles=role,
-                             progress=lambda m: typer.echo(f"timing {m} …", err=True))
+    with warnings_as_lines(PrecisionWarning):
+        report = bench_directory(model, backends, batches, warmup=warmup, iters=iters, threads=threads, roles=role,
+                                 progress=lambda m: typer.echo(f"timing {m} …", err=True))
     if as_json:
         echo_json(report)
         return
