@@ -91,7 +91,8 @@ def _saturation_message(directory: Path, manifest: dict[str, Any]) -> str:
     rep = (manifest.get("calibration") or {}).get("report") or {}
     measured = ""
     if "top1_agreement" in rep:
-        measured = f" (calibration report: top-1 agreement with FP32 {rep['top1_agreement']:.3f} in Q/DQ arithmetic"
+        how = "in Q/DQ arithmetic" if rep.get("arithmetic") == "qdq-exact" else "on the CPU it was calibrated on"
+        measured = f" (calibration report: top-1 agreement with FP32 {rep['top1_agreement']:.3f} {how}"
         cpu = rep.get("onnxruntime_cpu") or {}
         measured += (f", {cpu['top1_agreement']:.3f} on the CPU it was calibrated on)" if "top1_agreement" in cpu
                      else ")")
