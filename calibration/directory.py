@@ -13,7 +13,6 @@ import datetime as _dt
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -22,7 +21,7 @@ import numpy as np
 from edgepure.calibration.data import FeedReader
 from edgepure.calibration.quantize import METHODS, SCOPE_OPS, SCOPES, check_qdq, quantize_model
 from edgepure.runtime.errors import ConfigError, ModelError
-from edgepure.runtime.manifest import MANIFEST_NAME, load_manifest, make_public, sha256_file
+from edgepure.runtime.manifest import MANIFEST_NAME, load_manifest, sha256_file, staging_dir
 
 __all__ = ["calibrate_directory"]
 
@@ -99,8 +98,7 @@ def calibrate_directory(directory: str | Path, out: str | Path, images: np.ndarr
     models = manifest["models"]
     if "classifier" not in models:
         raise ModelError(f"{src}: no classifier graph to calibrate")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp = staging_dir(out)
     try:
         new_models: dict[str, Any] = {}
         if purifier_n < 1:
@@ -158,7 +156,6 @@ def calibrate_directory(directory: str | Path, out: str | Path, images: np.ndarr
                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
         new.pop("engines", None)
         (tmp / MANIFEST_NAME).write_text(json.dumps(new, indent=2) + "\n")
-        make_public(tmp)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)

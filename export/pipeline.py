@@ -14,7 +14,6 @@ import datetime as _dt
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
 
@@ -27,7 +26,7 @@ from edgepure.export.graph import OPSET, to_onnx
 from edgepure.export.lint import lint_model
 from edgepure.export.voting import FusedPipeline, pipeline_module
 from edgepure.runtime.errors import ConfigError
-from edgepure.runtime.manifest import MANIFEST_NAME, SCHEMA_VERSION, make_public, sha256_file
+from edgepure.runtime.manifest import MANIFEST_NAME, SCHEMA_VERSION, sha256_file, staging_dir
 
 __all__ = ["FusedPipeline", "GraphNoise", "HalfPrecision", "PRECISIONS", "export_pipeline"]
 
@@ -307,9 +306,7 @@ def export_pipeline(
         classifier = classifier.eval()
     tol = atol if atol is not None else DEFAULT_ATOL[precision]
     cast: Callable[[nn.Module], nn.Module] = HalfPrecision if precision == "fp16" else (lambda m: m)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    make_public(tmp)  # mkdtemp's 0700 would make the shipped directory private
+    tmp = staging_dir(out)
     try:
         if onnx_classifier is not None:
             models = {"classifier": _adopt_classifier(onnx_classifier, tmp, lint_target)}

@@ -123,8 +123,8 @@ class EdgeModel:
             roles = ["purifier", "classifier"] if mode == "split" else (
                 ["pipeline"] if "pipeline" in models else ["classifier"])
         self.mode, self.backend_name = mode, backend
-        if backend == "ort-cpu" and int8_saturates() and any(
-                (models[r].get("precision") == "int8") for r in roles):
+        if (backend == "ort-cpu" and any(models[r].get("precision") == "int8" for r in roles)
+                and int8_saturates()):  # the CPU flags are read only for INT8 graphs
             warnings.warn(_saturation_message(self.directory, self.manifest), PrecisionWarning, stacklevel=2)
         self.stages = [_Stage(open_backend(backend, self.directory, r, self.manifest, threads), r) for r in roles]
         first = self.stages[0]

@@ -68,6 +68,14 @@ def zip_tree(src: Path, dest: Path) -> Path:
 
 
 @pytest.fixture
+def umask() -> int:
+    """This process's umask (read by setting it and putting it back): an ordinary new file has mode 0o666 & ~umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@pytest.fixture
 def gtsrb_dir(tmp_path: Path) -> Path:
     return make_gtsrb(tmp_path / "data")
 

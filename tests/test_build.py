@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import json
-import os
 import re
 import stat
 import subprocess
@@ -152,7 +151,8 @@ BUILD_ORDER = ["cudaGetDeviceProperties:0", "init_libnvinfer_plugins", "Builder"
                "set_timing_cache:b'':ignore_mismatch=False", "build_serialized_network"]
 
 
-def test_fp32_build_call_order_and_entry_with_fakes(model_dir: Path, trt10: Any, log: list[str]) -> None:
+def test_fp32_build_call_order_and_entry_with_fakes(model_dir: Path, trt10: Any, log: list[str],
+                                                   umask: int) -> None:
     entry = build_engine(model_dir)
     assert log[0] == "cudaGetDeviceCount"  # the GPU probe before anything else
     assert [e for e in log if e in BUILD_ORDER] == BUILD_ORDER
@@ -171,8 +171,6 @@ def test_fp32_build_call_order_and_entry_with_fakes(model_dir: Path, trt10: Any,
     assert recorded["workspace"] == 1 << 30 and recorded["build_seconds"] >= 0
     assert recorded["created"].endswith("+00:00")
     assert not list(model_dir.rglob("*.tmp"))
-    umask = os.umask(0)
-    os.umask(umask)
     for written in (engine, model_dir / "manifest.json"):  # readable like any file, not mkstemp's 0600
         assert stat.S_IMODE(written.stat().st_mode) == 0o666 & ~umask, written
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import stat
 import struct
@@ -53,7 +52,8 @@ def int8_dir(model_dirs: dict[str, Path], calib: tuple, tmp_path_factory: pytest
     return out
 
 
-def test_int8_directory_runs_and_keeps_accuracy(int8_dir: Path, model_dirs: dict[str, Path], calib: tuple) -> None:
+def test_int8_directory_runs_and_keeps_accuracy(int8_dir: Path, model_dirs: dict[str, Path], calib: tuple,
+                                               umask: int) -> None:
     m = json.loads((int8_dir / "manifest.json").read_text())
     assert m["precision"] == "int8" and m["models"]["pipeline"]["precision"] == "int8"
     assert m["models"]["purifier"]["precision"] == "fp32"  # scope classifier: the purifier stays FP32
@@ -61,8 +61,6 @@ def test_int8_directory_runs_and_keeps_accuracy(int8_dir: Path, model_dirs: dict
     assert cal["n"] == 64 and cal["method"] == "entropy" and cal["data"] == "synth" and cal["scope"] == "classifier"
     rep = cal["report"]
     assert rep["n"] == 200 and rep["arithmetic"] == "qdq-exact"
-    umask = os.umask(0)
-    os.umask(umask)
     assert stat.S_IMODE(int8_dir.stat().st_mode) == 0o777 & ~umask  # not mkdtemp's 0700
     # the stated bound, in exact Q/DQ arithmetic (what TensorRT computes; the same on every CPU):
     # INT8 loses at most 2 points of accuracy and agrees with FP32 on ≥ 95 % of top-1s

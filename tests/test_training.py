@@ -1,5 +1,4 @@
 import math
-import os
 import stat
 from pathlib import Path
 
@@ -24,15 +23,14 @@ def _weights(out: Path) -> dict[str, torch.Tensor]:
     return load_file(str(out / "last.safetensors"))
 
 
-def test_one_training_step_changes_weights_and_writes_checkpoints(gtsrb_dir: Path, tmp_path: Path) -> None:
+def test_one_training_step_changes_weights_and_writes_checkpoints(gtsrb_dir: Path, tmp_path: Path,
+                                                               umask: int) -> None:
     out = tmp_path / "run"
     record = train_classifier(_cfg(gtsrb_dir, out, max_steps=1), log=lambda s: None)
     assert record["epoch"] == 0 and len(record["history"]) == 1
     for name in ("last.safetensors", "last.optim.safetensors", "last.json", "best.safetensors", "best.json"):
         assert (out / name).is_file(), name
     assert not list(out.glob("*.tmp"))
-    umask = os.umask(0)
-    os.umask(umask)
     assert stat.S_IMODE((out / "last.safetensors").stat().st_mode) == 0o666 & ~umask  # not safetensors' 0600
     torch.manual_seed(0)  # the trainer's own initialisation seed
     from edgepure.models.registry import create_classifier

@@ -92,20 +92,17 @@ def export(
 def _export_variants(out: Path, step_list: list[int], one: Any, force: bool) -> dict[str, dict[str, Any]]:
     """Export one model directory per K into a temporary folder, then move the whole set into place."""
     import shutil
-    import tempfile
 
     from edgepure.runtime.errors import ConfigError
-    from edgepure.runtime.manifest import make_public
+    from edgepure.runtime.manifest import staging_dir
     from edgepure.runtime.variants import write_variants
 
     if out.exists() and not force:
         raise ConfigError(f"{out}: exists; pass --force to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp = staging_dir(out)
     try:
         manifests = {f"k{k}": one(tmp / f"k{k}", {"steps": k}, False) for k in step_list}
         write_variants(tmp, [(name, name) for name in manifests])
-        make_public(tmp)
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
