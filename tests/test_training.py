@@ -253,6 +253,67 @@ def test_prior_training_with_adversarial_inputs_validates_on_attacked_images(gts
         train_prior(_prior_cfg(gtsrb_dir, tmp_path / "neg", feature_weight=-1.0), log=lambda s: None)
 
 
+def test_prior_training_takes_adversarial_inputs_from_a_cached_blind_pool(gtsrb_dir: Path, tmp_path: Path,
+                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    import numpy as np
+
+    import edgepure.training.prior as prior_mod
+    from edgepure.training.prior import train_prior
+
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+    inner = prior_mod._edm_loss_and_output
+
+    def spy(model, y, sigma, noise, observed, weight_sigma):  # type: ignore[no-untyped-def]
+        seen.append((y.detach().clone(), observed.detach().clone()))
+        return inner(model, y, sigma, noise, observed, weight_sigma)
+
+    monkeypatch.setattr(prior_mod, "_edm_loss_and_output", spy)
+    cache = tmp_path / "cache"
+    logs: list[str] = []
+    cfg = dict(epochs=1, max_steps=2, adversarial=1.0, adv_pool=4, adv_pool_steps=2, adv_cache=str(cache), shift=0)
+    rec = train_prior(_prior_cfg(gtsrb_dir, tmp_path / "pool", **cfg), log=logs.append)
+    files = sorted(cache.glob("blind-*.npy"))
+    assert len(files) == 4  # pool and validation set, each one patch and one additive run
+    assert sum(m.startswith("blind ") for m in logs) == 4
+    assert "adversarial@0.1" in rec["history"][0]
+    # every input was one of the pool's blind examples, its target the clean image under it
+    pool = [a * 2 - 1 for f in files for a in torch.from_numpy(np.load(f)) if len(np.load(f, mmap_mode="r")) == 2]
+    assert len(pool) == 4  # the pool's halves: 2 patched, 2 noised (the validation set has 8 images)
+    outside = torch.ones(32, 32, dtype=torch.bool)
+    outside[11:21, 11:21] = False
+    assert seen and all(len(y) == 8 for y, _ in seen)
+    for y, observed in seen:
+        for target, obs in zip(y, observed):
+            assert any(torch.allclose(obs, a, atol=1e-6) for a in pool)
+            d = (obs - target).abs()
+            assert float(d.amax()) > 0
+            if float(d[..., outside].amax()) > 0:  # additive noise: within the protocol's L∞ budget everywhere
+                assert float(d.amax()) <= 2 * 24 / 255 + 1e-5
+    # a second run reuses the cached examples and, seeded, trains the same weights
+    logs2: list[str] = []
+    again = train_prior(_prior_cfg(gtsrb_dir, tmp_path / "pool2", **cfg), log=logs2.append)
+    assert not any(m.startswith("blind ") for m in logs2)
+    assert again["history"][0]["train_loss"] == rec["history"][0]["train_loss"]
+    a, b = _load(tmp_path / "pool" / "last.safetensors"), _load(tmp_path / "pool2" / "last.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # half from the pool, half PGD on the fly (which the pool does not hold); the validation set attacked by both
+    seen.clear()
+    mixed = train_prior(_prior_cfg(gtsrb_dir, tmp_path / "mixed", **{**cfg, "adv_pool_share": 0.5, "adv_steps": 1}),
+                        log=lambda s: None)
+    from_pool = [any(torch.allclose(obs, a, atol=1e-6) for a in pool) for _, observed in seen for obs in observed]
+    assert 0 < sum(from_pool) < len(from_pool)
+    assert mixed["history"][0]["adversarial@0.1"] != rec["history"][0]["adversarial@0.1"]
+    with pytest.raises(ConfigError, match="adv_pool_share must be a share in \\[0, 1\\] and adv_pool_steps ≥ 1"):
+        train_prior(_prior_cfg(gtsrb_dir, tmp_path / "n0", adversarial=0.5, adv_pool=4, adv_pool_share=2.0),
+                    log=lambda s: None)
+    with pytest.raises(ConfigError, match="adv_pool needs adversarial > 0"):
+        train_prior(_prior_cfg(gtsrb_dir, tmp_path / "n1", adv_pool=4), log=lambda s: None)
+    with pytest.raises(ConfigError, match="adv_pool must be ≥ 0 images, got -1"):
+        train_prior(_prior_cfg(gtsrb_dir, tmp_path / "n2", adversarial=0.5, adv_pool=-1), log=lambda s: None)
+    with pytest.raises(ConfigError, match="adv_pool asks for 100000 images, the training split has"):
+        train_prior(_prior_cfg(gtsrb_dir, tmp_path / "n3", adversarial=0.5, adv_pool=100000), log=lambda s: None)
+
+
 def test_denoise_batch_replaces_the_chosen_share_with_the_priors_output() -> None:
     from edgepure.models.registry import create_prior
     from edgepure.training.classifier import denoise_batch

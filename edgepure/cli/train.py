@@ -76,7 +76,11 @@ def prior(
     corrupt: Annotated[float, typer.Option(help="Share of inputs with an occluding patch or additive pattern under the noise, clean target (a restoration prior).")] = 0.0,
     init: Annotated[Optional[str], typer.Option(help="Start from these weights: a registered prior's shipped ones or a checkpoint (fine-tuning).")] = None,
     adversarial: Annotated[float, typer.Option(help="Share of inputs replaced by PGD patch/additive examples against the classifier, clean target.")] = 0.0,
-    adv_steps: Annotated[int, typer.Option(help="PGD steps of those examples.")] = 4,
+    adv_steps: Annotated[int, typer.Option(help="PGD steps of the examples found on the fly.")] = 4,
+    adv_pool: Annotated[int, typer.Option(help="Attack this many training images once, before training, with eval robust's blind APGD-CE and take --adv-pool-share of the adversarial inputs from them (0: all PGD on the fly).")] = 0,
+    adv_pool_share: Annotated[float, typer.Option(help="Share of the adversarial inputs taken from the pool.")] = 1.0,
+    adv_pool_steps: Annotated[int, typer.Option(help="APGD-CE steps of the pool's examples.")] = 20,
+    adv_cache: Annotated[Optional[Path], typer.Option(help="Folder of the pool's examples, shared with eval robust --cache (default: --out).")] = None,
     adv_additive: Annotated[float, typer.Option(help="Share of those examples with additive noise (the rest: a patch).")] = 0.5,
     adv_sigma_max: Annotated[float, typer.Option(help="Their noise levels are log-uniform from 0.01 up to this (a purifier's jump uses small σ).")] = 1.0,
     feature_weight: Annotated[float, typer.Option(help="Weight of a classifier-feature loss on the denoised outputs at σ ≤ 0.5 (restorations the classifier reads).")] = 0.0,
@@ -92,7 +96,9 @@ def prior(
                       focus=(focus_low, focus_high), focus_p=focus_p, ema=ema, val_fraction=val_fraction,
                       max_steps=max_steps or None, corrupt=corrupt, init=init, adversarial=adversarial,
                       adv_steps=adv_steps, classifier=classifier, feature_weight=feature_weight,
-                      adv_additive=adv_additive, adv_sigma_max=adv_sigma_max)
+                      adv_additive=adv_additive, adv_sigma_max=adv_sigma_max, adv_pool=adv_pool,
+                      adv_pool_share=adv_pool_share, adv_pool_steps=adv_pool_steps,
+                      adv_cache=str(adv_cache) if adv_cache is not None else None)
     record = train_prior(cfg, resume=resume, log=lambda s: typer.echo(s, err=True))
     summary = {"out": str(out), "epochs_done": record["epoch"] + 1, "best_val_mse": record["best_val_mse"],
                "last": record["history"][-1]}

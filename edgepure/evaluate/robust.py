@@ -26,7 +26,7 @@ from edgepure.perturb import PERTURBATIONS, create_perturbation
 from edgepure.purifiers import Purifier, create_purifier
 from edgepure.runtime.errors import ConfigError
 
-__all__ = ["ATTACK_METHODS", "AdvCache", "adversarial_key", "benchmark", "blind_spec"]
+__all__ = ["ATTACK_METHODS", "AdvCache", "adversarial_key", "benchmark", "blind_examples", "blind_spec"]
 
 ATTACK_METHODS = {"apgd": APGD, "pgd": PGD}
 
@@ -102,6 +102,31 @@ class AdvCache:
         tmp = path.with_name(path.name + ".tmp.npy")
         np.save(tmp, x_adv.numpy().astype(np.float32), allow_pickle=False)
         os.replace(tmp, path)
+
+
+def blind_examples(classifier: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: str, steps: int = 100,
+                   seed: int = 0, cache_dir: Optional[str | Path] = None, dataset: str = "gtsrb",
+                   log: Optional[Callable[[str], None]] = None) -> torch.Tensor:
+    """Blind APGD-CE examples of ``attack`` on ``classifier`` for the images ``x`` (N×C×H×W in [0, 1]) and labels
+    ``y``: the attack of :func:`benchmark` (same batches and seeds, hence the same examples of the same images),
+    computed once and kept in ``cache_dir`` under :func:`benchmark`'s keys."""
+    store = AdvCache(Path(cache_dir) if cache_dir is not None else None)
+    spec = blind_spec(attack, steps, seed, dataset=dataset)
+    key = adversarial_key(classifier, x, y, spec)
+    cached = store.load("blind", key, tuple(x.shape))
+    if cached is not None:
+        return cached
+    t0 = time.perf_counter()
+    b = spec["batch_size"]
+    perturbation = create_perturbation(attack, dataset, image_size=x.shape[-1])
+    adv = torch.cat([APGD(classifier, perturbation, steps=steps, seed=seed + s)(x[s : s + b], y[s : s + b]).detach()
+                     for s in range(0, len(x), b)])
+    if log is not None:
+        with torch.no_grad():
+            acc = float((classifier(adv).argmax(1) == y).float().mean())
+        log(f"blind {attack}: {len(x)} examples in {time.perf_counter() - t0:.0f} s, classifier accuracy {acc:.3f}")
+    store.save("blind", key, adv)
+    return adv
 
 
 def benchmark(

@@ -105,29 +105,9 @@ def _adversarial(classifier: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, 
                  cache: Path, log: Callable[[str], None]) -> dict[str, torch.Tensor]:
     """Blind APGD-CE examples of every attack, computed once and kept in ``cache`` — the cache and keys of
     ``edgepure eval robust`` (same attack, batches and seeds), so the two share examples of the same images."""
-    from edgepure.attacks import APGD
-    from edgepure.evaluate.robust import AdvCache, adversarial_key, blind_spec
-    from edgepure.perturb import create_perturbation
+    from edgepure.evaluate.robust import blind_examples
 
-    store = AdvCache(cache)
-    adv = {}
-    for a in cfg.attacks:
-        spec = blind_spec(a, cfg.attack_steps, cfg.seed)
-        key = adversarial_key(classifier, x, y, spec)
-        cached = store.load("blind", key, tuple(x.shape))
-        if cached is not None:
-            adv[a] = cached
-            continue
-        t0 = time.perf_counter()
-        b = spec["batch_size"]
-        parts = [APGD(classifier, create_perturbation(a, "gtsrb", image_size=x.shape[-1]), steps=cfg.attack_steps,
-                      seed=cfg.seed + s)(x[s : s + b], y[s : s + b]).detach() for s in range(0, len(x), b)]
-        adv[a] = torch.cat(parts)
-        with torch.no_grad():
-            acc = float((classifier(adv[a]).argmax(1) == y).float().mean())
-        log(f"blind {a}: {len(x)} examples in {time.perf_counter() - t0:.0f} s, classifier accuracy {acc:.3f}")
-        store.save("blind", key, adv[a])
-    return adv
+    return {a: blind_examples(classifier, x, y, a, cfg.attack_steps, cfg.seed, cache, log=log) for a in cfg.attacks}
 
 
 def tune_nappure(cfg: NAPPureTuneConfig, resume: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:

@@ -24,6 +24,16 @@ other corruptions. ``adv_additive`` sets the additive share of those examples an
 levels (log-uniform from 0.01 up to it: a purifier's denoised start reads D at a small σ). Validation then adds
 ``adversarial@0.1`` on a fixed set attacked the same way.
 
+``adv_pool`` > 0 takes a share ``adv_pool_share`` of the adversarial inputs from a *pool*: that many training
+images, attacked once before training by the evaluation's own blind attack (APGD-CE of ``edgepure eval robust``,
+``adv_pool_steps`` steps; the first share patched, the last ``adv_additive`` share noised), cached in ``adv_cache``
+(default: the run folder) under ``eval robust``'s keys; the other adversarial inputs stay on-the-fly PGD. The
+classifier is frozen, so a pool is exact, not stale. Each pool input is a random pool image, its clean target shifted
+with it; the held-out validation set is attacked by both (the pool's attack on the first half). A pool costs one APGD
+run up front (about 0.08 s per image with 20 steps on 2 CPU cores). Why both attacks: a prior trained on one attack's
+examples learns that attack's patterns — trained on PGD-4 alone it restores PGD examples far better than APGD ones,
+trained on APGD alone the reverse (docs/nappure.md).
+
 ``feature_weight`` > 0 adds a classifier-guided term (as HGD's and IMPure's): for every input with σ ≤ 0.5, IMPure's
 normalised L1 distance between the classifier's stage activations on ``D``'s output and on the clean image — the
 restoration must be one the classifier reads, not only close in pixels (a residual of an adversarial pattern too
@@ -49,7 +59,7 @@ from edgepure.training.classifier import _to_tensor
 from edgepure.training.impure import feature_loss
 from edgepure.training.loop import fit
 
-__all__ = ["PriorConfig", "adversarial_batch", "corrupt_batch", "corrupted_sigmas", "train_prior", "validate_prior"]
+__all__ = ["PriorConfig", "adversarial_batch", "adversarial_pool", "corrupt_batch", "corrupted_sigmas", "train_prior", "validate_prior"]
 
 VAL_SIGMAS = (0.1, 0.25, 0.5, 1.0)
 
@@ -84,6 +94,10 @@ class PriorConfig:
     feature_weight: float = 0.0  # weight of the classifier-feature loss on D's outputs (σ ≤ FEATURE_SIGMA_MAX)
     adv_additive: float = 0.5  # share of the adversarial examples that carry additive noise (the rest: a patch)
     adv_sigma_max: float = 1.0  # their noise levels: log-uniform on [CORRUPT_SIGMA[0], this]
+    adv_pool: int = 0  # > 0: adversarial inputs partly from this many training images attacked once by blind APGD-CE
+    adv_pool_share: float = 1.0  # share of the adversarial inputs taken from the pool (the rest: PGD on the fly)
+    adv_pool_steps: int = 20  # APGD-CE steps of the pool's examples
+    adv_cache: str | None = None  # folder of the pool's examples (None: the run folder)
 
 
 CORRUPT_PX = (3, 12)  # side of an occluding patch, pixels
@@ -149,6 +163,22 @@ def adversarial_batch(y: torch.Tensor, labels: torch.Tensor, classifier: torch.n
             pert = create_perturbation(fam, "gtsrb", image_size=x.shape[-1])
             seed = int(torch.randint(0, 2**31 - 1, (1,), generator=g))
             out[idx] = PGD(classifier, pert, steps=steps, seed=seed)(x[idx], labels[idx]).detach()
+    return out.clamp(0, 1) * 2 - 1
+
+
+def adversarial_pool(images: torch.Tensor, labels: torch.Tensor, classifier: torch.nn.Module, steps: int,
+                     additive: float, cache: Path, seed: int = 0, log: Any = None) -> torch.Tensor:
+    """Blind APGD-CE examples of ``images`` (uint8 NCHW) in [−1, 1]: the first images patched, the last
+    ⌊additive·N⌋ noised (as :func:`adversarial_batch` splits them), each family one cached run of
+    :func:`edgepure.evaluate.robust.blind_examples`."""
+    from edgepure.evaluate.robust import blind_examples
+
+    x = images.float() / 255
+    out = torch.empty_like(x)
+    n_add = int(additive * len(x))
+    for fam, idx in zip(ADV_FAMILIES, torch.arange(len(x)).split([len(x) - n_add, n_add])):
+        if len(idx):
+            out[idx] = blind_examples(classifier, x[idx], labels[idx], fam, steps, seed, cache, log=log)
     return out.clamp(0, 1) * 2 - 1
 
 
@@ -280,6 +310,13 @@ def train_prior(cfg: PriorConfig, resume: bool = False, log: Any = print) -> dic
         raise ConfigError(f"feature_weight must be ≥ 0, got {cfg.feature_weight}")
     if not 0 <= cfg.adv_additive <= 1:
         raise ConfigError(f"adv_additive must be a share in [0, 1], got {cfg.adv_additive}")
+    if cfg.adv_pool < 0:
+        raise ConfigError(f"adv_pool must be ≥ 0 images, got {cfg.adv_pool}")
+    if not 0 <= cfg.adv_pool_share <= 1 or cfg.adv_pool_steps < 1:
+        raise ConfigError(f"adv_pool_share must be a share in [0, 1] and adv_pool_steps ≥ 1, got {cfg.adv_pool_share} "
+                          f"and {cfg.adv_pool_steps}")
+    if cfg.adv_pool > 0 and cfg.adversarial == 0:
+        raise ConfigError("adv_pool needs adversarial > 0 (the share of inputs taken from the pool), got 0")
     if not CORRUPT_SIGMA[0] < cfg.adv_sigma_max <= CORRUPT_SIGMA[1]:
         raise ConfigError(f"adv_sigma_max must be in ({CORRUPT_SIGMA[0]:g}, {CORRUPT_SIGMA[1]:g}], got {cfg.adv_sigma_max}")
     out = Path(cfg.out)
@@ -299,7 +336,22 @@ def train_prior(cfg: PriorConfig, resume: bool = False, log: Any = print) -> dic
     if cfg.adversarial > 0 or cfg.feature_weight > 0:
         classifier = frozen(resolve_classifier(cfg.classifier))
         v_labels = torch.from_numpy(val.labels).long()[pick]
-    if classifier is not None and cfg.adversarial > 0:
+    pool_idx, pool_adv = None, None
+    if classifier is not None and cfg.adv_pool > 0:
+        if cfg.adv_pool > len(x_train):
+            raise ConfigError(f"adv_pool asks for {cfg.adv_pool} images, the training split has {len(x_train)}")
+        cache = Path(cfg.adv_cache) if cfg.adv_cache else out
+        pool_idx = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(cfg.seed))[: cfg.adv_pool]
+        log(f"adversarial pool: blind APGD-CE ({cfg.adv_pool_steps} steps) on {cfg.adv_pool} training images, "
+            f"cached in {cache}")
+        pool_adv = adversarial_pool(x_train[pool_idx], y_train[pool_idx], classifier, cfg.adv_pool_steps,
+                                    cfg.adv_additive, cache, log=log)
+        v_attacked = adversarial_pool(x_val, v_labels, classifier, cfg.adv_pool_steps, cfg.adv_additive, cache, log=log)
+        if cfg.adv_pool_share < 1:  # the second half of the validation set attacked as on the fly
+            half = len(x_val) // 2
+            v_attacked[half:] = adversarial_batch(x_val[half:].float() / 127.5 - 1, v_labels[half:], classifier,
+                                                  cfg.adv_steps, torch.Generator().manual_seed(4321), cfg.adv_additive)
+    elif classifier is not None and cfg.adversarial > 0:
         v_attacked = adversarial_batch(x_val.float() / 127.5 - 1, v_labels, classifier, cfg.adv_steps,
                                        torch.Generator().manual_seed(4321), cfg.adv_additive)
 
@@ -314,8 +366,18 @@ def train_prior(cfg: PriorConfig, resume: bool = False, log: Any = print) -> dic
             adv = torch.zeros(len(y), dtype=torch.bool)
             if classifier is not None and cfg.adversarial > 0:
                 adv = torch.rand(len(y), generator=g) < cfg.adversarial
-                if bool(adv.any()):
-                    observed[adv] = adversarial_batch(y[adv], y_train[idx][adv], classifier, cfg.adv_steps, g,
+                from_pool = torch.zeros_like(adv)
+                if pool_adv is not None and pool_idx is not None:
+                    from_pool = adv & (torch.rand(len(y), generator=g) < cfg.adv_pool_share)
+                if bool(from_pool.any()) and pool_adv is not None and pool_idx is not None:
+                    # a random pool image and its clean target, shifted together
+                    j = torch.randint(0, len(pool_idx), (int(from_pool.sum()),), generator=g)
+                    pair = torch.cat([x_train[pool_idx[j]].float() / 127.5 - 1, pool_adv[j]], 1)
+                    pair = _shift(pair, cfg.shift, g)
+                    y[from_pool], observed[from_pool] = pair[:, : y.shape[1]], pair[:, y.shape[1] :]
+                fly = adv & ~from_pool
+                if bool(fly.any()):
+                    observed[fly] = adversarial_batch(y[fly], y_train[idx][fly], classifier, cfg.adv_steps, g,
                                                       cfg.adv_additive)
                 picked = picked | adv
             sigma = torch.where(picked, corrupted_sigmas(len(y), g), sigma)
