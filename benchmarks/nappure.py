@@ -6,8 +6,11 @@
     # latency per image against K (torch CPU)
     python benchmarks/nappure.py --latency --steps 4,8,16,32 --threads 2
     # the prior's denoising jump alone (no steps) at several σ, on the occlusion purifier's attack
-    python benchmarks/nappure.py --data PATH/TO/GTSRB --images tune --kind occlusion --jump 0.03,0.1 \
+    python benchmarks/nappure.py --data PATH/TO/GTSRB --images tune --kind occlusion --jump 0.03,0.1 \\
         --prior edm_unet_s_restore --cache runs/advcache
+    # blind attacks of three methods and the per-image worst of them (the jump, or a purifier with --steps)
+    python benchmarks/nappure.py --data PATH/TO/GTSRB --images eval --kind additive --jump 0.02 \\
+        --prior edm_unet_s_guided --blind-methods apgd:100,pgd:40,pgd:4 --cache runs/advcache
     # the flow warp's one-hot sampler against F.grid_sample, alternating in one process
     python benchmarks/nappure.py --warp-ab --kind joint --steps 8 --batch 1 --repeat 14 --threads 1
 
@@ -63,15 +66,12 @@ def _latency(args: argparse.Namespace) -> None:
                               "ms_per_image": round(ms, 2), "threads": args.threads, "cpu": platform.processor()}))
 
 
-def _jump(args: argparse.Namespace) -> None:
-    """Score the prior's single denoising jump, x ↦ D(2x − 1 + σn; σ) (NAPPure's denoised start without any step),
-    for each σ of ``--jump``, on the blind examples of ``--kind``'s attacks (n from a fixed seed)."""
-    from edgepure.evaluate.robust import benchmark
-    from edgepure.models.loading import resolve_classifier, resolve_prior
+def _jump_purifier(prior: torch.nn.Module, sigma: float):  # type: ignore[no-untyped-def]
+    """The prior's single denoising jump as a purifier, x ↦ D(2x − 1 + σn; σ) (n from a fixed seed)."""
     from edgepure.purifiers.base import Purifier
 
     class Jump(Purifier):
-        def __init__(self, prior: torch.nn.Module, sigma: float) -> None:
+        def __init__(self) -> None:
             super().__init__()
             self.prior, self.sigma = prior, sigma
 
@@ -84,14 +84,54 @@ def _jump(args: argparse.Namespace) -> None:
         def config(self) -> dict:
             return {"jump_sigma": self.sigma}
 
+    return Jump()
+
+
+def _blind_worst(args: argparse.Namespace, classifier, data, pur, attacks) -> dict:  # type: ignore[no-untyped-def]
+    """Clean accuracy and, per attack, the blind robust accuracy under each of ``--blind-methods`` (method:steps) and
+    the per-image worst of them: an image counts only if the pipeline reads it correctly clean and under every method.
+    The examples are ``eval robust``'s (same keys, batches and seeds; cached in ``--cache``); the pipeline's noise is
+    seeded per batch as in ``eval robust``, so each method's number equals its ``eval robust --method M --steps S``."""
+    from edgepure.evaluate.robust import _defended_predict, blind_examples
+
+    x = torch.from_numpy(data.as_float_nchw())
+    y = torch.from_numpy(data.labels)
+
+    def right(images: torch.Tensor) -> np.ndarray:
+        return np.concatenate([_defended_predict(classifier, pur, images[s : s + 128], s)[0]
+                               for s in range(0, len(images), 128)]) == data.labels
+
+    clean = right(x)
+    out: dict = {"clean": round(float(clean.mean()), 4)}
+    for attack in attacks:
+        worst, row = clean.copy(), {}
+        for spec in args.blind_methods.split(","):
+            method, steps = spec.split(":")
+            ok = right(blind_examples(classifier, x, y, attack, int(steps), 0, args.cache, method=method)) & clean
+            row[spec] = round(float(ok.mean()), 4)
+            worst &= ok
+        out[attack] = {**row, "worst": round(float(worst.mean()), 4)}
+    return out
+
+
+def _jump(args: argparse.Namespace) -> None:
+    """Score the prior's single denoising jump, x ↦ D(2x − 1 + σn; σ) (NAPPure's denoised start without any step),
+    for each σ of ``--jump``, on the blind examples of ``--kind``'s attacks (n from a fixed seed)."""
+    from edgepure.evaluate.robust import benchmark
+    from edgepure.models.loading import resolve_classifier, resolve_prior
+
     data = _images(args)
     classifier = resolve_classifier(args.classifier)
     prior = resolve_prior(args.prior or "edm_unet_s")
     for sigma in [float(v) for v in args.jump.split(",")]:
-        r = benchmark(classifier, data, Jump(prior, sigma), MATCH[args.kind], ["blind"], steps=args.attack_steps,
-                      seed=0, batch_size=128, cache_dir=args.cache)
-        print(json.dumps({"jump_sigma": sigma, "prior": args.prior or "edm_unet_s", "images": args.images, "n": r["n"],
-                          "clean": round(r["clean_accuracy"], 4),
+        head = {"jump_sigma": sigma, "prior": args.prior or "edm_unet_s", "images": args.images, "n": len(data)}
+        if args.blind_methods:
+            print(json.dumps({**head, **_blind_worst(args, classifier, data, _jump_purifier(prior, sigma),
+                                                     MATCH[args.kind])}), flush=True)
+            continue
+        r = benchmark(classifier, data, _jump_purifier(prior, sigma), MATCH[args.kind], ["blind"],
+                      steps=args.attack_steps, seed=0, batch_size=128, cache_dir=args.cache)
+        print(json.dumps({**head, "clean": round(r["clean_accuracy"], 4),
                           "robust": {a: round(v["blind"], 4) for a, v in r["robust_accuracy"].items()}}), flush=True)
 
 
@@ -191,6 +231,9 @@ def main() -> None:
                     help="occlusion: start the mask at the true 7×7 patch (and with 'fixed' keep it there)")
     ap.add_argument("--table", default=None, help="print a markdown table of the eval JSONs in this folder")
     ap.add_argument("--jump", default=None, help="score the prior's single denoising jump alone at these σ (comma list)")
+    ap.add_argument("--blind-methods", default=None,
+                    help="blind attacks as method:steps (comma list, e.g. apgd:100,pgd:40,pgd:4): each one's robust "
+                         "accuracy and the per-image worst of them, instead of --attack-steps APGD alone")
     args = ap.parse_args()
     if args.table:
         _table(args.table)
@@ -207,7 +250,7 @@ def main() -> None:
         return
     from edgepure.cli.common import parse_settings
     from edgepure.evaluate.robust import benchmark
-    from edgepure.models.loading import resolve_classifier
+    from edgepure.models.loading import frozen, resolve_classifier
     from edgepure.purifiers import create_purifier
 
     data = _images(args)
@@ -223,6 +266,13 @@ def main() -> None:
                 ap.error("--oracle-mask needs --kind occlusion")
             _oracle_mask(pur, args.oracle_mask)
         t = time.perf_counter()
+        if args.blind_methods:
+            frozen(pur)
+            print(json.dumps({"kind": args.kind, "steps": pur.steps, "prior": args.prior or "shipped", "set": settings,
+                              "images": args.images, "n": len(data), **_blind_worst(args, classifier, data, pur,
+                                                                                     MATCH[args.kind]),
+                              "seconds": round(time.perf_counter() - t, 1)}), flush=True)
+            continue
         r = benchmark(classifier, data, pur, MATCH[args.kind], ["blind"], steps=args.attack_steps, seed=0,
                       batch_size=128, cache_dir=args.cache)
         row = {"kind": args.kind, "steps": pur.steps, "classifier": args.classifier or "shipped", "prior": args.prior or "shipped",

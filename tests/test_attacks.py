@@ -147,6 +147,27 @@ def test_blind_adversarials_are_cached_per_classifier_images_and_attack(tmp_path
         benchmark(m, data, "gaussian", **kw)  # type: ignore[arg-type]
 
 
+def test_blind_examples_are_benchmarks_examples_for_every_method(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from edgepure.evaluate.robust import blind_examples
+
+    x, y, m = _batch(12)
+    data = ImageSet((x.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8), y.numpy(), [str(i) for i in range(12)],
+                    ("a", "b", "c"))
+    benchmark(m, data, None, ["additive"], ["blind"], method="pgd", steps=2, cache_dir=tmp_path)
+    (cached,) = tmp_path.glob("blind-*.npy")
+    xs, ys = torch.from_numpy(data.as_float_nchw()), torch.from_numpy(data.labels)
+    logs: list[str] = []
+    got = blind_examples(m, xs, ys, "additive", 2, 0, tmp_path, log=logs.append, method="pgd")
+    assert not logs and torch.equal(got, torch.from_numpy(np.load(cached)))  # the same entry, not recomputed
+    fresh = blind_examples(m, xs, ys, "additive", 2, 0, None, method="pgd")
+    assert torch.equal(fresh, got)  # and what benchmark computed is what this computes
+    apgd = blind_examples(m, xs, ys, "additive", 2, 0, tmp_path, log=logs.append)
+    assert len(logs) == 1 and logs[0].startswith("blind additive (apgd 2)") and len(list(tmp_path.glob("blind-*.npy"))) == 2
+    assert 0 < float((apgd - xs).abs().max()) <= 24 / 255 + 1e-6  # the protocol's GTSRB budget
+    with pytest.raises(ConfigError, match="unknown attack method 'fgsm'"):
+        blind_examples(m, xs, ys, "additive", 2, method="fgsm")
+
+
 def test_adaptive_adversarials_are_cached_per_purifier(tmp_path) -> None:  # type: ignore[no-untyped-def]
     from edgepure.purifiers import create_purifier
 

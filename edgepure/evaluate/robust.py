@@ -106,12 +106,14 @@ class AdvCache:
 
 def blind_examples(classifier: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: str, steps: int = 100,
                    seed: int = 0, cache_dir: Optional[str | Path] = None, dataset: str = "gtsrb",
-                   log: Optional[Callable[[str], None]] = None) -> torch.Tensor:
-    """Blind APGD-CE examples of ``attack`` on ``classifier`` for the images ``x`` (N×C×H×W in [0, 1]) and labels
-    ``y``: the attack of :func:`benchmark` (same batches and seeds, hence the same examples of the same images),
-    computed once and kept in ``cache_dir`` under :func:`benchmark`'s keys."""
+                   log: Optional[Callable[[str], None]] = None, method: str = "apgd") -> torch.Tensor:
+    """Blind examples of ``attack`` (APGD-CE, or another of ``ATTACK_METHODS``) on ``classifier`` for the images ``x``
+    (N×C×H×W in [0, 1]) and labels ``y``: the attack of :func:`benchmark` (same batches and seeds, hence the same
+    examples of the same images), computed once and kept in ``cache_dir`` under :func:`benchmark`'s keys."""
+    if method not in ATTACK_METHODS:
+        raise ConfigError(f"unknown attack method {method!r} (expected {', '.join(ATTACK_METHODS)})")
     store = AdvCache(Path(cache_dir) if cache_dir is not None else None)
-    spec = blind_spec(attack, steps, seed, dataset=dataset)
+    spec = blind_spec(attack, steps, seed, dataset=dataset, method=method)
     key = adversarial_key(classifier, x, y, spec)
     cached = store.load("blind", key, tuple(x.shape))
     if cached is not None:
@@ -119,12 +121,13 @@ def blind_examples(classifier: nn.Module, x: torch.Tensor, y: torch.Tensor, atta
     t0 = time.perf_counter()
     b = spec["batch_size"]
     perturbation = create_perturbation(attack, dataset, image_size=x.shape[-1])
-    adv = torch.cat([APGD(classifier, perturbation, steps=steps, seed=seed + s)(x[s : s + b], y[s : s + b]).detach()
+    attack_cls = ATTACK_METHODS[method]
+    adv = torch.cat([attack_cls(classifier, perturbation, steps=steps, seed=seed + s)(x[s : s + b], y[s : s + b]).detach()
                      for s in range(0, len(x), b)])
     if log is not None:
         with torch.no_grad():
             acc = float((classifier(adv).argmax(1) == y).float().mean())
-        log(f"blind {attack}: {len(x)} examples in {time.perf_counter() - t0:.0f} s, classifier accuracy {acc:.3f}")
+        log(f"blind {attack} ({method} {steps}): {len(x)} examples in {time.perf_counter() - t0:.0f} s, classifier accuracy {acc:.3f}")
     store.save("blind", key, adv)
     return adv
 
