@@ -336,7 +336,7 @@ def train_prior(cfg: PriorConfig, resume: bool = False, log: Any = print) -> dic
     if cfg.adversarial > 0 or cfg.feature_weight > 0:
         classifier = frozen(resolve_classifier(cfg.classifier))
         v_labels = torch.from_numpy(val.labels).long()[pick]
-    pool_idx, pool_adv = None, None
+    pool: tuple[torch.Tensor, torch.Tensor] | None = None  # clean images (uint8) and their examples in [−1, 1]
     if classifier is not None and cfg.adv_pool > 0:
         if cfg.adv_pool > len(x_train):
             raise ConfigError(f"adv_pool asks for {cfg.adv_pool} images, the training split has {len(x_train)}")
@@ -344,8 +344,8 @@ def train_prior(cfg: PriorConfig, resume: bool = False, log: Any = print) -> dic
         pool_idx = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(cfg.seed))[: cfg.adv_pool]
         log(f"adversarial pool: blind APGD-CE ({cfg.adv_pool_steps} steps) on {cfg.adv_pool} training images, "
             f"cached in {cache}")
-        pool_adv = adversarial_pool(x_train[pool_idx], y_train[pool_idx], classifier, cfg.adv_pool_steps,
-                                    cfg.adv_additive, cache, log=log)
+        pool = (x_train[pool_idx], adversarial_pool(x_train[pool_idx], y_train[pool_idx], classifier,
+                                                    cfg.adv_pool_steps, cfg.adv_additive, cache, log=log))
         v_attacked = adversarial_pool(x_val, v_labels, classifier, cfg.adv_pool_steps, cfg.adv_additive, cache, log=log)
         if cfg.adv_pool_share < 1:  # the second half of the validation set attacked as on the fly
             half = len(x_val) // 2
@@ -367,12 +367,12 @@ def train_prior(cfg: PriorConfig, resume: bool = False, log: Any = print) -> dic
             if classifier is not None and cfg.adversarial > 0:
                 adv = torch.rand(len(y), generator=g) < cfg.adversarial
                 from_pool = torch.zeros_like(adv)
-                if pool_adv is not None and pool_idx is not None:
+                if pool is not None:
                     from_pool = adv & (torch.rand(len(y), generator=g) < cfg.adv_pool_share)
-                if bool(from_pool.any()) and pool_adv is not None and pool_idx is not None:
+                if pool is not None and bool(from_pool.any()):
                     # a random pool image and its clean target, shifted together
-                    j = torch.randint(0, len(pool_idx), (int(from_pool.sum()),), generator=g)
-                    pair = torch.cat([x_train[pool_idx[j]].float() / 127.5 - 1, pool_adv[j]], 1)
+                    j = torch.randint(0, len(pool[0]), (int(from_pool.sum()),), generator=g)
+                    pair = torch.cat([pool[0][j].float() / 127.5 - 1, pool[1][j]], 1)
                     pair = _shift(pair, cfg.shift, g)
                     y[from_pool], observed[from_pool] = pair[:, : y.shape[1]], pair[:, y.shape[1] :]
                 fly = adv & ~from_pool
