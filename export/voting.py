@@ -40,7 +40,7 @@ class _Pipeline(nn.Module):
 
     def sample_noise(self, x: torch.Tensor, generator: Optional[torch.Generator] = None) -> Optional[torch.Tensor]:
         shape = self.noise_shape(x)
-        return None if shape is None else torch.randn(shape, generator=generator, dtype=x.dtype)
+        return None if shape is None else torch.randn(shape, generator=generator, dtype=x.dtype).to(x.device)
 
 
 class FusedPipeline(_Pipeline):

@@ -195,3 +195,17 @@ def test_adaptive_adversarials_are_cached_per_purifier(tmp_path) -> None:  # typ
     # other settings of the purifier are another attack: a new entry
     benchmark(m, data, create_purifier("gaussian", sigma=2.0), **kw)  # type: ignore[arg-type]
     assert len(list(tmp_path.glob("adaptive-*.npy"))) == 2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_benchmark_on_cuda_matches_the_cpu() -> None:
+    x, y, m = _batch(12)
+    data = ImageSet((x.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8), y.numpy(), [str(i) for i in range(12)],
+                    ("a", "b", "c"))
+    kw = dict(attacks=["additive", "patch"], threats=["blind", "adaptive"], steps=3, batch_size=6)
+    cpu = benchmark(m, data, create_purifier("nappure", kind="additive", steps=2), **kw)  # type: ignore[arg-type]
+    gpu = benchmark(Templates(), data, create_purifier("nappure", kind="additive", steps=2), device="cuda", **kw)  # type: ignore[arg-type]
+    assert gpu["clean_accuracy"] == cpu["clean_accuracy"]
+    for a in ("additive", "patch"):
+        for t in ("blind", "adaptive"):
+            assert abs(gpu["robust_accuracy"][a][t] - cpu["robust_accuracy"][a][t]) <= 1 / 12 + 1e-9

@@ -116,3 +116,28 @@ def test_eval_robust_rejects_unknown_names() -> None:
 def test_eval_clean_refuses_a_class_count_mismatch(cifar_dir: Path) -> None:
     r = runner.invoke(app, ["eval", "clean", "--data", str(cifar_dir), "--split", "test"])
     assert r.exit_code == 1 and "the model has 43 classes, the data set 10" in r.stderr
+
+
+def test_eval_robust_checks_the_device() -> None:
+    import torch
+
+    base = ["eval", "robust", "--data", "synth", "--n", "2", "--model", "signnet_xs", "--attack", "additive"]
+    r = runner.invoke(app, base + ["--device", "tpu"])
+    assert r.exit_code == 1 and "expected cpu, cuda or cuda:N" in r.stderr
+    r = runner.invoke(app, base + ["--device", "gpu:zero"])
+    assert r.exit_code == 1 and "not a device" in r.stderr
+    if not torch.cuda.is_available():
+        r = runner.invoke(app, base + ["--device", "cuda"])
+        assert r.exit_code == 1 and "PyTorch sees no CUDA device" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_train_checks_the_device_before_writing_anything(tmp_path: Path) -> None:
+    import torch
+
+    for cmd in ("classifier", "prior", "impure", "nappure"):
+        out = tmp_path / cmd
+        r = runner.invoke(app, ["train", cmd, "--data", "synth", "--out", str(out), "--device", "tpu"])
+        assert r.exit_code == 1 and "expected cpu, cuda or cuda:N" in r.stderr and not out.exists()
+        if not torch.cuda.is_available():
+            r = runner.invoke(app, ["train", cmd, "--data", "synth", "--out", str(out), "--device", "cuda:0"])
+            assert r.exit_code == 1 and "PyTorch sees no CUDA device" in r.stderr and not out.exists()

@@ -258,3 +258,13 @@ def test_the_restoration_prior_has_its_own_hand_set_settings_and_shipped_ones_fo
     with pytest.raises(ConfigError, match="learned with the prior 'edm_unet_s_restore'"):
         edgepure.create_purifier("nappure", kind="occlusion", steps=2, prior=nappure.GUIDED_PRIOR, pretrained=False,
                                  tuned=str(path))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_a_tuning_run_on_cuda_learns_what_the_cpu_learns(gtsrb_dir: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tune, "_purifier", lambda cfg: _tiny(cfg.kind, cfg.steps))
+    cpu = tune.tune_nappure(_cfg(gtsrb_dir, tmp_path / "cpu", 2), log=lambda s: None)
+    gpu = tune.tune_nappure(_cfg(gtsrb_dir, tmp_path / "gpu", 2), log=lambda s: None, device="cuda")
+    a, b = cpu["settings"]["step_scale"]["x"], gpu["settings"]["step_scale"]["x"]
+    assert a == pytest.approx(b, rel=0.05, abs=1e-3)  # same draws; examples equal up to float rounding

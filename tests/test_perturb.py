@@ -126,3 +126,27 @@ def test_bilinear_sample_matches_grid_sample_to_second_order() -> None:
     assert torch.autograd.gradgradcheck(bilinear_sample, (x, grid))
     with pytest.raises(ValueError, match=r"\(N, Ho, Wo, 2\)"):
         bilinear_sample(x, grid[..., :1])
+
+
+@pytest.mark.parametrize("name", ["conv", "patch", "flow", "additive", "all"])
+def test_families_keep_the_images_device(name: str) -> None:
+    # the meta device stands in for a GPU: an op that mixes it with a CPU tensor raises, as CUDA would
+    x = torch.rand(2, 3, 32, 32, device="meta")
+    p = create_perturbation(name, "gtsrb").to("meta")
+    g = torch.Generator().manual_seed(0)  # random starts are drawn on the CPU and moved
+    for params in (p.identity(x), p.random(x, g)):
+        assert {v.device.type for v in params.values()} == {"meta"}
+        assert p(x, params).device.type == "meta"
+        assert p.penalty(params).device.type == "meta"
+        assert {v.device.type for v in p.project(params, x).values()} == {"meta"}
+
+
+@pytest.mark.parametrize("kind", ["blur", "occlusion", "distortion", "additive", "joint"])
+def test_nappure_runs_on_the_images_device(kind: str) -> None:
+    from edgepure.purifiers import create_purifier
+
+    x = torch.rand(2, 3, 32, 32, device="meta")
+    pur = create_purifier("nappure", kind=kind, steps=2, pretrained=False).to("meta")
+    noise = pur.sample_noise(x, torch.Generator().manual_seed(0))
+    assert noise is not None and noise.device.type == "meta"
+    assert pur(x, noise).shape == x.shape and pur(x, noise).device.type == "meta"

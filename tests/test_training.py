@@ -352,3 +352,40 @@ def test_bad_denoise_settings_are_refused_before_anything_is_written(gtsrb_dir: 
     with pytest.raises(ConfigError, match="denoise_low"):
         train_classifier(_cfg(gtsrb_dir, tmp_path / "bad", denoise=0.5, denoise_low=0.8, denoise_high=0.2), log=lambda s: None)
     assert not (tmp_path / "bad").exists()
+
+
+def test_on_device_moves_arguments_and_results_and_keeps_gradients() -> None:
+    from edgepure.models.loading import OnDevice, on_device
+    from edgepure.models.registry import create_classifier
+
+    net = create_classifier("signnet_xs").eval()
+    assert on_device(net, "cpu") is net  # the CPU path is the module itself: CPU runs are unchanged
+    wrapped = OnDevice(net, torch.device("cpu"))
+    x = torch.rand(2, 3, 32, 32, requires_grad=True)
+    out = wrapped(x)
+    assert torch.equal(out, net(x))
+    out.sum().backward()
+    assert x.grad is not None and float(x.grad.abs().sum()) > 0  # the gradient reaches the caller's tensor
+    feats = wrapped.stage_features(x)  # methods are wrapped too (the prior trainer's feature loss calls this)
+    assert isinstance(feats, list) and all(torch.equal(a, b) for a, b in zip(feats, net.stage_features(x)))
+    assert wrapped.num_classes == 43 and wrapped.inner is net
+    assert list(wrapped.state_dict()) == ["inner." + k for k in net.state_dict()]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_training_on_cuda_runs_and_saves_cpu_loadable_checkpoints(gtsrb_dir: Path, tmp_path: Path) -> None:
+    from edgepure.models.registry import create_prior, load_weights_file
+    from edgepure.training.prior import train_prior
+
+    rec = train_classifier(_cfg(gtsrb_dir, tmp_path / "c", max_steps=2), log=lambda s: None, device="cuda")
+    assert 0 <= rec["history"][0]["val_accuracy"] <= 1
+    assert resolve_classifier(str(tmp_path / "c"))(torch.rand(1, 3, 32, 32)).shape == (1, 43)
+    rec = train_prior(_prior_cfg(gtsrb_dir, tmp_path / "p", epochs=1, max_steps=2, adversarial=0.5, adv_steps=1,
+                                 feature_weight=1.0), log=lambda s: None, device="cuda")
+    assert {"adversarial@0.1", "mix"} <= set(rec["history"][0])
+    load_weights_file(create_prior("edm_unet_xs"), tmp_path / "p" / "best.safetensors")
+    from edgepure.training.impure import ImpureConfig, train_impure
+
+    rec = train_impure(ImpureConfig(data=str(gtsrb_dir), out=str(tmp_path / "i"), model="impure_xs", epochs=1,
+                                    batch_size=10, val_n=8, max_steps=2), log=lambda s: None, device="cuda")
+    assert 0 <= rec["history"][0]["val_accuracy"] <= 1

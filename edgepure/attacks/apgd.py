@@ -31,7 +31,7 @@ class APGD(Attack):
         n_iter = self.steps
         k = max(int(0.22 * n_iter), 1)
         k_min, k_decr = max(int(0.06 * n_iter), 1), max(int(0.03 * n_iter), 1)
-        step = torch.full((n,), 2.0)  # relative to each parameter's radius
+        step = torch.full((n,), 2.0, device=x.device)  # relative to each parameter's radius
 
         loss, grad, logits = self.loss_and_grad(x, y, params)
         fooled = logits.argmax(1) != y
@@ -39,11 +39,11 @@ class APGD(Attack):
         best_adv = {kk: v.clone() for kk, v in params.items()}
         best_loss = loss.clone()
         best_grad = {kk: v.clone() for kk, v in grad.items()}
-        loss_hist = torch.zeros(n_iter + 1, n)
+        loss_hist = torch.zeros(n_iter + 1, n, device=x.device)
         loss_hist[0] = loss
         prev = {kk: v.clone() for kk, v in params.items()}
         best_loss_ckpt = best_loss.clone()
-        reduced_ckpt = torch.ones(n, dtype=torch.bool)
+        reduced_ckpt = torch.ones(n, dtype=torch.bool, device=x.device)
         since_ckpt, last_ckpt = 0, 0
 
         for i in range(n_iter):

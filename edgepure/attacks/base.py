@@ -49,7 +49,7 @@ class Attack:
         """Per-sample CE loss and its gradient w.r.t. the parameters, averaged over ``eot`` model calls;
         also the logits of the last call."""
         leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
-        total = torch.zeros(x.shape[0])
+        total = torch.zeros(x.shape[0], device=x.device)
         grads = {k: torch.zeros_like(v) for k, v in leaves.items()}
         logits = torch.empty(0)
         for _ in range(self.eot):
@@ -73,10 +73,11 @@ class Attack:
         if x.ndim != 4 or x.shape[0] != y.shape[0]:
             raise ConfigError(f"expected images N×C×H×W and N labels, got {tuple(x.shape)} and {tuple(y.shape)}")
         x = x.detach()
-        generator = torch.Generator().manual_seed(self.seed)
+        self.perturbation.to(x.device)  # its constant buffers (a Dirac kernel, pixel grids) follow the images
+        generator = torch.Generator().manual_seed(self.seed)  # random starts drawn on the CPU, on every device
         best: Optional[Params] = None
-        best_loss = torch.full((x.shape[0],), -float("inf"))
-        found = torch.zeros(x.shape[0], dtype=torch.bool)
+        best_loss = torch.full((x.shape[0],), -float("inf"), device=x.device)
+        found = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         for _ in range(self.restarts):
             params, loss, fooled = self._run(x, y, self.init_params(x, generator))
             # prefer an iterate that fooled the model; among equals, the higher loss

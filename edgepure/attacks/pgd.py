@@ -23,8 +23,8 @@ class PGD(Attack):
     def _run(self, x: torch.Tensor, y: torch.Tensor, params: Params) -> tuple[Params, torch.Tensor, torch.Tensor]:
         radius = self.perturbation.radius()
         best = {k: v.clone() for k, v in params.items()}
-        best_loss = torch.full((x.shape[0],), -float("inf"))
-        fooled = torch.zeros(x.shape[0], dtype=torch.bool)
+        best_loss = torch.full((x.shape[0],), -float("inf"), device=x.device)
+        fooled = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         for i in range(self.steps + 1):
             loss, grad, logits = self.loss_and_grad(x, y, params)
             wrong = logits.argmax(1) != y

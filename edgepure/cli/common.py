@@ -7,7 +7,7 @@ import functools
 import json
 import sys
 import warnings
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Annotated, Any, Callable, Iterator, TypeVar
 
 import typer
 
@@ -16,6 +16,12 @@ from edgepure.runtime.errors import EdgepureError
 F = TypeVar("F", bound=Callable[..., Any])
 
 __all__ = ["echo_json", "parse_settings", "user_errors", "warnings_as_lines"]
+
+
+# ``--device`` of the commands that run PyTorch networks (checked by ``edgepure.models.loading.resolve_device``)
+DeviceOption = Annotated[str, typer.Option(
+    "--device", help="PyTorch device of the networks: cpu, cuda or cuda:N. Random draws (data order, augmentation, "
+                     "noise, attack starts) stay on the CPU, so they are the same on every device.")]
 
 
 def user_errors(fn: F) -> F:

@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from edgepure.cli.common import echo_json, parse_settings, user_errors
+from edgepure.cli.common import DeviceOption, echo_json, parse_settings, user_errors
 
 app = typer.Typer(help="Evaluate models.", no_args_is_help=True)
 
@@ -110,15 +110,17 @@ def robust(
     cache: Annotated[Optional[Path], typer.Option(
         help="Keep adversarial examples here and reuse them: blind ones for other defenses (same classifier, images, "
              "attack), adaptive ones for the same purifier scored again (e.g. its exported --model).")] = None,
+    device: DeviceOption = "cpu",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of the table.")] = False,
 ) -> None:
     """Clean and robust accuracy per attack and threat model (APGD-CE over each perturbation family)."""
     from edgepure.data import dataset_kind, open_dataset
     from edgepure.evaluate.report import format_table, write_report
     from edgepure.evaluate.robust import benchmark
-    from edgepure.models.loading import resolve_classifier
+    from edgepure.models.loading import resolve_classifier, resolve_device
     from edgepure.perturb import PERTURBATIONS
 
+    dev = resolve_device(device)
     attacks = _csv_list(attack, PERTURBATIONS, "attack")
     threats = _csv_list(threat, ("blind", "adaptive", "bpda"), "threat")
     scorer = None
@@ -151,11 +153,11 @@ def robust(
     result = benchmark(
         net, ds, purifier, attacks, threats, method=method.value, steps=steps, eot=eot,  # type: ignore[arg-type]
         restarts=restarts, seed=seed, batch_size=batch_size, dataset=budgets, progress=True,
-        keep_examples=examples if out is not None else 0, scorer=scorer, cache_dir=cache,
+        keep_examples=examples if out is not None else 0, scorer=scorer, cache_dir=cache, device=dev,
     )
     if scorer is not None:
         result["scored_by"] = f"onnxruntime: {Path(model) / scorer.entry['file']}"  # type: ignore[arg-type]
-    result.update(data=data, split=split.value, model=model or "signnet_s")
+    result.update(data=data, split=split.value, model=model or "signnet_s", device=str(dev))
     if out is not None:
         for p in write_report(result, out):
             typer.echo(f"wrote {p}", err=True)

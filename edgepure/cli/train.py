@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from edgepure.cli.common import echo_json, user_errors
+from edgepure.cli.common import DeviceOption, echo_json, user_errors
 
 app = typer.Typer(help="Train classifiers, image priors and purifier networks; learn NAPPure's settings.", no_args_is_help=True)
 
@@ -38,18 +38,21 @@ def classifier(
     denoise_low: Annotated[float, typer.Option(help="Lowest σ of --denoise ([−1, 1] units).")] = 0.25,
     denoise_high: Annotated[float, typer.Option(help="Highest σ of --denoise.")] = 1.2,
     denoise_prior: Annotated[str, typer.Option(help="The prior (registered name) that --denoise uses.")] = "edm_unet_s",
+    device: DeviceOption = "cpu",
     as_json: Annotated[bool, typer.Option("--json", help="Print the final record as JSON.")] = False,
 ) -> None:
     """Train a classifier with validation on a held-out track split; resumable with --resume."""
+    from edgepure.models.loading import resolve_device
     from edgepure.training.classifier import TrainConfig, train_classifier
 
+    dev = resolve_device(device)
     cfg = TrainConfig(
         data=data, out=str(out), model=model, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
         seed=seed, synth=synth, synth_pool=synth_pool, augment=augment, occlude=occlude, occlude_max=occlude_max,
         stickers=stickers, ema=ema, val_fraction=val_fraction, max_steps=max_steps or None, init=init,
         denoise=denoise, denoise_low=denoise_low, denoise_high=denoise_high, denoise_prior=denoise_prior,
     )
-    record = train_classifier(cfg, resume=resume, log=lambda s: typer.echo(s, err=True))
+    record = train_classifier(cfg, resume=resume, log=lambda s: typer.echo(s, err=True), device=dev)
     summary = {"out": str(out), "epochs_done": record["epoch"] + 1, "best_val_accuracy": record["best_val_accuracy"],
                "last": record["history"][-1]}
     if as_json:
@@ -87,11 +90,14 @@ def prior(
     classifier: Annotated[Optional[str], typer.Option(help="Classifier they attack / whose features guide: a registered name or a checkpoint (default: the shipped one).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the run folder's last checkpoint.")] = False,
     max_steps: Annotated[int, typer.Option(help="Stop after this many optimiser steps (0: no limit).")] = 0,
+    device: DeviceOption = "cpu",
     as_json: Annotated[bool, typer.Option("--json", help="Print the final record as JSON.")] = False,
 ) -> None:
     """Train an image prior (EDM denoiser) for NAPPure and the diffusion purifiers; resumable with --resume."""
+    from edgepure.models.loading import resolve_device
     from edgepure.training.prior import PriorConfig, train_prior
 
+    dev = resolve_device(device)
     cfg = PriorConfig(data=data, out=str(out), model=model, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                       focus=(focus_low, focus_high), focus_p=focus_p, ema=ema, val_fraction=val_fraction,
                       max_steps=max_steps or None, corrupt=corrupt, init=init, adversarial=adversarial,
@@ -99,7 +105,7 @@ def prior(
                       adv_additive=adv_additive, adv_sigma_max=adv_sigma_max, adv_pool=adv_pool,
                       adv_pool_share=adv_pool_share, adv_pool_steps=adv_pool_steps,
                       adv_cache=str(adv_cache) if adv_cache is not None else None)
-    record = train_prior(cfg, resume=resume, log=lambda s: typer.echo(s, err=True))
+    record = train_prior(cfg, resume=resume, log=lambda s: typer.echo(s, err=True), device=dev)
     summary = {"out": str(out), "epochs_done": record["epoch"] + 1, "best_val_mse": record["best_val_mse"],
                "last": record["history"][-1]}
     if as_json:
@@ -159,15 +165,18 @@ def impure(
     val_n: Annotated[int, typer.Option(help="Held-out images scored after each epoch.")] = 500,
     resume: Annotated[bool, typer.Option(help="Continue from the run folder's last checkpoint.")] = False,
     max_steps: Annotated[int, typer.Option(help="Stop after this many optimiser steps (0: no limit).")] = 0,
+    device: DeviceOption = "cpu",
     as_json: Annotated[bool, typer.Option("--json", help="Print the final record as JSON.")] = False,
 ) -> None:
     """Train IMPure's masked-reconstruction network on perturbed/clean pairs (pixel + feature loss); resumable."""
+    from edgepure.models.loading import resolve_device
     from edgepure.training.impure import ImpureConfig, train_impure
 
+    dev = resolve_device(device)
     cfg = ImpureConfig(data=data, out=str(out), model=model, classifier=classifier, epochs=epochs, batch_size=batch_size,
                        lr=lr, seed=seed, feature_weight=feature_weight, ema=ema, val_fraction=val_fraction, val_n=val_n,
                        max_steps=max_steps or None, model_kwargs={"noise_t": noise_t})
-    record = train_impure(cfg, resume=resume, log=lambda s: typer.echo(s, err=True))
+    record = train_impure(cfg, resume=resume, log=lambda s: typer.echo(s, err=True), device=dev)
     summary = {"out": str(out), "epochs_done": record["epoch"] + 1, "best_val_accuracy": record["best_val_accuracy"],
                "last": record["history"][-1]}
     if as_json:
@@ -197,15 +206,18 @@ def nappure(
     snapshot_every: Annotated[int, typer.Option(help="Keep the settings of every N-th iteration (settings-NNNN.json; 0: off).")] = 5,
     prior: Annotated[Optional[str], typer.Option(help="The purifier's prior, a name or checkpoint (default: the kind's default prior).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in --out.")] = False,
+    device: DeviceOption = "cpu",
     as_json: Annotated[bool, typer.Option("--json", help="Print the learned settings as JSON.")] = False,
 ) -> None:
     """Learn NAPPure's per-step step sizes, λ1, λ2 and σ₀ for one kind and K through its unrolled steps.
 
     Use the result with ``--defense-arg tuned=OUT/settings.json`` (eval), ``--purifier-arg tuned=…`` (export)."""
+    from edgepure.models.loading import resolve_device
     from edgepure.perturb import PERTURBATIONS
     from edgepure.runtime.errors import ConfigError
     from edgepure.training.nappure import NAPPureTuneConfig, tune_nappure
 
+    dev = resolve_device(device)
     attacks = tuple(attack or ("conv", "patch", "flow", "additive"))
     bad = [a for a in attacks if a not in PERTURBATIONS]
     if bad:
@@ -214,7 +226,7 @@ def nappure(
                             attack_steps=attack_steps, iters=iters, batch_size=batch_size, lr=lr, max_scale=max_scale,
                             seed=seed, classifier=classifier, cache=str(cache) if cache else None,
                             snapshot_every=snapshot_every, prior=prior)
-    result = tune_nappure(cfg, resume=resume, log=lambda s: typer.echo(s, err=True))
+    result = tune_nappure(cfg, resume=resume, log=lambda s: typer.echo(s, err=True), device=dev)
     if as_json:
         echo_json(result)
     else:

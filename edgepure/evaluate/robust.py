@@ -35,17 +35,17 @@ ATTACK_METHODS = {"apgd": APGD, "pgd": PGD}
 def _defended_predict(classifier: nn.Module, purifier: Optional[Purifier], x: torch.Tensor, seed: int) -> tuple[np.ndarray, torch.Tensor]:
     """Predictions of the deployed pipeline and the purified images (noise from a generator seeded by ``seed``)."""
     if purifier is None:
-        return classifier(x).argmax(1).numpy(), x
-    g = torch.Generator().manual_seed(seed)
+        return classifier(x).argmax(1).cpu().numpy(), x
+    g = torch.Generator().manual_seed(seed)  # a CPU generator: the same noise on every device
     if int(getattr(purifier, "votes", 1)) > 1:  # the deployed pipeline votes; the figure shows the first draw
         from edgepure.export.voting import Voting
 
         vote = Voting(purifier, classifier, purifier.votes)  # type: ignore[attr-defined]
         noise = vote.sample_noise(x, g)
         xp = purifier(x, None if noise is None else noise[0])
-        return vote(x, noise).argmax(1).numpy(), xp
+        return vote(x, noise).argmax(1).cpu().numpy(), xp
     xp = purifier(x, purifier.sample_noise(x, g))
-    return classifier(xp).argmax(1).numpy(), xp
+    return classifier(xp).argmax(1).cpu().numpy(), xp
 
 
 def adversarial_key(classifier: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: dict[str, Any],
@@ -106,10 +106,12 @@ class AdvCache:
 
 def blind_examples(classifier: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: str, steps: int = 100,
                    seed: int = 0, cache_dir: Optional[str | Path] = None, dataset: str = "gtsrb",
-                   log: Optional[Callable[[str], None]] = None, method: str = "apgd") -> torch.Tensor:
+                   log: Optional[Callable[[str], None]] = None, method: str = "apgd",
+                   device: str | torch.device = "cpu") -> torch.Tensor:
     """Blind examples of ``attack`` (APGD-CE, or another of ``ATTACK_METHODS``) on ``classifier`` for the images ``x``
-    (N×C×H×W in [0, 1]) and labels ``y``: the attack of :func:`benchmark` (same batches and seeds, hence the same
-    examples of the same images), computed once and kept in ``cache_dir`` under :func:`benchmark`'s keys."""
+    (N×C×H×W in [0, 1], on the CPU) and labels ``y``: the attack of :func:`benchmark` (same batches and seeds, hence
+    the same examples of the same images), computed once on ``device`` (the classifier is moved there) and kept in
+    ``cache_dir`` under :func:`benchmark`'s keys. Returned on the CPU."""
     if method not in ATTACK_METHODS:
         raise ConfigError(f"unknown attack method {method!r} (expected {', '.join(ATTACK_METHODS)})")
     store = AdvCache(Path(cache_dir) if cache_dir is not None else None)
@@ -120,13 +122,15 @@ def blind_examples(classifier: nn.Module, x: torch.Tensor, y: torch.Tensor, atta
         return cached
     t0 = time.perf_counter()
     b = spec["batch_size"]
-    perturbation = create_perturbation(attack, dataset, image_size=x.shape[-1])
+    dev = torch.device(device)
+    classifier.to(dev)
+    perturbation = create_perturbation(attack, dataset, image_size=x.shape[-1]).to(dev)
     attack_cls = ATTACK_METHODS[method]
-    adv = torch.cat([attack_cls(classifier, perturbation, steps=steps, seed=seed + s)(x[s : s + b], y[s : s + b]).detach()
-                     for s in range(0, len(x), b)])
+    adv = torch.cat([attack_cls(classifier, perturbation, steps=steps, seed=seed + s)(
+        x[s : s + b].to(dev), y[s : s + b].to(dev)).detach().cpu() for s in range(0, len(x), b)])
     if log is not None:
         with torch.no_grad():
-            acc = float((classifier(adv).argmax(1) == y).float().mean())
+            acc = float((classifier(adv.to(dev)).argmax(1).cpu() == y).float().mean())
         log(f"blind {attack} ({method} {steps}): {len(x)} examples in {time.perf_counter() - t0:.0f} s, classifier accuracy {acc:.3f}")
     store.save("blind", key, adv)
     return adv
@@ -150,6 +154,7 @@ def benchmark(
     keep_examples: int = 0,
     scorer: Optional[Callable[[torch.Tensor, int], np.ndarray]] = None,
     cache_dir: Optional[str | Path] = None,
+    device: str | torch.device = "cpu",
 ) -> dict[str, Any]:
     """Evaluate ``classifier`` behind ``defense`` (a registered purifier name, a Purifier, or None) on
     ``data`` under each attack family and threat model. Returns a dict of plain numbers.
@@ -158,7 +163,9 @@ def benchmark(
     graph in ONNX Runtime, :class:`edgepure.evaluate.exported.OnnxScorer`); the attacks still differentiate
     the PyTorch modules. ``cache_dir`` keeps adversarial examples on disk (keyed by the classifier's
     weights, the images and every attack setting, and for adaptive threats the purifier's weights and
-    settings) and reuses them: blind ones for the next defense, adaptive ones for the next backend."""
+    settings) and reuses them: blind ones for the next defense, adaptive ones for the next backend. ``device``
+    runs the attacks and the PyTorch pipeline there (the modules are moved to it); every random draw is made on the
+    CPU, so a GPU run attacks and purifies with the same noise as a CPU run."""
     unknown = [a for a in attacks if a not in PERTURBATIONS]
     if unknown:
         raise ConfigError(f"unknown attack(s) {', '.join(unknown)} (expected {', '.join(PERTURBATIONS)})")
@@ -174,6 +181,10 @@ def benchmark(
     if purifier is not None:
         frozen(purifier)
     frozen(classifier)
+    dev = torch.device(device)
+    classifier.to(dev)
+    if purifier is not None:
+        purifier.to(dev)
     if purifier is None:
         threat_list = [Threat.blind]  # without a defense every threat is the same attack
     x_all = torch.from_numpy(data.as_float_nchw())
@@ -185,13 +196,13 @@ def benchmark(
     def predict(x: torch.Tensor, s: int) -> tuple[np.ndarray, torch.Tensor]:
         if scorer is not None and not keep_examples:  # the scorer decides; the torch pipeline would be wasted work
             return scorer(x, seed + s), x
-        pred, purified = _defended_predict(classifier, purifier, x, seed + s)
-        return (scorer(x, seed + s) if scorer is not None else pred), purified
+        pred, purified = _defended_predict(classifier, purifier, x.to(dev), seed + s)
+        return (scorer(x, seed + s) if scorer is not None else pred), purified.cpu()
 
     cache = AdvCache(Path(cache_dir) if cache_dir is not None else None)
     clean_pred = np.concatenate([predict(x_all[s : s + batch_size], s)[0] for s in starts])
     with torch.no_grad():
-        bare_pred = np.concatenate([classifier(x_all[s : s + batch_size]).argmax(1).numpy() for s in starts])
+        bare_pred = np.concatenate([classifier(x_all[s : s + batch_size].to(dev)).argmax(1).cpu().numpy() for s in starts])
     clean_ok = clean_pred == data.labels
 
     bar = None
@@ -204,7 +215,7 @@ def benchmark(
     examples: dict[str, dict[str, np.ndarray]] = {}
     for name in attacks:
         budget = (budgets or {}).get(name, {})
-        perturbation = create_perturbation(name, dataset, image_size=x_all.shape[-1], **budget)
+        perturbation = create_perturbation(name, dataset, image_size=x_all.shape[-1], **budget).to(dev)
         ok_all = clean_ok.copy()
         robust[name] = {}
         ta = time.perf_counter()
@@ -231,7 +242,7 @@ def benchmark(
                 else:
                     target = attack_target(threat, purifier, classifier, seed=seed + s)
                     atk = ATTACK_METHODS[method](target, perturbation, steps=steps, eot=eot, restarts=restarts, seed=seed + s)
-                    x_adv = atk(x, y).detach()
+                    x_adv = atk(x.to(dev), y.to(dev)).detach().cpu()
                     fresh.append(x_adv)
                 pred, purified = predict(x_adv, s)
                 ok[s : s + len(y)] = pred == y.numpy()

@@ -63,7 +63,7 @@ class ImpureNet(nn.Module):
         m = self.masks[:, None]  # (4, 1, 1, H, W): group i of view i
         views = torch.cat([(y[None] * (1 - m)), noised[None] * m, m.expand(4, n, 1, h, w)], dim=2)
         views = views.reshape(4 * n, 7, h, w)
-        rec = self.unet(views, torch.zeros(4 * n, dtype=x.dtype)).reshape(4, n, 3, h, w)
+        rec = self.unet(views, torch.zeros(4 * n, dtype=x.dtype, device=x.device)).reshape(4, n, 3, h, w)
         out = (rec * m).sum(0)
         out = out + self.seam(out)
         return ((out + 1.0) / 2.0).clamp(0.0, 1.0)

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+import torch
 from torch import nn
 
 from edgepure.models.registry import create_classifier, create_prior, load_classifier, load_weights_file
-from edgepure.runtime.errors import ModelError
+from edgepure.runtime.errors import ConfigError, ModelError
 
 __all__ = ["frozen", "load_classifier_source", "prior_label", "resolve_classifier", "resolve_prior"]
 
@@ -20,6 +22,70 @@ def frozen(model: nn.Module) -> nn.Module:
     for p in model.parameters():
         p.requires_grad_(False)
     return model
+
+
+def resolve_device(name: str) -> torch.device:
+    """The PyTorch device ``name`` ("cpu", "cuda", "cuda:N"), checked to exist here."""
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"--device {name!r}: not a device (expected cpu, cuda or cuda:N)") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise ConfigError(f"--device {name!r}: expected cpu, cuda or cuda:N, found device type {dev.type!r}")
+    if dev.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ConfigError(f"--device {name}: PyTorch sees no CUDA device here (torch {torch.__version__}, "
+                              f"CUDA build {torch.version.cuda or 'none'}); use --device cpu")
+        if dev.index is not None and dev.index >= count:
+            raise ConfigError(f"--device {name}: PyTorch sees {count} CUDA device(s), numbered 0 to {count - 1}")
+    return dev
+
+
+def _moved(value: Any, device: torch.device) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_moved(v, device) for v in value)
+    if isinstance(value, dict):
+        return {k: _moved(v, device) for k, v in value.items()}
+    return value
+
+
+class OnDevice(nn.Module):
+    """``module`` on ``device``, called with tensors on any device: tensor arguments move there and results (tensors,
+    or lists, tuples and dicts of them) come back to the device of the first tensor argument; gradients flow
+    through both moves. The trainers keep data, augmentation and every seeded draw on the CPU (so a GPU run draws
+    what a CPU run draws) and run their networks where ``--device`` says. Methods of the module (a classifier's
+    ``stage_features``) are wrapped the same way; the module itself is ``.inner``."""
+
+    def __init__(self, module: nn.Module, device: torch.device) -> None:
+        super().__init__()
+        self.inner = module.to(device)
+        self.target = torch.device(device)
+
+    def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        home = next((a.device for a in args if isinstance(a, torch.Tensor)), torch.device("cpu"))
+        return _moved(fn(*_moved(args, self.target), **_moved(kwargs, self.target)), home)
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        return self._call(self.inner, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            inner = super().__getattr__("inner")
+            attr = getattr(inner, name)
+            if inspect.ismethod(attr) and attr.__self__ is inner:
+                return lambda *a, **k: self._call(attr, *a, **k)
+            return attr
+
+
+def on_device(module: nn.Module, device: str | torch.device) -> nn.Module:
+    """``module`` itself on the CPU, else :class:`OnDevice` (the module moved to ``device``)."""
+    dev = torch.device(device)
+    return module if dev.type == "cpu" else OnDevice(module, dev)
 
 
 def resolve_classifier(spec: str | None) -> nn.Module:

@@ -50,7 +50,7 @@ class Perturbation(nn.Module):
         out: Params = {}
         for k, v in params.items():
             r = self.radius().get(k, 0.0)
-            noise = (torch.rand(v.shape, generator=generator, dtype=v.dtype) * 2 - 1) * r
+            noise = ((torch.rand(v.shape, generator=generator, dtype=v.dtype) * 2 - 1) * r).to(v.device)  # CPU draws
             out[k] = v + noise
         return self.project(out, x)
 

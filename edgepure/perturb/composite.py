@@ -40,7 +40,7 @@ class Composite(Perturbation):
         for fam in self.families:
             out.update({f"{fam.name}.{k}": v for k, v in fam.identity(x).items()})
             if self.learn_weights:
-                out[f"{fam.name}.w"] = torch.full((x.shape[0],), self.init_weight, dtype=x.dtype)
+                out[f"{fam.name}.w"] = torch.full((x.shape[0],), self.init_weight, dtype=x.dtype, device=x.device)
         return out
 
     def forward(self, x: torch.Tensor, params: Params) -> torch.Tensor:  # type: ignore[override]
@@ -85,5 +85,5 @@ class Composite(Perturbation):
         for fam in self.families:
             out.update({f"{fam.name}.{k}": v for k, v in fam.random(x, generator).items()})
             if self.learn_weights:
-                out[f"{fam.name}.w"] = torch.rand(x.shape[0], generator=generator, dtype=x.dtype)
+                out[f"{fam.name}.w"] = torch.rand(x.shape[0], generator=generator, dtype=x.dtype).to(x.device)
         return out

@@ -96,8 +96,8 @@ class Occlusion(Perturbation):
         if self.learn_geometry:
             centre, size = params["center"], params["size"]
         else:
-            centre = torch.tensor(self.center, dtype=x.dtype).expand(n, 2)
-            size = torch.full((n,), self.size, dtype=x.dtype)
+            centre = torch.tensor(self.center, dtype=x.dtype, device=x.device).expand(n, 2)
+            size = torch.full((n,), self.size, dtype=x.dtype, device=x.device)
         my = self._coverage(self.coords.to(x.dtype), centre[:, 0], size.abs())
         mx = self._coverage(self.coords.to(x.dtype), centre[:, 1], size.abs())
         return (my[:, :, None] * mx[:, None, :]).unsqueeze(1)
@@ -105,8 +105,8 @@ class Occlusion(Perturbation):
     def identity(self, x: torch.Tensor) -> Params:
         params: Params = {"content": x.detach().clone()}
         if self.learn_geometry:
-            params["center"] = torch.tensor(self.center, dtype=x.dtype).expand(x.shape[0], 2).clone()
-            params["size"] = torch.zeros(x.shape[0], dtype=x.dtype)
+            params["center"] = torch.tensor(self.center, dtype=x.dtype, device=x.device).expand(x.shape[0], 2).clone()
+            params["size"] = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
         return params
 
     def forward(self, x: torch.Tensor, params: Params) -> torch.Tensor:  # type: ignore[override]
@@ -116,7 +116,7 @@ class Occlusion(Perturbation):
     def penalty(self, params: Params) -> torch.Tensor:
         if self.learn_geometry:
             return params["size"].abs()
-        return torch.zeros(params["content"].shape[0], dtype=params["content"].dtype)  # geometry fixed: no prior
+        return torch.zeros(params["content"].shape[0], dtype=params["content"].dtype, device=params["content"].device)  # geometry fixed: no prior
 
     def project(self, params: Params, x: torch.Tensor) -> Params:
         out = dict(params)
@@ -134,7 +134,7 @@ class Occlusion(Perturbation):
 
     def random(self, x: torch.Tensor, generator: torch.Generator) -> Params:
         params = self.identity(x)
-        params["content"] = torch.rand(x.shape, generator=generator, dtype=x.dtype)
+        params["content"] = torch.rand(x.shape, generator=generator, dtype=x.dtype).to(x.device)
         return params
 
 
@@ -157,7 +157,7 @@ class SoftMask(Perturbation):
 
     def identity(self, x: torch.Tensor) -> Params:
         n, _, h, w = x.shape
-        return {"logits": torch.full((n, 1, h, w), self.init_logit, dtype=x.dtype), "content": x.detach().clone()}
+        return {"logits": torch.full((n, 1, h, w), self.init_logit, dtype=x.dtype, device=x.device), "content": x.detach().clone()}
 
     def mask(self, params: Params) -> torch.Tensor:
         return torch.sigmoid(params["logits"])
@@ -174,7 +174,7 @@ class SoftMask(Perturbation):
 
     def random(self, x: torch.Tensor, generator: torch.Generator) -> Params:
         params = self.identity(x)
-        params["logits"] = params["logits"] + 4.0 * torch.rand(params["logits"].shape, generator=generator, dtype=x.dtype)
+        params["logits"] = params["logits"] + 4.0 * torch.rand(params["logits"].shape, generator=generator, dtype=x.dtype).to(x.device)
         return params
 
 
@@ -210,12 +210,12 @@ class Flow(Perturbation):
 
     def identity(self, x: torch.Tensor) -> Params:
         n, _, h, w = x.shape
-        return {"flow": torch.zeros(n, 2, h, w, dtype=x.dtype)}
+        return {"flow": torch.zeros(n, 2, h, w, dtype=x.dtype, device=x.device)}
 
     def forward(self, x: torch.Tensor, params: Params) -> torch.Tensor:  # type: ignore[override]
         f = self.smooth(params["flow"])  # (N, 2, H, W): (dx, dy) in pixels
         h, w = x.shape[2:]
-        scale = torch.tensor([2.0 / w, 2.0 / h], dtype=x.dtype)
+        scale = torch.tensor([2.0 / w, 2.0 / h], dtype=x.dtype, device=x.device)
         grid = self.base_grid.to(x.dtype) + f.permute(0, 2, 3, 1) * scale
         return bilinear_sample(x, grid)  # = F.grid_sample(bilinear, border); differentiable to any order
 

@@ -40,7 +40,8 @@ class Purifier(nn.Module):
         shape = self.noise_shape(x)
         if shape is None:
             return None
-        return torch.randn(shape, generator=generator, dtype=x.dtype)
+        # drawn on the CPU (a CPU generator), then moved: the same seed gives the same noise on every device
+        return torch.randn(shape, generator=generator, dtype=x.dtype).to(x.device)
 
     def forward(self, x: torch.Tensor, noise: Optional[torch.Tensor] = None) -> torch.Tensor:  # type: ignore[override]
         raise NotImplementedError

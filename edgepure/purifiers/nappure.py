@@ -442,7 +442,7 @@ class NAPPure(Purifier):
     def _final_loss(self, y: torch.Tensor, y_adv: torch.Tensor, theta: Params, noise: torch.Tensor) -> torch.Tensor:
         n, c, h, w = y.shape
         if noise.shape[1] == 0:
-            step_noise, z = torch.zeros_like(y), torch.zeros(n, dtype=y.dtype)
+            step_noise, z = torch.zeros_like(y), torch.zeros(n, dtype=y.dtype, device=y.device)
         else:
             step_noise, z = noise[:, -1, : c * h * w].reshape(n, c, h, w), noise[:, -1, c * h * w]
         return self.loss(y, y_adv, theta, step_noise, z).mean()

@@ -112,12 +112,16 @@ def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> N
         be.copy_(b)
 
 
-def train_classifier(cfg: TrainConfig, resume: bool = False, log: Any = print) -> dict[str, Any]:
+def train_classifier(cfg: TrainConfig, resume: bool = False, log: Any = print,
+                     device: str | torch.device = "cpu") -> dict[str, Any]:
     """Train ``cfg.model`` on ``cfg.data``; write ``last``/``best`` checkpoints into ``cfg.out``.
 
     Shuffling, augmentation and dropout draw from generators seeded by ``(seed, epoch)``, so a run resumed
-    from the checkpoint of epoch e continues exactly as the uninterrupted run would have.
+    from the checkpoint of epoch e continues exactly as the uninterrupted run would have. ``device`` runs the
+    networks there (:func:`edgepure.models.loading.on_device`); data and augmentation stay on the CPU.
     """
+    from edgepure.models.loading import on_device
+
     from tqdm import tqdm
 
     if cfg.epochs <= 0 or cfg.batch_size <= 0:
@@ -130,6 +134,8 @@ def train_classifier(cfg: TrainConfig, resume: bool = False, log: Any = print) -
     torch.manual_seed(cfg.seed)
     model = create_classifier(cfg.model, **cfg.model_kwargs)
     _init_weights(model, cfg)
+    model.to(device)  # before the optimiser and the EMA copy: their tensors live where the weights do
+    net = on_device(model, device)
     prior = None
     if cfg.denoise > 0:
         from edgepure.models.registry import create_prior
@@ -137,6 +143,7 @@ def train_classifier(cfg: TrainConfig, resume: bool = False, log: Any = print) -
         prior = create_prior(cfg.denoise_prior, pretrained=True).eval()
         for p in prior.parameters():
             p.requires_grad_(False)
+        prior = on_device(prior, device)
     size = int(getattr(model, "input_size", 32))
     train, val, synth = _load_data(cfg, size)
     n_classes = int(getattr(model, "num_classes", 0))
@@ -203,7 +210,7 @@ def train_classifier(cfg: TrainConfig, resume: bool = False, log: Any = print) -
             if prior is not None:
                 x = denoise_batch(x, prior, cfg.denoise, cfg.denoise_low, cfg.denoise_high, g)
             y = ys[idx]
-            logits = model(x)
+            logits = net(x)
             loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -218,7 +225,7 @@ def train_classifier(cfg: TrainConfig, resume: bool = False, log: Any = print) -
             if cfg.max_steps is not None and steps_done >= cfg.max_steps:
                 break
         shipped = ema_model if ema_model is not None else model
-        metrics = evaluate_clean(shipped, val)
+        metrics = evaluate_clean(on_device(shipped, device), val)
         entry = {
             "epoch": epoch,
             "train_loss": loss_sum / max(seen, 1),

@@ -107,9 +107,11 @@ def _validate(model: torch.nn.Module, classifier: torch.nn.Module, clean: torch.
             "val_l1": float((rec - clean).abs().mean())}
 
 
-def train_impure(cfg: ImpureConfig, resume: bool = False, log: Any = print) -> dict[str, Any]:
-    """Train ``cfg.model`` on the training split of ``cfg.data``; checkpoints go to ``cfg.out``."""
-    from edgepure.models.loading import frozen, load_classifier
+def train_impure(cfg: ImpureConfig, resume: bool = False, log: Any = print,
+                 device: str | torch.device = "cpu") -> dict[str, Any]:
+    """Train ``cfg.model`` on the training split of ``cfg.data``; checkpoints go to ``cfg.out``. ``device`` runs the
+    network and the classifier there; batches, perturbations' draws and noise are made on the CPU."""
+    from edgepure.models.loading import frozen, load_classifier, on_device
 
     if cfg.epochs <= 0 or cfg.batch_size < 5:
         raise ConfigError(f"need epochs > 0 and a batch size ≥ 5 (five parts), got {cfg.epochs} and {cfg.batch_size}")
@@ -118,8 +120,9 @@ def train_impure(cfg: ImpureConfig, resume: bool = False, log: Any = print) -> d
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    model = create_prior(cfg.model, **cfg.model_kwargs)
-    classifier = frozen(load_classifier(cfg.classifier))
+    model = create_prior(cfg.model, **cfg.model_kwargs).to(device)  # before fit's optimiser and EMA copy
+    net = on_device(model, device)
+    classifier = on_device(frozen(load_classifier(cfg.classifier)), device)
     size = int(getattr(model, "input_size", 32))
     common = dict(size=size, val_fraction=cfg.val_fraction, split_seed=cfg.split_seed, progress=True)
     train = open_dataset(cfg.data, "train", **common)
@@ -135,13 +138,13 @@ def train_impure(cfg: ImpureConfig, resume: bool = False, log: Any = print) -> d
     def loss_fn(idx: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         clean, labels = x_train[idx].float() / 255, y_train[idx]
         inp = perturb_batch(clean, labels, classifier, g)
-        rec = model(inp, torch.randn(inp.shape, generator=g))
+        rec = net(inp, torch.randn(inp.shape, generator=g))
         loss = (rec - clean).abs().mean()
         if cfg.feature_weight > 0:
             loss = loss + cfg.feature_weight * feature_loss(classifier, _mix(inp, rec, patch, g), clean)
         return loss
 
     return fit(model, cfg, len(x_train), loss_fn,
-               lambda m: _validate(m, classifier, v_clean, v_pert, v_labels, v_noise), out, score="val_accuracy",
+               lambda m: _validate(on_device(m, device), classifier, v_clean, v_pert, v_labels, v_noise), out, score="val_accuracy",
                minimize=False, best_key="best_val_accuracy",
                record={"kind": "impure", "input_size": size, "dataset": "gtsrb"}, resume=resume, log=log, digits=4)

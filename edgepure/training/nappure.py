@@ -102,20 +102,23 @@ def learned_settings(pur: Any, logs: dict[str, torch.Tensor]) -> dict[str, Any]:
 
 
 def _adversarial(classifier: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: NAPPureTuneConfig,
-                 cache: Path, log: Callable[[str], None]) -> dict[str, torch.Tensor]:
+                 cache: Path, log: Callable[[str], None], device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     """Blind APGD-CE examples of every attack, computed once and kept in ``cache`` — the cache and keys of
     ``edgepure eval robust`` (same attack, batches and seeds), so the two share examples of the same images."""
     from edgepure.evaluate.robust import blind_examples
 
-    return {a: blind_examples(classifier, x, y, a, cfg.attack_steps, cfg.seed, cache, log=log) for a in cfg.attacks}
+    return {a: blind_examples(classifier, x, y, a, cfg.attack_steps, cfg.seed, cache, log=log, device=device)
+            for a in cfg.attacks}
 
 
-def tune_nappure(cfg: NAPPureTuneConfig, resume: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
+def tune_nappure(cfg: NAPPureTuneConfig, resume: bool = False, log: Callable[[str], None] = print,
+                 device: str | torch.device = "cpu") -> dict[str, Any]:
     """Learn the hyper-parameters of NAPPure ``cfg.kind`` at K = ``cfg.steps``; see the module docstring.
     Writes ``state.json`` (resumable, every iteration), ``settings.json`` (the learned settings, rewritten every
     iteration) and ``settings-NNNN.json`` every ``snapshot_every`` iterations: on held-out tracks the clean accuracy
     falls as the learning goes on (it only sees training-track images, which the classifier fits), so the
-    iteration is chosen on held-out images (``benchmarks/nappure.py --images tune --set tuned=…``)."""
+    iteration is chosen on held-out images (``benchmarks/nappure.py --images tune --set tuned=…``). ``device`` runs
+    the attacks, the purifier and the classifier there; the learned values, Adam's state and every draw stay on the CPU."""
     from edgepure.data import open_dataset
     from edgepure.models.loading import frozen, resolve_classifier
 
@@ -137,8 +140,10 @@ def tune_nappure(cfg: NAPPureTuneConfig, resume: bool = False, log: Callable[[st
     x_all = torch.from_numpy(data.as_float_nchw())
     y_all = torch.from_numpy(data.labels)
     classifier = frozen(resolve_classifier(cfg.classifier))
-    adv = _adversarial(classifier, x_all, y_all, cfg, Path(cfg.cache) if cfg.cache else out, log)
-    pur = _purifier(cfg)
+    dev = torch.device(device)
+    adv = _adversarial(classifier, x_all, y_all, cfg, Path(cfg.cache) if cfg.cache else out, log, dev)
+    classifier.to(dev)
+    pur = _purifier(cfg).to(dev)
     start = _start(pur, x_all)
     logs = {k: v.clone().requires_grad_(True) for k, v in start.items()}
     opt = torch.optim.Adam(list(logs.values()), lr=cfg.lr)
@@ -173,8 +178,8 @@ def tune_nappure(cfg: NAPPureTuneConfig, resume: bool = False, log: Callable[[st
         # the memory (the graph through K steps and their second derivatives is ~150 MB per image at K 8)
         logits, loss = [], torch.zeros(())
         for s in range(0, len(xb), cfg.batch_size):
-            pur.hyper = {k: v.exp().float() for k, v in logs.items()}
-            part = classifier(pur(xb[s : s + cfg.batch_size], noise[s : s + cfg.batch_size]))
+            pur.hyper = {k: v.exp().float().to(dev) for k, v in logs.items()}  # the gradient flows back to the CPU
+            part = classifier(pur(xb[s : s + cfg.batch_size].to(dev), noise[s : s + cfg.batch_size].to(dev))).cpu()
             part_loss = torch.nn.functional.cross_entropy(part, yb[s : s + cfg.batch_size], reduction="sum") / len(xb)
             part_loss.backward()
             logits.append(part.detach())

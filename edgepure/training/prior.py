@@ -167,7 +167,8 @@ def adversarial_batch(y: torch.Tensor, labels: torch.Tensor, classifier: torch.n
 
 
 def adversarial_pool(images: torch.Tensor, labels: torch.Tensor, classifier: torch.nn.Module, steps: int,
-                     additive: float, cache: Path, seed: int = 0, log: Any = None) -> torch.Tensor:
+                     additive: float, cache: Path, seed: int = 0, log: Any = None,
+                     device: str | torch.device = "cpu") -> torch.Tensor:
     """Blind APGD-CE examples of ``images`` (uint8 NCHW) in [−1, 1]: the first images patched, the last
     ⌊additive·N⌋ noised (as :func:`adversarial_batch` splits them), each family one cached run of
     :func:`edgepure.evaluate.robust.blind_examples`."""
@@ -178,7 +179,7 @@ def adversarial_pool(images: torch.Tensor, labels: torch.Tensor, classifier: tor
     n_add = int(additive * len(x))
     for fam, idx in zip(ADV_FAMILIES, torch.arange(len(x)).split([len(x) - n_add, n_add])):
         if len(idx):
-            out[idx] = blind_examples(classifier, x[idx], labels[idx], fam, steps, seed, cache, log=log)
+            out[idx] = blind_examples(classifier, x[idx], labels[idx], fam, steps, seed, cache, log=log, device=device)
     return out.clamp(0, 1) * 2 - 1
 
 
@@ -289,12 +290,17 @@ def validate_prior(model: torch.nn.Module, images: torch.Tensor, sigmas: tuple[f
     return out
 
 
-def train_prior(cfg: PriorConfig, resume: bool = False, log: Any = print) -> dict[str, Any]:
+def train_prior(cfg: PriorConfig, resume: bool = False, log: Any = print,
+                device: str | torch.device = "cpu") -> dict[str, Any]:
     """Train ``cfg.model`` on the training split of ``cfg.data``; checkpoints go to ``cfg.out``.
 
     The best checkpoint is the one with the lowest validation error at σ = 0.5 (of the EMA weights
-    when ``ema`` > 0). Resuming from the last checkpoint continues exactly as the uninterrupted run.
+    when ``ema`` > 0). Resuming from the last checkpoint continues exactly as the uninterrupted run. ``device``
+    runs the prior and the classifier there (:func:`edgepure.models.loading.on_device`); batches, noise and the
+    attacks' draws are made on the CPU.
     """
+    from edgepure.models.loading import on_device
+
     if cfg.epochs <= 0 or cfg.batch_size <= 0:
         raise ConfigError(f"epochs and batch size must be positive, got {cfg.epochs} and {cfg.batch_size}")
     if not 0 <= cfg.ema < 1:
@@ -325,6 +331,8 @@ def train_prior(cfg: PriorConfig, resume: bool = False, log: Any = print) -> dic
     model = create_prior(cfg.model, **cfg.model_kwargs)
     if cfg.init is not None and not resume:
         init_from(model, resolve_prior(cfg.init), cfg.init, cfg.model)
+    model.to(device)  # before fit builds the optimiser and the EMA copy
+    net = on_device(model, device)
     size = int(getattr(model, "input_size", 32))
     common = dict(size=size, val_fraction=cfg.val_fraction, split_seed=cfg.split_seed, progress=True)
     train = open_dataset(cfg.data, "train", **common)
@@ -333,8 +341,10 @@ def train_prior(cfg: PriorConfig, resume: bool = False, log: Any = print) -> dic
     pick = torch.randperm(len(val.images), generator=torch.Generator().manual_seed(0))[: cfg.val_n]
     x_val = _to_tensor(val.images)[pick]
     classifier, v_attacked, v_labels = None, None, None
+    raw_classifier: torch.nn.Module | None = None  # the module itself: blind_examples keys its cache by its weights
     if cfg.adversarial > 0 or cfg.feature_weight > 0:
-        classifier = frozen(resolve_classifier(cfg.classifier))
+        raw_classifier = frozen(resolve_classifier(cfg.classifier))
+        classifier = on_device(raw_classifier, device)
         v_labels = torch.from_numpy(val.labels).long()[pick]
     pool: tuple[torch.Tensor, torch.Tensor] | None = None  # clean images (uint8) and their examples in [−1, 1]
     if classifier is not None and cfg.adv_pool > 0:
@@ -344,9 +354,11 @@ def train_prior(cfg: PriorConfig, resume: bool = False, log: Any = print) -> dic
         pool_idx = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(cfg.seed))[: cfg.adv_pool]
         log(f"adversarial pool: blind APGD-CE ({cfg.adv_pool_steps} steps) on {cfg.adv_pool} training images, "
             f"cached in {cache}")
-        pool = (x_train[pool_idx], adversarial_pool(x_train[pool_idx], y_train[pool_idx], classifier,
-                                                    cfg.adv_pool_steps, cfg.adv_additive, cache, log=log))
-        v_attacked = adversarial_pool(x_val, v_labels, classifier, cfg.adv_pool_steps, cfg.adv_additive, cache, log=log)
+        assert raw_classifier is not None
+        pool = (x_train[pool_idx], adversarial_pool(x_train[pool_idx], y_train[pool_idx], raw_classifier,
+                                                    cfg.adv_pool_steps, cfg.adv_additive, cache, log=log, device=device))
+        v_attacked = adversarial_pool(x_val, v_labels, raw_classifier, cfg.adv_pool_steps, cfg.adv_additive, cache,
+                                      log=log, device=device)
         if cfg.adv_pool_share < 1:  # the second half of the validation set attacked as on the fly
             half = len(x_val) // 2
             v_attacked[half:] = adversarial_batch(x_val[half:].float() / 127.5 - 1, v_labels[half:], classifier,
@@ -385,14 +397,14 @@ def train_prior(cfg: PriorConfig, resume: bool = False, log: Any = print) -> dic
                 sigma = torch.where(adv, corrupted_sigmas(len(y), g, cfg.adv_sigma_max), sigma)
             # a restoration error does not shrink with σ: EDM's weight, ∝ 1/σ² at low σ, is held at λ(0.1)
             weight_sigma = torch.where(picked, sigma.clamp_min(RESTORE_WEIGHT_SIGMA), sigma)
-        loss, d = _edm_loss_and_output(model, y, sigma, torch.randn(y.shape, generator=g), observed, weight_sigma)
+        loss, d = _edm_loss_and_output(net, y, sigma, torch.randn(y.shape, generator=g), observed, weight_sigma)
         near = sigma <= FEATURE_SIGMA_MAX
         if cfg.feature_weight > 0 and classifier is not None and bool(near.any()):
             loss = loss + cfg.feature_weight * feature_loss(classifier, _to01(d[near]), _to01(y[near]))
         return loss
 
     return fit(model, cfg, len(x_train), loss_fn,
-               lambda m: validate_prior(m, x_val, corrupt=cfg.corrupt > 0, attacked=v_attacked,
+               lambda m: validate_prior(on_device(m, device), x_val, corrupt=cfg.corrupt > 0, attacked=v_attacked,
                                         classifier=classifier, labels=v_labels), out,
                score="mix" if restoring else "mse@0.5",
                minimize=True, best_key="best_val_mse", record={"kind": "prior", "input_size": size, "dataset": "gtsrb"},
