@@ -303,6 +303,17 @@ def test_prior_training_takes_adversarial_inputs_from_a_cached_blind_pool(gtsrb_
     from_pool = [any(torch.allclose(obs, a, atol=1e-6) for a in pool) for _, observed in seen for obs in observed]
     assert 0 < sum(from_pool) < len(from_pool)
     assert mixed["history"][0]["adversarial@0.1"] != rec["history"][0]["adversarial@0.1"]
+    # a PGD pool: the same images attacked by eval robust's PGD (its own cache entries), inputs from it
+    seen.clear()
+    logs3: list[str] = []
+    train_prior(_prior_cfg(gtsrb_dir, tmp_path / "pgd", **{**cfg, "adv_pool_method": "pgd"}), log=logs3.append)
+    assert len(sorted(cache.glob("blind-*.npy"))) == 8 and sum("(pgd 2)" in m for m in logs3) == 4
+    pgd_pool = [a * 2 - 1 for f in sorted(set(cache.glob("blind-*.npy")) - set(files)) for a in torch.from_numpy(np.load(f))
+                if len(np.load(f, mmap_mode="r")) == 2]
+    assert seen and all(any(torch.allclose(obs, a, atol=1e-6) for a in pgd_pool) for _, o in seen for obs in o)
+    with pytest.raises(ConfigError, match="adv_pool_method must be apgd or pgd, got 'fgsm'"):
+        train_prior(_prior_cfg(gtsrb_dir, tmp_path / "n4", adversarial=0.5, adv_pool=4, adv_pool_method="fgsm"),
+                    log=lambda s: None)
     with pytest.raises(ConfigError, match="adv_pool_share must be a share in \\[0, 1\\] and adv_pool_steps ≥ 1"):
         train_prior(_prior_cfg(gtsrb_dir, tmp_path / "n0", adversarial=0.5, adv_pool=4, adv_pool_share=2.0),
                     log=lambda s: None)

@@ -25,8 +25,8 @@ levels (log-uniform from 0.01 up to it: a purifier's denoised start reads D at a
 ``adversarial@0.1`` on a fixed set attacked the same way.
 
 ``adv_pool`` > 0 takes a share ``adv_pool_share`` of the adversarial inputs from a *pool*: that many training
-images, attacked once before training by the evaluation's own blind attack (APGD-CE of ``edgepure eval robust``,
-``adv_pool_steps`` steps; the first share patched, the last ``adv_additive`` share noised), cached in ``adv_cache``
+images, attacked once before training by the evaluation's own blind attack (APGD-CE of ``edgepure eval robust``, or
+PGD with ``adv_pool_method="pgd"``; ``adv_pool_steps`` steps; the first share patched, the last ``adv_additive`` share noised), cached in ``adv_cache``
 (default: the run folder) under ``eval robust``'s keys; the other adversarial inputs stay on-the-fly PGD. The
 classifier is frozen, so a pool is exact, not stale. Each pool input is a random pool image, its clean target shifted
 with it; the held-out validation set is attacked by both (the pool's attack on the first half). A pool costs one APGD
@@ -96,7 +96,8 @@ class PriorConfig:
     adv_sigma_max: float = 1.0  # their noise levels: log-uniform on [CORRUPT_SIGMA[0], this]
     adv_pool: int = 0  # > 0: adversarial inputs partly from this many training images attacked once by blind APGD-CE
     adv_pool_share: float = 1.0  # share of the adversarial inputs taken from the pool (the rest: PGD on the fly)
-    adv_pool_steps: int = 20  # APGD-CE steps of the pool's examples
+    adv_pool_steps: int = 20  # attack steps of the pool's examples
+    adv_pool_method: str = "apgd"  # the pool's attack: "apgd" (APGD-CE, eval robust's) or "pgd"
     adv_cache: str | None = None  # folder of the pool's examples (None: the run folder)
 
 
@@ -168,7 +169,7 @@ def adversarial_batch(y: torch.Tensor, labels: torch.Tensor, classifier: torch.n
 
 def adversarial_pool(images: torch.Tensor, labels: torch.Tensor, classifier: torch.nn.Module, steps: int,
                      additive: float, cache: Path, seed: int = 0, log: Any = None,
-                     device: str | torch.device = "cpu") -> torch.Tensor:
+                     device: str | torch.device = "cpu", method: str = "apgd") -> torch.Tensor:
     """Blind APGD-CE examples of ``images`` (uint8 NCHW) in [−1, 1]: the first images patched, the last
     ⌊additive·N⌋ noised (as :func:`adversarial_batch` splits them), each family one cached run of
     :func:`edgepure.evaluate.robust.blind_examples`."""
@@ -179,7 +180,8 @@ def adversarial_pool(images: torch.Tensor, labels: torch.Tensor, classifier: tor
     n_add = int(additive * len(x))
     for fam, idx in zip(ADV_FAMILIES, torch.arange(len(x)).split([len(x) - n_add, n_add])):
         if len(idx):
-            out[idx] = blind_examples(classifier, x[idx], labels[idx], fam, steps, seed, cache, log=log, device=device)
+            out[idx] = blind_examples(classifier, x[idx], labels[idx], fam, steps, seed, cache, log=log, device=device,
+                                      method=method)
     return out.clamp(0, 1) * 2 - 1
 
 
@@ -321,6 +323,8 @@ def train_prior(cfg: PriorConfig, resume: bool = False, log: Any = print,
     if not 0 <= cfg.adv_pool_share <= 1 or cfg.adv_pool_steps < 1:
         raise ConfigError(f"adv_pool_share must be a share in [0, 1] and adv_pool_steps ≥ 1, got {cfg.adv_pool_share} "
                           f"and {cfg.adv_pool_steps}")
+    if cfg.adv_pool_method not in ("apgd", "pgd"):
+        raise ConfigError(f"adv_pool_method must be apgd or pgd, got {cfg.adv_pool_method!r}")
     if cfg.adv_pool > 0 and cfg.adversarial == 0:
         raise ConfigError("adv_pool needs adversarial > 0 (the share of inputs taken from the pool), got 0")
     if not CORRUPT_SIGMA[0] < cfg.adv_sigma_max <= CORRUPT_SIGMA[1]:
@@ -352,13 +356,14 @@ def train_prior(cfg: PriorConfig, resume: bool = False, log: Any = print,
             raise ConfigError(f"adv_pool asks for {cfg.adv_pool} images, the training split has {len(x_train)}")
         cache = Path(cfg.adv_cache) if cfg.adv_cache else out
         pool_idx = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(cfg.seed))[: cfg.adv_pool]
-        log(f"adversarial pool: blind APGD-CE ({cfg.adv_pool_steps} steps) on {cfg.adv_pool} training images, "
+        log(f"adversarial pool: blind {cfg.adv_pool_method.upper()}-CE ({cfg.adv_pool_steps} steps) on {cfg.adv_pool} training images, "
             f"cached in {cache}")
         assert raw_classifier is not None
         pool = (x_train[pool_idx], adversarial_pool(x_train[pool_idx], y_train[pool_idx], raw_classifier,
-                                                    cfg.adv_pool_steps, cfg.adv_additive, cache, log=log, device=device))
+                                                    cfg.adv_pool_steps, cfg.adv_additive, cache, log=log, device=device,
+                                                    method=cfg.adv_pool_method))
         v_attacked = adversarial_pool(x_val, v_labels, raw_classifier, cfg.adv_pool_steps, cfg.adv_additive, cache,
-                                      log=log, device=device)
+                                      log=log, device=device, method=cfg.adv_pool_method)
         if cfg.adv_pool_share < 1:  # the second half of the validation set attacked as on the fly
             half = len(x_val) // 2
             v_attacked[half:] = adversarial_batch(x_val[half:].float() / 127.5 - 1, v_labels[half:], classifier,
