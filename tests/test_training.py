@@ -311,9 +311,18 @@ def test_prior_training_takes_adversarial_inputs_from_a_cached_blind_pool(gtsrb_
     pgd_pool = [a * 2 - 1 for f in sorted(set(cache.glob("blind-*.npy")) - set(files)) for a in torch.from_numpy(np.load(f))
                 if len(np.load(f, mmap_mode="r")) == 2]
     assert seen and all(any(torch.allclose(obs, a, atol=1e-6) for a in pgd_pool) for _, o in seen for obs in o)
-    with pytest.raises(ConfigError, match="adv_pool_method must be apgd or pgd, got 'fgsm'"):
-        train_prior(_prior_cfg(gtsrb_dir, tmp_path / "n4", adversarial=0.5, adv_pool=4, adv_pool_method="fgsm"),
-                    log=lambda s: None)
+    # both pools at once: every input one of either attack's examples, both attacks used
+    seen.clear()
+    train_prior(_prior_cfg(gtsrb_dir, tmp_path / "both", **{**cfg, "adv_pool_method": "apgd,pgd", "max_steps": 4}),
+                log=lambda s: None)
+    apgd_pool = pool
+    hits = [(any(torch.allclose(obs, a, atol=1e-6) for a in apgd_pool), any(torch.allclose(obs, a, atol=1e-6) for a in pgd_pool))
+            for _, o in seen for obs in o]
+    assert all(x or y for x, y in hits) and any(x and not y for x, y in hits) and any(y and not x for x, y in hits)
+    for bad in ("fgsm", "apgd:0", "pgd:x", "apgd,apgd:20"):
+        with pytest.raises(ConfigError, match="adv_pool_method"):
+            train_prior(_prior_cfg(gtsrb_dir, tmp_path / "n4", adversarial=0.5, adv_pool=4, adv_pool_method=bad),
+                        log=lambda s: None)
     with pytest.raises(ConfigError, match="adv_pool_share must be a share in \\[0, 1\\] and adv_pool_steps ≥ 1"):
         train_prior(_prior_cfg(gtsrb_dir, tmp_path / "n0", adversarial=0.5, adv_pool=4, adv_pool_share=2.0),
                     log=lambda s: None)

@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from edgepure.cli.common import DeviceOption, echo_json, user_errors
-
-class PoolMethod(str, Enum):
-    apgd = "apgd"
-    pgd = "pgd"
-
 
 app = typer.Typer(help="Train classifiers, image priors and purifier networks; learn NAPPure's settings.", no_args_is_help=True)
 
@@ -89,7 +83,9 @@ def prior(
     adv_pool: Annotated[int, typer.Option(help="Attack this many training images once, before training, with eval robust's blind APGD-CE and take --adv-pool-share of the adversarial inputs from them (0: all PGD on the fly).")] = 0,
     adv_pool_share: Annotated[float, typer.Option(help="Share of the adversarial inputs taken from the pool.")] = 1.0,
     adv_pool_steps: Annotated[int, typer.Option(help="Attack steps of the pool's examples.")] = 20,
-    adv_pool_method: Annotated[PoolMethod, typer.Option(help="The pool's attack: APGD-CE (eval robust's) or PGD.")] = PoolMethod.apgd,
+    adv_pool_method: Annotated[str, typer.Option(
+        help="The pool's attack: apgd (APGD-CE, eval robust's), pgd, or a comma list of METHOD[:STEPS], e.g. "
+             "apgd:20,pgd:40 (every pool image attacked by each; an input takes one at random).")] = "apgd",
     adv_cache: Annotated[Optional[Path], typer.Option(help="Folder of the pool's examples, shared with eval robust --cache (default: --out).")] = None,
     adv_additive: Annotated[float, typer.Option(help="Share of those examples with additive noise (the rest: a patch).")] = 0.5,
     adv_sigma_max: Annotated[float, typer.Option(help="Their noise levels are log-uniform from 0.01 up to this (a purifier's jump uses small σ).")] = 1.0,
@@ -111,7 +107,7 @@ def prior(
                       adv_steps=adv_steps, classifier=classifier, feature_weight=feature_weight,
                       adv_additive=adv_additive, adv_sigma_max=adv_sigma_max, adv_pool=adv_pool,
                       adv_pool_share=adv_pool_share, adv_pool_steps=adv_pool_steps,
-                      adv_pool_method=adv_pool_method.value,
+                      adv_pool_method=adv_pool_method,
                       adv_cache=str(adv_cache) if adv_cache is not None else None)
     record = train_prior(cfg, resume=resume, log=lambda s: typer.echo(s, err=True), device=dev)
     summary = {"out": str(out), "epochs_done": record["epoch"] + 1, "best_val_mse": record["best_val_mse"],

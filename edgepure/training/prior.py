@@ -97,7 +97,9 @@ class PriorConfig:
     adv_pool: int = 0  # > 0: adversarial inputs partly from this many training images attacked once by blind APGD-CE
     adv_pool_share: float = 1.0  # share of the adversarial inputs taken from the pool (the rest: PGD on the fly)
     adv_pool_steps: int = 20  # attack steps of the pool's examples
-    adv_pool_method: str = "apgd"  # the pool's attack: "apgd" (APGD-CE, eval robust's) or "pgd"
+    # the pool's attack(s): "apgd" (APGD-CE, eval robust's), "pgd", or a comma list of METHOD[:STEPS] (every pool image
+    # attacked by each; an input takes one of them at random)
+    adv_pool_method: str = "apgd"
     adv_cache: str | None = None  # folder of the pool's examples (None: the run folder)
 
 
@@ -183,6 +185,20 @@ def adversarial_pool(images: torch.Tensor, labels: torch.Tensor, classifier: tor
             out[idx] = blind_examples(classifier, x[idx], labels[idx], fam, steps, seed, cache, log=log, device=device,
                                       method=method)
     return out.clamp(0, 1) * 2 - 1
+
+
+def pool_methods(spec: str, steps: int) -> list[tuple[str, int]]:
+    """``"apgd"``, ``"pgd:40"``, ``"apgd:20,pgd:40"`` → [(method, steps)]; a method without steps takes ``steps``."""
+    out: list[tuple[str, int]] = []
+    for item in (s.strip() for s in spec.split(",")):
+        method, _, n = item.partition(":")
+        if method not in ("apgd", "pgd") or (n and not (n.isdigit() and int(n) >= 1)):
+            raise ConfigError(f"adv_pool_method: expected apgd, pgd or a comma list of METHOD[:STEPS] (steps ≥ 1), "
+                              f"got {spec!r}")
+        out.append((method, int(n) if n else steps))
+    if len(set(out)) != len(out):
+        raise ConfigError(f"adv_pool_method: {spec!r} names an attack twice")
+    return out
 
 
 def corrupted_sigmas(n: int, g: torch.Generator, high: float | None = None) -> torch.Tensor:
@@ -323,8 +339,7 @@ def train_prior(cfg: PriorConfig, resume: bool = False, log: Any = print,
     if not 0 <= cfg.adv_pool_share <= 1 or cfg.adv_pool_steps < 1:
         raise ConfigError(f"adv_pool_share must be a share in [0, 1] and adv_pool_steps ≥ 1, got {cfg.adv_pool_share} "
                           f"and {cfg.adv_pool_steps}")
-    if cfg.adv_pool_method not in ("apgd", "pgd"):
-        raise ConfigError(f"adv_pool_method must be apgd or pgd, got {cfg.adv_pool_method!r}")
+    methods = pool_methods(cfg.adv_pool_method, cfg.adv_pool_steps)
     if cfg.adv_pool > 0 and cfg.adversarial == 0:
         raise ConfigError("adv_pool needs adversarial > 0 (the share of inputs taken from the pool), got 0")
     if not CORRUPT_SIGMA[0] < cfg.adv_sigma_max <= CORRUPT_SIGMA[1]:
@@ -350,20 +365,21 @@ def train_prior(cfg: PriorConfig, resume: bool = False, log: Any = print,
         raw_classifier = frozen(resolve_classifier(cfg.classifier))
         classifier = on_device(raw_classifier, device)
         v_labels = torch.from_numpy(val.labels).long()[pick]
-    pool: tuple[torch.Tensor, torch.Tensor] | None = None  # clean images (uint8) and their examples in [−1, 1]
+    pool: tuple[torch.Tensor, torch.Tensor] | None = None  # clean images (uint8) and their examples (per attack) in [−1, 1]
     if classifier is not None and cfg.adv_pool > 0:
         if cfg.adv_pool > len(x_train):
             raise ConfigError(f"adv_pool asks for {cfg.adv_pool} images, the training split has {len(x_train)}")
         cache = Path(cfg.adv_cache) if cfg.adv_cache else out
         pool_idx = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(cfg.seed))[: cfg.adv_pool]
-        log(f"adversarial pool: blind {cfg.adv_pool_method.upper()}-CE ({cfg.adv_pool_steps} steps) on {cfg.adv_pool} training images, "
+        log(f"adversarial pool: blind {', '.join(f'{m.upper()}-{s}' for m, s in methods)} on {cfg.adv_pool} training images, "
             f"cached in {cache}")
         assert raw_classifier is not None
-        pool = (x_train[pool_idx], adversarial_pool(x_train[pool_idx], y_train[pool_idx], raw_classifier,
-                                                    cfg.adv_pool_steps, cfg.adv_additive, cache, log=log, device=device,
-                                                    method=cfg.adv_pool_method))
-        v_attacked = adversarial_pool(x_val, v_labels, raw_classifier, cfg.adv_pool_steps, cfg.adv_additive, cache,
-                                      log=log, device=device, method=cfg.adv_pool_method)
+        pool = (x_train[pool_idx], torch.stack([
+            adversarial_pool(x_train[pool_idx], y_train[pool_idx], raw_classifier, steps, cfg.adv_additive, cache, log=log,
+                             device=device, method=method) for method, steps in methods]))
+        # the validation set: the first pool attack (on its first half with adv_pool_share < 1)
+        v_attacked = adversarial_pool(x_val, v_labels, raw_classifier, methods[0][1], cfg.adv_additive, cache,
+                                      log=log, device=device, method=methods[0][0])
         if cfg.adv_pool_share < 1:  # the second half of the validation set attacked as on the fly
             half = len(x_val) // 2
             v_attacked[half:] = adversarial_batch(x_val[half:].float() / 127.5 - 1, v_labels[half:], classifier,
@@ -389,7 +405,9 @@ def train_prior(cfg: PriorConfig, resume: bool = False, log: Any = print,
                 if pool is not None and bool(from_pool.any()):
                     # a random pool image and its clean target, shifted together
                     j = torch.randint(0, len(pool[0]), (int(from_pool.sum()),), generator=g)
-                    pair = torch.cat([pool[0][j].float() / 127.5 - 1, pool[1][j]], 1)
+                    # which attack's example: drawn only with several (one attack keeps the random stream as it was)
+                    a = torch.randint(0, len(pool[1]), (len(j),), generator=g) if len(pool[1]) > 1 else torch.zeros_like(j)
+                    pair = torch.cat([pool[0][j].float() / 127.5 - 1, pool[1][a, j]], 1)
                     pair = _shift(pair, cfg.shift, g)
                     y[from_pool], observed[from_pool] = pair[:, : y.shape[1]], pair[:, y.shape[1] :]
                 fly = adv & ~from_pool
