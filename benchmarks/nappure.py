@@ -92,7 +92,7 @@ def _blind_worst(args: argparse.Namespace, classifier, data, pur, attacks) -> di
     the per-image worst of them: an image counts only if the pipeline reads it correctly clean and under every method.
     The examples are ``eval robust``'s (same keys, batches and seeds; cached in ``--cache``); the pipeline's noise is
     seeded per batch as in ``eval robust``, so each method's number equals its ``eval robust --method M --steps S``."""
-    from edgepure.evaluate.robust import _defended_predict, blind_examples
+    from edgepure.evaluate.robust import _defended_predict, blind_examples, parse_attack_methods
 
     x = torch.from_numpy(data.as_float_nchw())
     y = torch.from_numpy(data.labels)
@@ -101,14 +101,14 @@ def _blind_worst(args: argparse.Namespace, classifier, data, pur, attacks) -> di
         return np.concatenate([_defended_predict(classifier, pur, images[s : s + 128], s)[0]
                                for s in range(0, len(images), 128)]) == data.labels
 
+    methods = parse_attack_methods(args.blind_methods)
     clean = right(x)
     out: dict = {"clean": round(float(clean.mean()), 4)}
     for attack in attacks:
         worst, row = clean.copy(), {}
-        for spec in args.blind_methods.split(","):
-            method, steps = spec.split(":")
-            ok = right(blind_examples(classifier, x, y, attack, int(steps), 0, args.cache, method=method)) & clean
-            row[spec] = round(float(ok.mean()), 4)
+        for method, steps in methods:
+            ok = right(blind_examples(classifier, x, y, attack, steps, 0, args.cache, method=method)) & clean
+            row[f"{method}:{steps}"] = round(float(ok.mean()), 4)
             worst &= ok
         out[attack] = {**row, "worst": round(float(worst.mean()), 4)}
     return out

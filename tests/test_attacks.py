@@ -209,3 +209,13 @@ def test_benchmark_on_cuda_matches_the_cpu() -> None:
     for a in ("additive", "patch"):
         for t in ("blind", "adaptive"):
             assert abs(gpu["robust_accuracy"][a][t] - cpu["robust_accuracy"][a][t]) <= 1 / 12 + 1e-9
+
+
+def test_attack_method_lists_parse_and_bad_ones_are_user_errors() -> None:
+    from edgepure.evaluate.robust import parse_attack_methods
+
+    assert parse_attack_methods("apgd:100, pgd:40,pgd:4") == [("apgd", 100), ("pgd", 40), ("pgd", 4)]
+    assert parse_attack_methods("apgd,pgd:40", steps=20) == [("apgd", 20), ("pgd", 40)]
+    for bad in ("apgd", "fgsm:3", "pgd:0", "pgd:x", "apgd:5,apgd:5"):
+        with pytest.raises(ConfigError, match="--blind-methods"):
+            parse_attack_methods(bad)

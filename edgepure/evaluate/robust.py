@@ -26,9 +26,25 @@ from edgepure.perturb import PERTURBATIONS, create_perturbation
 from edgepure.purifiers import Purifier, create_purifier
 from edgepure.runtime.errors import ConfigError
 
-__all__ = ["ATTACK_METHODS", "AdvCache", "adversarial_key", "benchmark", "blind_examples", "blind_spec"]
+__all__ = ["ATTACK_METHODS", "AdvCache", "adversarial_key", "benchmark", "blind_examples", "blind_spec",
+           "parse_attack_methods"]
 
 ATTACK_METHODS = {"apgd": APGD, "pgd": PGD}
+
+
+def parse_attack_methods(spec: str, steps: Optional[int] = None, option: str = "--blind-methods") -> list[tuple[str, int]]:
+    """``"apgd:100,pgd:40"`` → [("apgd", 100), ("pgd", 40)]: attack methods of ``ATTACK_METHODS`` with their steps; a
+    method without ``:STEPS`` takes ``steps`` (None: the steps are required). ``option`` names the setting in errors."""
+    out: list[tuple[str, int]] = []
+    for item in (s.strip() for s in spec.split(",")):
+        method, _, n = item.partition(":")
+        if method not in ATTACK_METHODS or (n and not (n.isdigit() and int(n) >= 1)) or (not n and steps is None):
+            raise ConfigError(f"{option}: expected a comma list of METHOD{'[:STEPS]' if steps is not None else ':STEPS'} "
+                              f"(METHOD one of {', '.join(ATTACK_METHODS)}, steps ≥ 1), got {spec!r}")
+        out.append((method, int(n) if n else int(steps)))  # type: ignore[arg-type]
+    if len(set(out)) != len(out):
+        raise ConfigError(f"{option}: {spec!r} names an attack twice")
+    return out
 
 
 @torch.no_grad()

@@ -134,8 +134,7 @@ def train_classifier(cfg: TrainConfig, resume: bool = False, log: Any = print,
     torch.manual_seed(cfg.seed)
     model = create_classifier(cfg.model, **cfg.model_kwargs)
     _init_weights(model, cfg)
-    model.to(device)  # before the optimiser and the EMA copy: their tensors live where the weights do
-    net = on_device(model, device)
+    net = on_device(model, device)  # moves the model: before the optimiser and the EMA copy, whose tensors follow it
     prior = None
     if cfg.denoise > 0:
         from edgepure.models.registry import create_prior

@@ -120,8 +120,8 @@ def train_impure(cfg: ImpureConfig, resume: bool = False, log: Any = print,
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
-    model = create_prior(cfg.model, **cfg.model_kwargs).to(device)  # before fit's optimiser and EMA copy
-    net = on_device(model, device)
+    model = create_prior(cfg.model, **cfg.model_kwargs)
+    net = on_device(model, device)  # moves the model: before fit builds the optimiser and the EMA copy
     classifier = on_device(frozen(load_classifier(cfg.classifier)), device)
     size = int(getattr(model, "input_size", 32))
     common = dict(size=size, val_fraction=cfg.val_fraction, split_seed=cfg.split_seed, progress=True)

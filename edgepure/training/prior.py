@@ -187,20 +187,6 @@ def adversarial_pool(images: torch.Tensor, labels: torch.Tensor, classifier: tor
     return out.clamp(0, 1) * 2 - 1
 
 
-def pool_methods(spec: str, steps: int) -> list[tuple[str, int]]:
-    """``"apgd"``, ``"pgd:40"``, ``"apgd:20,pgd:40"`` → [(method, steps)]; a method without steps takes ``steps``."""
-    out: list[tuple[str, int]] = []
-    for item in (s.strip() for s in spec.split(",")):
-        method, _, n = item.partition(":")
-        if method not in ("apgd", "pgd") or (n and not (n.isdigit() and int(n) >= 1)):
-            raise ConfigError(f"adv_pool_method: expected apgd, pgd or a comma list of METHOD[:STEPS] (steps ≥ 1), "
-                              f"got {spec!r}")
-        out.append((method, int(n) if n else steps))
-    if len(set(out)) != len(out):
-        raise ConfigError(f"adv_pool_method: {spec!r} names an attack twice")
-    return out
-
-
 def corrupted_sigmas(n: int, g: torch.Generator, high: float | None = None) -> torch.Tensor:
     """Noise levels for corrupted inputs, log-uniform on ``CORRUPT_SIGMA`` (or up to ``high``)."""
     lo, hi = CORRUPT_SIGMA
@@ -339,7 +325,9 @@ def train_prior(cfg: PriorConfig, resume: bool = False, log: Any = print,
     if not 0 <= cfg.adv_pool_share <= 1 or cfg.adv_pool_steps < 1:
         raise ConfigError(f"adv_pool_share must be a share in [0, 1] and adv_pool_steps ≥ 1, got {cfg.adv_pool_share} "
                           f"and {cfg.adv_pool_steps}")
-    methods = pool_methods(cfg.adv_pool_method, cfg.adv_pool_steps)
+    from edgepure.evaluate.robust import parse_attack_methods
+
+    methods = parse_attack_methods(cfg.adv_pool_method, cfg.adv_pool_steps, option="adv_pool_method")
     if cfg.adv_pool > 0 and cfg.adversarial == 0:
         raise ConfigError("adv_pool needs adversarial > 0 (the share of inputs taken from the pool), got 0")
     if not CORRUPT_SIGMA[0] < cfg.adv_sigma_max <= CORRUPT_SIGMA[1]:
@@ -350,8 +338,7 @@ def train_prior(cfg: PriorConfig, resume: bool = False, log: Any = print,
     model = create_prior(cfg.model, **cfg.model_kwargs)
     if cfg.init is not None and not resume:
         init_from(model, resolve_prior(cfg.init), cfg.init, cfg.model)
-    model.to(device)  # before fit builds the optimiser and the EMA copy
-    net = on_device(model, device)
+    net = on_device(model, device)  # moves the model: before fit builds the optimiser and the EMA copy
     size = int(getattr(model, "input_size", 32))
     common = dict(size=size, val_fraction=cfg.val_fraction, split_seed=cfg.split_seed, progress=True)
     train = open_dataset(cfg.data, "train", **common)
