@@ -179,9 +179,9 @@ def _err(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 _NOT_YET = ("measured on synthetic renders with the shipped prior: flow 2.5 px, image MSE 0.0043 → 0.0037, cosine "
-            "to the true flow 0.09 at K = 16 (0.13 at K = 32 with lr_x 0.01, lr_θ 1). Flat synthetic graphics "
-            "constrain a flow only at their edges, and the small prior does not prefer the straight ones; see "
-            "docs/nappure.md")
+            "to the true flow 0.09 at K = 16. The prior term is lower for a warped sign than for the straight one "
+            "(bilinear resampling smooths it), so the objective does not favour unwarping; a prior trained to unwarp "
+            "(3 CPU epochs) reached cosine 0.24. See docs/nappure.md, 'What limits flow recovery'")
 
 
 def test_recovers_a_known_blur(prior: torch.nn.Module, signs: torch.Tensor) -> None:

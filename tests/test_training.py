@@ -168,6 +168,34 @@ def test_corrupt_batch_corrupts_the_chosen_share_within_its_budget() -> None:
     assert small, "some images carry only the additive pattern"
 
 
+def test_warp_batch_warps_the_chosen_share_smoothly_within_its_budget() -> None:
+    from edgepure.training.prior import WARP_PX, warp_batch
+
+    # a horizontal ramp: a warp moves each pixel's value by its x displacement (in ramp units), so the change
+    # reads the flow's x component back
+    ramp = torch.linspace(-1, 1, 32).view(1, 1, 1, 32).expand(200, 3, 32, 32).contiguous()
+    none, picked = warp_batch(ramp, 0.0, torch.Generator().manual_seed(0))
+    assert torch.equal(none, ramp) and not picked.any()
+    out, picked = warp_batch(ramp, 0.5, torch.Generator().manual_seed(0))
+    assert torch.equal(out, warp_batch(ramp, 0.5, torch.Generator().manual_seed(0))[0])  # seeded
+    assert 0.35 < picked.float().mean() < 0.65
+    assert torch.equal(out[~picked], ramp[~picked])
+    dx = (out - ramp)[:, 0, 1:-1, 1:-1] / (2 / 31)  # pixels, away from the border padding
+    assert float(dx[picked].abs().amax(dim=(1, 2)).min()) > 0.05  # every picked image moved
+    assert float(dx.abs().max()) <= WARP_PX[1] + 1e-4  # never beyond the peak displacement
+    # smooth: neighbouring displacements differ far less than the displacements themselves
+    assert float((dx[picked, :, 1:] - dx[picked, :, :-1]).abs().mean()) < 0.3 * float(dx[picked].abs().mean())
+
+
+def test_prior_training_with_warped_inputs_validates_the_unwarping(gtsrb_dir: Path, tmp_path: Path) -> None:
+    from edgepure.training.prior import train_prior
+
+    rec = train_prior(_prior_cfg(gtsrb_dir, tmp_path / "w", epochs=1, corrupt_warp=0.5), log=lambda s: None)
+    entry = rec["history"][0]
+    assert {"unwarp@0.1", "mix"} <= set(entry) and "restore@0.1" not in entry
+    assert rec["best_val_mse"] == entry["mix"] == pytest.approx((entry["mse@0.5"] + entry["unwarp@0.1"]) / 2)
+
+
 def test_prior_fine_tuning_starts_from_init_and_checkpoints_load_as_priors(gtsrb_dir: Path, tmp_path: Path) -> None:
     from edgepure import create_purifier
     from edgepure.models.loading import resolve_prior
@@ -190,8 +218,10 @@ def test_prior_fine_tuning_starts_from_init_and_checkpoints_load_as_priors(gtsrb
     with pytest.raises(ConfigError, match="it is a edm_unet_xs, the run trains a edm_unet_s"):
         train_prior(_prior_cfg(gtsrb_dir, tmp_path / "x", model="edm_unet_s", init=str(tmp_path / "base")),
                     log=lambda s: None)
-    with pytest.raises(ConfigError, match="corrupt and adversarial must be shares"):
+    with pytest.raises(ConfigError, match="corrupt, corrupt_warp and adversarial must be shares"):
         train_prior(_prior_cfg(gtsrb_dir, tmp_path / "y", corrupt=1.5), log=lambda s: None)
+    with pytest.raises(ConfigError, match="got 0.0, -0.1 and 0.0"):
+        train_prior(_prior_cfg(gtsrb_dir, tmp_path / "y", corrupt_warp=-0.1), log=lambda s: None)
     with pytest.raises(ConfigError, match="adv_steps must be ≥ 1, got 0"):
         train_prior(_prior_cfg(gtsrb_dir, tmp_path / "z", adversarial=0.5, adv_steps=0), log=lambda s: None)
     with pytest.raises(ConfigError, match="adv_additive must be a share in \\[0, 1\\], got 1.5"):

@@ -77,6 +77,7 @@ def prior(
     ema: Annotated[float, typer.Option(help="EMA decay of the weights (0: off); the EMA is validated and saved as best.")] = 0.999,
     val_fraction: Annotated[float, typer.Option(help="Fraction of tracks held out for validation.")] = 0.1,
     corrupt: Annotated[float, typer.Option(help="Share of inputs with an occluding patch or additive pattern under the noise, clean target (a restoration prior).")] = 0.0,
+    corrupt_warp: Annotated[float, typer.Option(help="Share of inputs warped by a random smooth flow (0.3–3 px) under the noise, unwarped target (a prior for the distortion purifier).")] = 0.0,
     init: Annotated[Optional[str], typer.Option(help="Start from these weights: a registered prior's shipped ones or a checkpoint (fine-tuning).")] = None,
     adversarial: Annotated[float, typer.Option(help="Share of inputs replaced by PGD patch/additive examples against the classifier, clean target.")] = 0.0,
     adv_steps: Annotated[int, typer.Option(help="PGD steps of the examples found on the fly.")] = 4,
@@ -104,7 +105,7 @@ def prior(
     cfg = PriorConfig(data=data, out=str(out), model=model, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                       focus=(focus_low, focus_high), focus_p=focus_p, ema=ema, val_fraction=val_fraction,
                       max_steps=max_steps or None, corrupt=corrupt, init=init, adversarial=adversarial,
-                      adv_steps=adv_steps, classifier=classifier, feature_weight=feature_weight,
+                      corrupt_warp=corrupt_warp, adv_steps=adv_steps, classifier=classifier, feature_weight=feature_weight,
                       adv_additive=adv_additive, adv_sigma_max=adv_sigma_max, adv_pool=adv_pool,
                       adv_pool_share=adv_pool_share, adv_pool_steps=adv_pool_steps,
                       adv_pool_method=adv_pool_method,
@@ -115,7 +116,7 @@ def prior(
     if as_json:
         echo_json(summary)
     else:
-        what = ("mean of the denoising MSE at σ=0.5 and the restoration MSEs" if corrupt > 0 or adversarial > 0
+        what = ("mean of the denoising MSE at σ=0.5 and the restoration MSEs" if corrupt > 0 or adversarial > 0 or corrupt_warp > 0
                 else "MSE at σ=0.5")
         typer.echo(f"best validation {what}: {summary['best_val_mse']:.5f}; checkpoints in {out}")
 

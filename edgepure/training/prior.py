@@ -39,6 +39,13 @@ normalised L1 distance between the classifier's stage activations on ``D``'s out
 restoration must be one the classifier reads, not only close in pixels (a residual of an adversarial pattern too
 small to matter for the MSE still fools a classifier). Validation then also reports the classifier's accuracy on
 the denoised clean and attacked held-out images at σ 0.1.
+
+``corrupt_warp`` > 0 adds geometric distortion to the restoration task: that share of the inputs is warped, before any
+other corruption and the noise, by a random smooth flow (``warp_batch``: a coarse random field of 3×3 to 8×8 control
+points, bicubically upsampled, peak displacement WARP_PX), target the unwarped sign, noise level as for the other
+corruptions. A plain denoiser prefers a warped sign to the straight one (the bilinear resampling smooths it, and its
+denoising error is lower: measured in docs/nappure.md), so NAPPure's distortion purifier gets no pull towards the
+unwarped image from it; a prior that has learned to unwarp gives that pull. Validation then adds ``unwarp@0.1``.
 """
 
 from __future__ import annotations
@@ -59,7 +66,8 @@ from edgepure.training.classifier import _to_tensor
 from edgepure.training.impure import feature_loss
 from edgepure.training.loop import fit
 
-__all__ = ["PriorConfig", "adversarial_batch", "adversarial_pool", "corrupt_batch", "corrupted_sigmas", "train_prior", "validate_prior"]
+__all__ = ["PriorConfig", "adversarial_batch", "adversarial_pool", "corrupt_batch", "corrupted_sigmas", "train_prior", "validate_prior",
+           "warp_batch"]
 
 VAL_SIGMAS = (0.1, 0.25, 0.5, 1.0)
 
@@ -101,10 +109,13 @@ class PriorConfig:
     # attacked by each; an input takes one of them at random)
     adv_pool_method: str = "apgd"
     adv_cache: str | None = None  # folder of the pool's examples (None: the run folder)
+    corrupt_warp: float = 0.0  # share of inputs warped by a random smooth flow (target: the unwarped image)
 
 
 CORRUPT_PX = (3, 12)  # side of an occluding patch, pixels
 CORRUPT_EPS = (8 / 255, 32 / 255)  # range of the additive pattern's amplitude, [0, 1] units
+WARP_PX = (0.3, 3.0)  # peak displacement of a random warp, pixels
+WARP_GRIDS = (3, 4, 6, 8)  # control points per side of a random warp's coarse field
 CORRUPT_SIGMA = (0.01, 1.0)  # noise levels of corrupted inputs: log-uniform (restoration matters most at low σ)
 RESTORE_WEIGHT_SIGMA = 0.1  # corrupted inputs are weighted as if σ were at least this
 FEATURE_SIGMA_MAX = 0.5  # the feature loss applies to inputs up to this noise level
@@ -145,6 +156,31 @@ def corrupt_batch(y: torch.Tensor, p: float, g: torch.Generator) -> tuple[torch.
         signs = signs.repeat_interleave(scale, 2).repeat_interleave(scale, 3)
         out = out + (eps * at.to(y.dtype)).view(n, 1, 1, 1) * signs
     return out.clamp(-1.0, 1.0), pick
+
+
+def warp_batch(y: torch.Tensor, p: float, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Warp a share ``p`` of the images ``y`` (N×C×H×W) by random smooth flows: per picked image a coarse field of
+    G×G control points (G from WARP_GRIDS) with uniform (dx, dy) in [−1, 1], bicubically upsampled to H×W, scaled
+    to a peak displacement uniform in WARP_PX pixels, applied with the purifiers' bilinear warp (border padding).
+    Returns the warped copy and which images were picked."""
+    from edgepure.perturb.families import Flow
+
+    n, _, h, w = y.shape
+    pick = torch.rand(n, generator=g) < p
+    grid_of = torch.randint(0, len(WARP_GRIDS), (n,), generator=g)
+    amp = WARP_PX[0] + (WARP_PX[1] - WARP_PX[0]) * torch.rand(n, generator=g)
+    flow = torch.zeros(n, 2, h, w, dtype=y.dtype)
+    for i, size in enumerate(WARP_GRIDS):
+        coarse = torch.rand(n, 2, size, size, generator=g) * 2 - 1  # drawn for every image: a fixed random stream
+        at = grid_of == i
+        if bool(at.any()):
+            flow[at] = torch.nn.functional.interpolate(coarse[at].to(y.dtype), size=(h, w), mode="bicubic",
+                                                       align_corners=True)
+    peak = flow.abs().amax(dim=(1, 2, 3), keepdim=True).clamp_min(1e-6)
+    flow = flow / peak * (amp * pick.to(y.dtype)).view(n, 1, 1, 1).to(y.dtype)
+    warp = Flow(eps=None, smooth_size=1, image_size=h).to(y.device)
+    out = warp(y, {"flow": flow.to(y.device)})
+    return torch.where(pick.view(n, 1, 1, 1).to(y.device), out, y), pick
 
 
 ADV_FAMILIES = ("patch", "additive")
@@ -235,22 +271,23 @@ def _edm_loss_and_output(model: torch.nn.Module, y: torch.Tensor, sigma: torch.T
 
 
 def _denoised(model: torch.nn.Module, images: torch.Tensor, sigma: float, seed: int, batch_size: int,
-              corrupted: bool = False, observed: torch.Tensor | None = None
+              corrupted: bool | str = False, observed: torch.Tensor | None = None
               ) -> Iterator[tuple[slice, torch.Tensor, torch.Tensor]]:
     """Per batch of the clean ``images`` (uint8): its slice, the clean batch in [−1, 1] and ``D`` at ``sigma`` of it
-    (corrupted first if asked, or of ``observed``: given inputs in [−1, 1]); noise from ``seed``."""
+    (corrupted first if asked — ``"warp"``: warped by ``warp_batch`` — or of ``observed``: given inputs in
+    [−1, 1]); noise from ``seed``."""
     g = torch.Generator().manual_seed(seed)
     for i in range(0, len(images), batch_size):
         at = slice(i, i + batch_size)
         y = images[at].float() / 127.5 - 1
-        x = corrupt_batch(y, 1.0, g)[0] if corrupted else y
+        x = (warp_batch(y, 1.0, g)[0] if corrupted == "warp" else corrupt_batch(y, 1.0, g)[0]) if corrupted else y
         if observed is not None:
             x = observed[at]
         yield at, y, model(x + sigma * torch.randn(y.shape, generator=g), torch.full((len(y),), sigma))
 
 
 def _mean_error(model: torch.nn.Module, images: torch.Tensor, sigma: float, seed: int, batch_size: int,
-                corrupted: bool = False, observed: torch.Tensor | None = None) -> float:
+                corrupted: bool | str = False, observed: torch.Tensor | None = None) -> float:
     """Mean squared error of ``D`` at ``sigma`` against the clean images (see ``_denoised``)."""
     total = sum(float((d - y).square().flatten(1).mean(1).sum())
                 for _, y, d in _denoised(model, images, sigma, seed, batch_size, corrupted, observed))
@@ -266,13 +303,14 @@ def _to01(z: torch.Tensor) -> torch.Tensor:
 def validate_prior(model: torch.nn.Module, images: torch.Tensor, sigmas: tuple[float, ...] = VAL_SIGMAS,
                    batch_size: int = 256, seed: int = 1234, corrupt: bool = False,
                    attacked: torch.Tensor | None = None, classifier: torch.nn.Module | None = None,
-                   labels: torch.Tensor | None = None) -> dict[str, float]:
+                   labels: torch.Tensor | None = None, warp: bool = False) -> dict[str, float]:
     """Mean squared denoising error per noise level (images uint8 NCHW; errors in [−1, 1] units); with
     ``corrupt`` also the restoration error at σ 0.1 and 0.5 (``restore@…``), with ``attacked`` (adversarial
     versions of ``images`` in [−1, 1]) the restoration error of those at σ 0.1 (``adversarial@0.1``), and the mean
     of the restoration errors and ``mse@0.5`` (``mix``, what picks the best checkpoint of a restoration prior); with
     ``classifier`` and ``labels`` its accuracy on the denoisings at σ 0.1 of the clean (``accuracy@0.1``) and the
-    attacked images (``adversarial_accuracy@0.1``)."""
+    attacked images (``adversarial_accuracy@0.1``); with ``warp`` the restoration error of warped images at σ 0.1
+    (``unwarp@0.1``, part of ``mix``)."""
     model.eval()
     out: dict[str, float] = {}
     if classifier is not None and labels is not None:
@@ -284,11 +322,13 @@ def validate_prior(model: torch.nn.Module, images: torch.Tensor, sigmas: tuple[f
     if corrupt:  # the restoration task: corrupted inputs, clean targets (fixed corruptions and noise)
         for level in (0.1, 0.5):
             out[f"restore@{level:g}"] = _mean_error(model, images, level, seed + 1, batch_size, corrupted=True)
+    if warp:
+        out["unwarp@0.1"] = _mean_error(model, images, 0.1, seed + 4, batch_size, corrupted="warp")
     if attacked is not None:
         out["adversarial@0.1"] = _mean_error(model, images, 0.1, seed + 2, batch_size, observed=attacked)
     for s in sigmas:
         out[f"mse@{s:g}"] = _mean_error(model, images, s, seed, batch_size)
-    parts = [v for k, v in out.items() if k.startswith(("restore@", "adversarial@"))]
+    parts = [v for k, v in out.items() if k.startswith(("restore@", "adversarial@", "unwarp@"))]
     if parts and "mse@0.5" in out:
         out["mix"] = (out["mse@0.5"] + sum(parts)) / (1 + len(parts))
     return out
@@ -312,8 +352,9 @@ def train_prior(cfg: PriorConfig, resume: bool = False, log: Any = print,
     lo, hi = cfg.focus
     if not 0 < lo <= hi:
         raise ConfigError(f"focus noise range must satisfy 0 < low ≤ high, got {cfg.focus}")
-    if not 0 <= cfg.corrupt <= 1 or not 0 <= cfg.adversarial <= 1:
-        raise ConfigError(f"corrupt and adversarial must be shares in [0, 1], got {cfg.corrupt} and {cfg.adversarial}")
+    if not 0 <= cfg.corrupt <= 1 or not 0 <= cfg.adversarial <= 1 or not 0 <= cfg.corrupt_warp <= 1:
+        raise ConfigError(f"corrupt, corrupt_warp and adversarial must be shares in [0, 1], got {cfg.corrupt}, "
+                          f"{cfg.corrupt_warp} and {cfg.adversarial}")
     if cfg.adversarial > 0 and cfg.adv_steps < 1:
         raise ConfigError(f"adv_steps must be ≥ 1, got {cfg.adv_steps}")
     if cfg.feature_weight < 0:
@@ -375,14 +416,18 @@ def train_prior(cfg: PriorConfig, resume: bool = False, log: Any = print,
         v_attacked = adversarial_batch(x_val.float() / 127.5 - 1, v_labels, classifier, cfg.adv_steps,
                                        torch.Generator().manual_seed(4321), cfg.adv_additive)
 
-    restoring = cfg.corrupt > 0 or cfg.adversarial > 0
+    restoring = cfg.corrupt > 0 or cfg.adversarial > 0 or cfg.corrupt_warp > 0
 
     def loss_fn(idx: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         y = _shift(x_train[idx].float() / 127.5 - 1, cfg.shift, g)
         sigma = sample_sigmas(len(y), cfg, g)
         observed, weight_sigma = None, None
         if restoring:
-            observed, picked = corrupt_batch(y, cfg.corrupt, g)
+            observed, picked = y, torch.zeros(len(y), dtype=torch.bool)
+            if cfg.corrupt_warp > 0:  # first the geometry, then stickers / patterns on the warped sign
+                observed, picked = warp_batch(y, cfg.corrupt_warp, g)
+            observed, patched = corrupt_batch(observed, cfg.corrupt, g)
+            picked = picked | patched
             adv = torch.zeros(len(y), dtype=torch.bool)
             if classifier is not None and cfg.adversarial > 0:
                 adv = torch.rand(len(y), generator=g) < cfg.adversarial
@@ -415,7 +460,7 @@ def train_prior(cfg: PriorConfig, resume: bool = False, log: Any = print,
 
     return fit(model, cfg, len(x_train), loss_fn,
                lambda m: validate_prior(on_device(m, device), x_val, corrupt=cfg.corrupt > 0, attacked=v_attacked,
-                                        classifier=classifier, labels=v_labels), out,
+                                        classifier=classifier, labels=v_labels, warp=cfg.corrupt_warp > 0), out,
                score="mix" if restoring else "mse@0.5",
                minimize=True, best_key="best_val_mse", record={"kind": "prior", "input_size": size, "dataset": "gtsrb"},
                resume=resume, log=log)
