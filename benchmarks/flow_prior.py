@@ -40,14 +40,6 @@ def _images(spec: str, n: int) -> torch.Tensor:
     return torch.from_numpy(open_dataset(spec, "val", size=32).sample(n, 0).as_float_nchw())
 
 
-def _settings(pairs: list[str]) -> dict[str, object]:
-    out: dict[str, object] = {}
-    for pair in pairs:
-        key, _, value = pair.partition("=")
-        out[key] = json.loads(value)
-    return out
-
-
 @torch.no_grad()
 def energy(args: argparse.Namespace) -> None:
     from edgepure.models.loading import resolve_prior
@@ -110,7 +102,9 @@ def recover(args: argparse.Namespace) -> None:
     from edgepure.models.loading import resolve_prior
 
     x = _images(args.images, args.n)
-    settings = _settings(args.set)
+    from edgepure.cli.common import parse_settings
+
+    settings = parse_settings(args.set, "--set")
     for name in args.priors.split(","):
         pur = edgepure.create_purifier("nappure", kind="distortion", steps=args.steps,
                                        prior=resolve_prior(name), **settings)

@@ -116,8 +116,7 @@ def prior(
     if as_json:
         echo_json(summary)
     else:
-        what = ("mean of the denoising MSE at σ=0.5 and the restoration MSEs" if corrupt > 0 or adversarial > 0 or corrupt_warp > 0
-                else "MSE at σ=0.5")
+        what = "mean of the denoising MSE at σ=0.5 and the restoration MSEs" if cfg.restoring else "MSE at σ=0.5"
         typer.echo(f"best validation {what}: {summary['best_val_mse']:.5f}; checkpoints in {out}")
 
 

@@ -53,7 +53,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -110,6 +110,11 @@ class PriorConfig:
     adv_pool_method: str = "apgd"
     adv_cache: str | None = None  # folder of the pool's examples (None: the run folder)
     corrupt_warp: float = 0.0  # share of inputs warped by a random smooth flow (target: the unwarped image)
+
+    @property
+    def restoring(self) -> bool:
+        """Some inputs carry a corruption under the noise (target: the clean sign): a restoration prior."""
+        return self.corrupt > 0 or self.adversarial > 0 or self.corrupt_warp > 0
 
 
 CORRUPT_PX = (3, 12)  # side of an occluding patch, pixels
@@ -177,7 +182,7 @@ def warp_batch(y: torch.Tensor, p: float, g: torch.Generator) -> tuple[torch.Ten
             flow[at] = torch.nn.functional.interpolate(coarse[at].to(y.dtype), size=(h, w), mode="bicubic",
                                                        align_corners=True)
     peak = flow.abs().amax(dim=(1, 2, 3), keepdim=True).clamp_min(1e-6)
-    flow = flow / peak * (amp * pick.to(y.dtype)).view(n, 1, 1, 1).to(y.dtype)
+    flow = flow / peak * (amp * pick).view(n, 1, 1, 1).to(y.dtype)
     warp = Flow(eps=None, smooth_size=1, image_size=h).to(y.device)
     out = warp(y, {"flow": flow.to(y.device)})
     return torch.where(pick.view(n, 1, 1, 1).to(y.device), out, y), pick
@@ -270,24 +275,27 @@ def _edm_loss_and_output(model: torch.nn.Module, y: torch.Tensor, sigma: torch.T
     return (weight * (d - y).square().flatten(1).mean(1)).mean(), d
 
 
+Corruption = Callable[[torch.Tensor, float, torch.Generator], "tuple[torch.Tensor, torch.Tensor]"]
+
+
 def _denoised(model: torch.nn.Module, images: torch.Tensor, sigma: float, seed: int, batch_size: int,
-              corrupted: bool | str = False, observed: torch.Tensor | None = None
+              corrupted: Corruption | None = None, observed: torch.Tensor | None = None
               ) -> Iterator[tuple[slice, torch.Tensor, torch.Tensor]]:
     """Per batch of the clean ``images`` (uint8): its slice, the clean batch in [−1, 1] and ``D`` at ``sigma`` of it
-    (corrupted first if asked — ``"warp"``: warped by ``warp_batch`` — or of ``observed``: given inputs in
-    [−1, 1]); noise from ``seed``."""
+    (every image corrupted first by ``corrupted`` — ``corrupt_batch`` or ``warp_batch`` — if given, or of
+    ``observed``: given inputs in [−1, 1]); noise from ``seed``."""
     g = torch.Generator().manual_seed(seed)
     for i in range(0, len(images), batch_size):
         at = slice(i, i + batch_size)
         y = images[at].float() / 127.5 - 1
-        x = (warp_batch(y, 1.0, g)[0] if corrupted == "warp" else corrupt_batch(y, 1.0, g)[0]) if corrupted else y
+        x = corrupted(y, 1.0, g)[0] if corrupted is not None else y
         if observed is not None:
             x = observed[at]
         yield at, y, model(x + sigma * torch.randn(y.shape, generator=g), torch.full((len(y),), sigma))
 
 
 def _mean_error(model: torch.nn.Module, images: torch.Tensor, sigma: float, seed: int, batch_size: int,
-                corrupted: bool | str = False, observed: torch.Tensor | None = None) -> float:
+                corrupted: Corruption | None = None, observed: torch.Tensor | None = None) -> float:
     """Mean squared error of ``D`` at ``sigma`` against the clean images (see ``_denoised``)."""
     total = sum(float((d - y).square().flatten(1).mean(1).sum())
                 for _, y, d in _denoised(model, images, sigma, seed, batch_size, corrupted, observed))
@@ -321,9 +329,9 @@ def validate_prior(model: torch.nn.Module, images: torch.Tensor, sigmas: tuple[f
             out[key] = right / max(len(images), 1)
     if corrupt:  # the restoration task: corrupted inputs, clean targets (fixed corruptions and noise)
         for level in (0.1, 0.5):
-            out[f"restore@{level:g}"] = _mean_error(model, images, level, seed + 1, batch_size, corrupted=True)
+            out[f"restore@{level:g}"] = _mean_error(model, images, level, seed + 1, batch_size, corrupted=corrupt_batch)
     if warp:
-        out["unwarp@0.1"] = _mean_error(model, images, 0.1, seed + 4, batch_size, corrupted="warp")
+        out["unwarp@0.1"] = _mean_error(model, images, 0.1, seed + 4, batch_size, corrupted=warp_batch)
     if attacked is not None:
         out["adversarial@0.1"] = _mean_error(model, images, 0.1, seed + 2, batch_size, observed=attacked)
     for s in sigmas:
@@ -416,13 +424,11 @@ def train_prior(cfg: PriorConfig, resume: bool = False, log: Any = print,
         v_attacked = adversarial_batch(x_val.float() / 127.5 - 1, v_labels, classifier, cfg.adv_steps,
                                        torch.Generator().manual_seed(4321), cfg.adv_additive)
 
-    restoring = cfg.corrupt > 0 or cfg.adversarial > 0 or cfg.corrupt_warp > 0
-
     def loss_fn(idx: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         y = _shift(x_train[idx].float() / 127.5 - 1, cfg.shift, g)
         sigma = sample_sigmas(len(y), cfg, g)
         observed, weight_sigma = None, None
-        if restoring:
+        if cfg.restoring:
             observed, picked = y, torch.zeros(len(y), dtype=torch.bool)
             if cfg.corrupt_warp > 0:  # first the geometry, then stickers / patterns on the warped sign
                 observed, picked = warp_batch(y, cfg.corrupt_warp, g)
@@ -461,6 +467,6 @@ def train_prior(cfg: PriorConfig, resume: bool = False, log: Any = print,
     return fit(model, cfg, len(x_train), loss_fn,
                lambda m: validate_prior(on_device(m, device), x_val, corrupt=cfg.corrupt > 0, attacked=v_attacked,
                                         classifier=classifier, labels=v_labels, warp=cfg.corrupt_warp > 0), out,
-               score="mix" if restoring else "mse@0.5",
+               score="mix" if cfg.restoring else "mse@0.5",
                minimize=True, best_key="best_val_mse", record={"kind": "prior", "input_size": size, "dataset": "gtsrb"},
                resume=resume, log=log)
