@@ -8,7 +8,7 @@ import torch
 from edgepure.models.loading import resolve_classifier
 from edgepure.runtime.errors import ConfigError, ModelError
 from edgepure.training.augment import AugmentConfig, augment_batch, gaussian_blur
-from edgepure.training.classifier import TrainConfig, train_classifier
+from edgepure.training.classifier import TrainConfig, cutmix_batch, train_classifier
 
 
 def _cfg(data: Path, out: Path, **kw: object) -> TrainConfig:
@@ -394,6 +394,37 @@ def test_fine_tuning_starts_from_the_given_weights(gtsrb_dir: Path, tmp_path: Pa
     with pytest.raises(ConfigError, match="signnet_s"):
         train_classifier(_cfg(gtsrb_dir, tmp_path / "c", max_steps=1, model="signnet_s", init=str(tmp_path / "a")),
                          log=lambda s: None)
+
+
+def test_cutmix_pastes_one_box_from_the_partner_and_reports_its_area() -> None:
+    x = torch.arange(6, dtype=torch.float32).view(6, 1, 1, 1).expand(6, 3, 32, 32).clone()  # image i is all i
+    mixed, partner, share = cutmix_batch(x, 1.0, torch.Generator().manual_seed(3))
+    assert partner is not None and sorted(partner.tolist()) == list(range(6))
+    again = cutmix_batch(x, 1.0, torch.Generator().manual_seed(3))
+    assert torch.equal(mixed, again[0]) and torch.equal(partner, again[1])  # type: ignore[arg-type]
+    for i in range(6):
+        from_partner = (mixed[i] == partner[i]).all(dim=0)
+        kept = (mixed[i] == i).all(dim=0)
+        if int(partner[i]) != i:
+            assert bool((from_partner | kept).all())  # every pixel is one of the two images
+            rows, cols = from_partner.any(dim=1).nonzero(), from_partner.any(dim=0).nonzero()
+            box = (int(rows.max()) - int(rows.min()) + 1) * (int(cols.max()) - int(cols.min()) + 1)
+            assert int(from_partner.sum()) == box and box / 1024 == pytest.approx(share)  # one rectangle, that area
+    assert 0 < share < 1
+    g = torch.Generator().manual_seed(3)
+    same, none, zero = cutmix_batch(x, 0.0, g)
+    assert same is x and none is None and zero == 0.0
+    assert torch.equal(torch.rand(1, generator=g), torch.rand(1, generator=torch.Generator().manual_seed(3)))  # no draw
+
+
+def test_cutmix_training_runs_and_bad_probabilities_are_refused(gtsrb_dir: Path, tmp_path: Path) -> None:
+    train_classifier(_cfg(gtsrb_dir, tmp_path / "a", max_steps=2, cutmix=1.0), log=lambda s: None)
+    train_classifier(_cfg(gtsrb_dir, tmp_path / "b", max_steps=2), log=lambda s: None)
+    a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    assert any(not torch.equal(a[k], b[k]) for k in a if a[k].is_floating_point())  # the mixing changed the steps
+    with pytest.raises(ConfigError, match="cutmix must be a probability in \\[0, 1\\], got 1.5"):
+        train_classifier(_cfg(gtsrb_dir, tmp_path / "bad", cutmix=1.5), log=lambda s: None)
+    assert not (tmp_path / "bad").exists()
 
 
 def test_bad_denoise_settings_are_refused_before_anything_is_written(gtsrb_dir: Path, tmp_path: Path) -> None:

@@ -29,6 +29,8 @@ def classifier(
     occlude: Annotated[float, typer.Option(help="Probability of an occluding patch per training image.")] = 0.25,
     occlude_max: Annotated[int, typer.Option(help="Largest occluding patch side in pixels.")] = 11,
     stickers: Annotated[float, typer.Option(help="Probability of 2-6 small, mostly white sticker patches per image.")] = 0.0,
+    cutmix: Annotated[float, typer.Option(help="Probability that a batch is CutMixed: a box from another image "
+                                               "of the batch, the loss split between the labels by area.")] = 0.0,
     ema: Annotated[float, typer.Option(help="EMA decay of the weights (0: off); the EMA is validated and saved as best.")] = 0.0,
     val_fraction: Annotated[float, typer.Option(help="Fraction of tracks held out for validation.")] = 0.1,
     resume: Annotated[bool, typer.Option(help="Continue from the run folder's last checkpoint.")] = False,
@@ -49,7 +51,7 @@ def classifier(
     cfg = TrainConfig(
         data=data, out=str(out), model=model, epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay,
         seed=seed, synth=synth, synth_pool=synth_pool, augment=augment, occlude=occlude, occlude_max=occlude_max,
-        stickers=stickers, ema=ema, val_fraction=val_fraction, max_steps=max_steps or None, init=init,
+        stickers=stickers, cutmix=cutmix, ema=ema, val_fraction=val_fraction, max_steps=max_steps or None, init=init,
         denoise=denoise, denoise_low=denoise_low, denoise_high=denoise_high, denoise_prior=denoise_prior,
     )
     record = train_classifier(cfg, resume=resume, log=lambda s: typer.echo(s, err=True), device=dev)

@@ -21,7 +21,7 @@ from edgepure.runtime.errors import ConfigError
 from edgepure.training.augment import AugmentConfig, augment_batch
 from edgepure.training.checkpoint import check_resumable, load_checkpoint, save_checkpoint
 
-__all__ = ["TrainConfig", "train_classifier"]
+__all__ = ["TrainConfig", "cutmix_batch", "train_classifier"]
 
 
 @dataclass
@@ -44,6 +44,7 @@ class TrainConfig:
     occlude: float = 0.25  # probability of an occluding patch per image
     occlude_max: int = 11  # largest patch side (pixels)
     stickers: float = 0.0  # probability of 2-6 small (mostly white) sticker patches per image
+    cutmix: float = 0.0  # probability that a batch is CutMixed (a box from a shuffled partner, labels by area)
     ema: float = 0.0  # decay of an exponential moving average of the weights (0: off); evaluated and shipped
     max_steps: int | None = None  # stop early (smoke tests); None = full epochs
     model_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -96,6 +97,25 @@ def denoise_batch(x: torch.Tensor, prior: torch.nn.Module, p: float, low: float,
     return out
 
 
+def cutmix_batch(x: torch.Tensor, p: float, g: torch.Generator
+                 ) -> tuple[torch.Tensor, torch.Tensor | None, float]:
+    """CutMix (Yun et al. 2019) with probability ``p`` per batch: every image gets one box, of area share
+    λ ~ U(0, 1) and the batch's aspect, from the image ``partner[i]`` of a random permutation. Returns the mixed
+    batch, the permutation (None when the batch was left alone) and the pasted share of the area, which the
+    loss gives to the partner's label. All draws from ``g``; with ``p`` = 0 nothing is drawn."""
+    if p <= 0 or float(torch.rand(1, generator=g)) >= p:
+        return x, None, 0.0
+    n, _, h, w = x.shape
+    partner = torch.randperm(n, generator=g)
+    lam = float(torch.rand(1, generator=g))
+    bh, bw = int(round(h * math.sqrt(lam))), int(round(w * math.sqrt(lam)))
+    r0 = int(torch.randint(0, h - bh + 1, (1,), generator=g))
+    c0 = int(torch.randint(0, w - bw + 1, (1,), generator=g))
+    out = x.clone()
+    out[:, :, r0 : r0 + bh, c0 : c0 + bw] = x[partner, :, r0 : r0 + bh, c0 : c0 + bw]
+    return out, partner, bh * bw / (h * w)
+
+
 def _init_weights(model: torch.nn.Module, cfg: TrainConfig) -> None:
     from edgepure.models.loading import resolve_classifier
     from edgepure.training.checkpoint import init_from
@@ -126,6 +146,8 @@ def train_classifier(cfg: TrainConfig, resume: bool = False, log: Any = print,
 
     if cfg.epochs <= 0 or cfg.batch_size <= 0:
         raise ConfigError(f"epochs and batch size must be positive, got {cfg.epochs} and {cfg.batch_size}")
+    if not 0.0 <= cfg.cutmix <= 1.0:
+        raise ConfigError(f"cutmix must be a probability in [0, 1], got {cfg.cutmix}")
     if not 0.0 <= cfg.denoise <= 1.0 or not 0.0 < cfg.denoise_low <= cfg.denoise_high:
         raise ConfigError(f"denoise must be in [0, 1] and 0 < denoise_low ≤ denoise_high, got {cfg.denoise}, "
                           f"{cfg.denoise_low}, {cfg.denoise_high}")
@@ -209,8 +231,12 @@ def train_classifier(cfg: TrainConfig, resume: bool = False, log: Any = print,
             if prior is not None:
                 x = denoise_batch(x, prior, cfg.denoise, cfg.denoise_low, cfg.denoise_high, g)
             y = ys[idx]
+            x, partner, share = cutmix_batch(x, cfg.cutmix, g)
             logits = net(x)
             loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+            if partner is not None:
+                loss = (1.0 - share) * loss + share * F.cross_entropy(logits, y[partner],
+                                                                      label_smoothing=cfg.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
