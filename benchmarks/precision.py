@@ -39,6 +39,8 @@ def main() -> None:
     ap.add_argument("--calib-n", type=int, default=512)
     ap.add_argument("--forward-n", type=int, default=64,
                     help="calibration images for the purifier's convolutions (calibrate --purifier-n)")
+    ap.add_argument("--classifier", default=None,
+                    help="registered classifier, checkpoint or ONNX file to export (default: the shipped default)")
     ap.add_argument("--purifiers", default="none,median")
     ap.add_argument("--models", nargs="*", type=Path, default=[])
     ap.add_argument("--attacks", default="conv,patch,flow,additive,all")
@@ -55,6 +57,7 @@ def main() -> None:
             d = args.out / f"{p}-{prec}"
             if not (d / "manifest.json").is_file():
                 sh("export", "--out", str(d), "--precision", prec, "--data", args.data, "--force",
+                   *(["--classifier", args.classifier] if args.classifier else []),
                    *(["--purifier", p] if p != "none" else []))
             dirs.append((p, prec, d))
     dirs += [(m.name, "fp32", m) for m in args.models]

@@ -38,7 +38,8 @@ DEFAULT_PURIFIERS = ",".join([
 
 def _row_command(a: argparse.Namespace, name: str, kw: dict[str, Any], threat: str, eot: int = 1) -> str:
     n, steps = (a.n, a.steps) if threat == "blind" else (a.adaptive_n, a.adaptive_steps)
-    parts = ["edgepure eval robust", f"--data {a.data}", f"--n {n}", f"--seed {a.seed}", f"--defense {name}"]
+    parts = ["edgepure eval robust", f"--data {a.data}", f"--model {a.classifier}", f"--n {n}", f"--seed {a.seed}",
+             f"--defense {name}"]
     parts += [f"--defense-arg {k}={v}" for k, v in kw.items()]
     parts += [f"--threat {threat}", f"--steps {steps}"]
     if eot > 1:
@@ -86,12 +87,12 @@ def retime(report: dict[str, Any], threads: int, iters: int, log: Log) -> None:
     use_threads(threads)
     import torch
 
-    import edgepure
     from edgepure.data import open_dataset
+    from edgepure.models.registry import load_classifier
     from edgepure.purifiers import create_purifier
 
     s = report["settings"]
-    classifier = edgepure.load_classifier()
+    classifier = load_classifier(s.get("classifier", "signnet_s"))  # runs from before --classifier used signnet_s
     x1 = torch.from_numpy(open_dataset(s["data"], "val", n=s["n"], seed=s["seed"]).as_float_nchw()[:1])
     for row in report["rows"]:
         log(f"latency: {row['label']}")
@@ -112,7 +113,7 @@ def render(report: dict[str, Any]) -> str:
     retimed = f" (latencies timed again in one quiet pass, {report['retimed']})" if report.get("retimed") else ""
     lines = ["# The purifiers compared", "",
              f"Measured {report['date']} ({report['minutes']} min of compute) on {report['machine']}{retimed}; "
-             f"{report['data']}; torch, {s['threads']} thread(s). Accuracy %; an image counts as robust only if the "
+             f"{report['data']}; classifier `{s.get('classifier', 'signnet_s')}`; torch, {s['threads']} thread(s). Accuracy %; an image counts as robust only if the "
              "defended pipeline also classifies its clean version correctly. Produced by `benchmarks/purifiers.py` "
              "(commands at the end).", ""]
     if report.get("note"):
@@ -144,7 +145,9 @@ def render(report: dict[str, Any]) -> str:
         settings = ", ".join(f"{k}={v}" for k, v in r["settings"].items()) or "defaults"
         lines.append(f"| {r['purifier']} | {settings} | {r['latency_ms']:.2f} | {_calls(r)} | "
                      f"{100 * r['blind']['mean'] / r['latency_ms']:.2f} |")
-    lines += ["", "Commands, one per row and threat (the script runs the same function, with a shared cache):", "", "```"]
+    cls = s.get("classifier", "signnet_s")
+    lines += ["", "Commands, one per row and threat (the script runs the same function, with a shared cache), all on the "
+              f"classifier `{cls}` (`--model {cls}` where a command does not name it):", "", "```"]
     lines += [c for r in report["rows"] for c in r["commands"]]
     lines += ["```", "", f"The whole table: `{report['command']}`"]
     return "\n".join(lines) + "\n"
@@ -155,6 +158,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--data", help="GTSRB folder or zip (the track-validation split is scored)")
     ap.add_argument("--smoke", action="store_true", help="synthetic signs and tiny settings: checks the script")
     ap.add_argument("--purifiers", default=DEFAULT_PURIFIERS, help="comma list of name[:key=value...]")
+    ap.add_argument("--classifier", default=None, help="registered classifier with shipped weights (default: the shipped default classifier)")
     ap.add_argument("--n", type=int, default=512)
     ap.add_argument("--adaptive-n", type=int, default=64)
     ap.add_argument("--steps", type=int, default=100)
@@ -189,17 +193,18 @@ def main(argv: list[str] | None = None) -> None:
     elif not args.data:
         ap.error("--data is required (or --smoke)")
     use_threads(args.threads)
-    import edgepure
     from edgepure.data import open_dataset
+    from edgepure.models.registry import load_classifier
     from edgepure.runtime.machine import describe_machine
 
     log, t0 = Log(), time.perf_counter()
     data = open_dataset(args.data, "val", n=args.n, seed=args.seed)
     data_adaptive = open_dataset(args.data, "val", n=args.adaptive_n, seed=args.seed)  # what `eval robust --n` scores
-    classifier = edgepure.load_classifier()
+    classifier = load_classifier(args.classifier)
+    args.classifier = classifier.edgepure_name  # recorded by name: the default may change
     rows_dir = args.out / "rows"
     rows_dir.mkdir(parents=True, exist_ok=True)
-    keep = {k: getattr(args, k) for k in ("data", "n", "adaptive_n", "steps", "adaptive_steps", "eot", "seed", "threads")}
+    keep = {k: getattr(args, k) for k in ("data", "classifier", "n", "adaptive_n", "steps", "adaptive_steps", "eot", "seed", "threads")}
     rows = []
     for spec in (s for s in args.purifiers.split(",") if s):
         path = rows_dir / (parse_purifier(spec)[0] + ".json")

@@ -129,8 +129,8 @@ class Bench:
     """One run's shared state: data, classifier, attack settings and the adversarial-example cache."""
 
     def __init__(self, args: argparse.Namespace, log: Callable[[str], None]) -> None:
-        import edgepure
         from edgepure.data import open_dataset
+        from edgepure.models.registry import load_classifier
 
         self.args, self.log = args, log
         spec = "synth" if args.smoke else args.data
@@ -140,7 +140,7 @@ class Bench:
         calib = open_dataset(spec, "train", n=args.calib_n, seed=args.seed)
         self.calib = calib.as_float_nchw()
         self.described = "synthetic renders" if args.smoke else f"GTSRB track-validation split ({args.data})"
-        self.classifier = edgepure.load_classifier()
+        self.classifier = load_classifier(args.classifier)
         self.names = self.classifier.pretrained_cfg["class_names"]
         self.cache = args.out / "advcache"
         self.models = args.out / "models"
@@ -164,7 +164,7 @@ class Bench:
         if key not in self.exported:
             out = self.models / f"{label}-fp32"
             export_pipeline(purifier, self.classifier, out, self.data.as_float_nchw()[:8], class_names=self.names,
-                            classifier_info={"name": "signnet_s"}, purifier_info=info, overwrite=True)
+                            classifier_info={"name": self.classifier.edgepure_name}, purifier_info=info, overwrite=True)
             self.exported[key] = out
         return self.exported[key]
 
@@ -246,12 +246,12 @@ def remeasure_latency(report: dict[str, Any], models: Path, threads: int, iters:
     run whose accuracy pass shared the machine, so that all its latencies come from one quiet pass."""
     import torch
 
-    import edgepure
     from edgepure.data import open_dataset
+    from edgepure.models.registry import load_classifier
     from edgepure.purifiers import create_purifier
 
     s = report["settings"]
-    clf = edgepure.load_classifier()
+    clf = load_classifier(s.get("classifier", "signnet_s"))  # reports from before --classifier used signnet_s
     x1 = torch.from_numpy(open_dataset("synth" if s["smoke"] else s["data"], "val", n=s["n"], seed=s["seed"])
                           .as_float_nchw()[:1])
     for row in report["purifiers"]:
@@ -279,6 +279,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     ap.add_argument("--data", help="GTSRB folder or zip (the track-validation split is scored)")
     ap.add_argument("--smoke", action="store_true", help="synthetic signs and tiny settings: checks the script, not the numbers")
     ap.add_argument("--purifiers", default=DEFAULT_PURIFIERS, help="comma list of name[:key=value...]")
+    ap.add_argument("--classifier", default=None, help="registered classifier with shipped weights (default: the shipped default classifier)")
     ap.add_argument("--n", type=int, default=256, help="images under the blind threat")
     ap.add_argument("--adaptive-n", type=int, default=32, help="images under the adaptive threat (the first of --n)")
     ap.add_argument("--steps", type=int, default=100, help="APGD iterations, blind")
@@ -342,6 +343,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     machine["matmul_peak_gflops"] = matmul_peak_gflops()
     log(f"machine: {machine['cpu']}, {machine['logical_cpus']} CPUs, peak {machine['matmul_peak_gflops']} GFLOP/s")
     b = Bench(args, log)
+    args.classifier = b.classifier.edgepure_name  # recorded by name: the default may change
     rows = [measure_purifier(b, spec) for spec in args.purifiers.split(",") if spec]
     sweep = measure_sweep(b)
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}

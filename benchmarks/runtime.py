@@ -41,7 +41,7 @@ def export_baselines(root: Path, purifiers: list[str]) -> list[Path]:
         d = root / name
         pur = None if name == "none" else edgepure.create_purifier(name)
         export_pipeline(pur, clf, d, images, class_names=clf.pretrained_cfg["class_names"],
-                        classifier_info={"name": "signnet_s"})
+                        classifier_info={"name": clf.edgepure_name})
         out.append(d)
     return out
 

@@ -104,7 +104,7 @@ def run_demo(out: str | Path = "runs/demo", data: str = "synth", n: int = 64, pu
     clf = edgepure.load_classifier()
     pur = edgepure.create_purifier(purifier, **(purifier_args or {}))
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255).numpy()
-    names, info = clf.pretrained_cfg["class_names"], {"name": "signnet_s"}
+    names, info = clf.pretrained_cfg["class_names"], {"name": clf.edgepure_name}
     dirs = {"no_defense": out / "models" / "classifier", "purified": out / "models" / purifier}
     say(f"exporting the classifier and the {purifier} pipeline to {out / 'models'}")
     export_pipeline(None, clf, dirs["no_defense"], x[:16], class_names=names, classifier_info=info, overwrite=True)

@@ -142,7 +142,7 @@ def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     images = open_dataset("synth", "val", n=4).as_float_nchw()
     clf = edgepure.load_classifier()
     names = clf.pretrained_cfg["class_names"]
-    info = {"name": "signnet_s"}
+    info = {"name": clf.edgepure_name}
     export_pipeline(None, clf, root / "set" / "plain", images, class_names=names, classifier_info=info)
     export_pipeline(edgepure.create_purifier("median", kernel_size=3), clf, root / "set" / "median", images,
                     class_names=names, classifier_info=info)

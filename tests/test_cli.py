@@ -69,7 +69,8 @@ def test_models_list_json() -> None:
     r = runner.invoke(app, ["models", "list", "--json"])
     assert r.exit_code == 0
     rows = {m["name"]: m for m in json.loads(r.stdout)["models"]}
-    assert rows["signnet_s"]["kind"] == "classifier" and rows["signnet_s"]["default"]
+    assert rows["signnet_s_cutmix"]["kind"] == "classifier" and rows["signnet_s_cutmix"]["default"]
+    assert rows["signnet_s"]["kind"] == "classifier" and not rows["signnet_s"]["default"]
     assert rows["edm_unet_s"]["kind"] == "prior" and rows["nappure"]["kind"] == "purifier"
 
 

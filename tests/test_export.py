@@ -265,9 +265,10 @@ def test_eval_robust_scores_the_exported_graph(tmp_path: Path) -> None:
     from edgepure.evaluate import benchmark
 
     out = tmp_path / "exported"
-    r = runner.invoke(app, ["export", "--classifier", "signnet_s", "--purifier", "gaussian", "--purifier-arg",
+    r = runner.invoke(app, ["export", "--purifier", "gaussian", "--purifier-arg",  # the default classifier
                             "noise_std=0.05", "--batch", "4", "--n", "8", "--out", str(out)])
     assert r.exit_code == 0, r.output
+    assert json.loads((out / "manifest.json").read_text())["classifier"]["name"] == "signnet_s_cutmix"
     r = runner.invoke(app, ["eval", "robust", "--data", "synth", "--n", "10", "--attack", "additive,flow", "--threat",
                             "blind,adaptive", "--steps", "3", "--batch-size", "5", "--model", str(out), "--json"])
     assert r.exit_code == 0, r.output

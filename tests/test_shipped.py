@@ -18,12 +18,13 @@ WEIGHTS = Path(registry.__file__).parent / "weights"
 def test_weights_ship_small_with_their_record() -> None:
     files = sorted(p.name for p in WEIGHTS.iterdir())
     assert "signnet_s_gtsrb.safetensors" in files and "signnet_s_gtsrb.json" in files
+    assert "signnet_s_cutmix_gtsrb.safetensors" in files and "signnet_s_cutmix_gtsrb.json" in files
     assert "edm_unet_s_gtsrb.safetensors" in files and "edm_unet_s_gtsrb.json" in files
     assert "bsn_s_gtsrb.safetensors" in files and "bsn_s_gtsrb.json" in files
     assert "impure_s_gtsrb.safetensors" in files and "impure_s_gtsrb.json" in files
     total = sum(p.stat().st_size for p in WEIGHTS.glob("*.safetensors"))
     assert total < 15_000_000
-    assert edgepure.list_classifiers(pretrained=True) == ["signnet_s"]
+    assert edgepure.list_classifiers(pretrained=True) == ["signnet_s", "signnet_s_cutmix"]
     assert registry.list_priors(pretrained=True) == ["bsn_s", "edm_unet_s", "edm_unet_s_guided", "edm_unet_s_restore",
                                                      "impure_s"]
     for stem in {p.stem for p in WEIGHTS.glob("*.safetensors")}:  # every shipped network has its model card
@@ -104,7 +105,7 @@ def test_load_classifier_classifies_rendered_signs() -> None:
 def test_tampered_weights_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     copy = tmp_path / "weights"
     shutil.copytree(WEIGHTS, copy)
-    target = copy / "signnet_s_gtsrb.safetensors"
+    target = copy / "signnet_s_cutmix_gtsrb.safetensors"
     raw = bytearray(target.read_bytes())
     raw[-10] ^= 0xFF  # flip one byte inside a tensor
     target.write_bytes(bytes(raw))
@@ -130,6 +131,8 @@ def test_predictions_are_deterministic() -> None:
 @pytest.mark.gtsrb
 def test_track_validation_accuracy(real_gtsrb: Path) -> None:
     val = open_dataset(str(real_gtsrb), "val")
-    metrics = evaluate_clean(edgepure.load_classifier(), val)
-    assert metrics["n"] == 4410
-    assert metrics["accuracy"] >= 0.99, metrics["accuracy"]
+    default = evaluate_clean(edgepure.load_classifier(), val)
+    assert default["n"] == 4410
+    assert default["accuracy"] >= 0.993, default["accuracy"]  # the proxy target; measured 0.99320 (30 errors)
+    first = evaluate_clean(edgepure.load_classifier("signnet_s"), val)
+    assert 0.99 <= first["accuracy"] < default["accuracy"], first["accuracy"]  # measured 0.99252 (33 errors)

@@ -34,10 +34,15 @@ def main() -> None:
     ap.add_argument("--metrics", type=Path, help="JSON printed by benchmarks/classifier.py")
     ap.add_argument("--checkpoint", default="best",
                     help="which checkpoint of the run: best (the validation score's pick) or last_ema / last")
+    ap.add_argument("--name", default=None,
+                    help="the registered name the weights ship under, when it is not the run's --model (the same "
+                         "architecture registered again for a second set of weights, e.g. signnet_s_cutmix)")
     ap.add_argument("--float16", action="store_true",
                     help="store floating-point tensors as float16 (half the size; loaded into float32 parameters)")
     args = ap.parse_args()
     record = json.loads((args.run / f"{args.checkpoint}.json").read_text())
+    if args.name is not None:
+        record["name"] = args.name
     src = args.run / f"{args.checkpoint}.safetensors"
     WEIGHTS.mkdir(parents=True, exist_ok=True)
     dest = WEIGHTS / f"{args.tag}.safetensors"

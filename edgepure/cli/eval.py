@@ -49,6 +49,7 @@ def clean(
     from edgepure.data import open_dataset
     from edgepure.evaluate.clean import evaluate_clean
     from edgepure.models.loading import resolve_classifier
+    from edgepure.models.registry import DEFAULT_CLASSIFIER
 
     net = resolve_classifier(model)
     size = int(getattr(net, "input_size", 32))
@@ -58,7 +59,7 @@ def clean(
     metrics = evaluate_clean(net, ds, batch_size=batch_size, progress=True)
     elapsed = time.perf_counter() - t0
     result = {
-        "model": model or "signnet_s", "data": data, "split": split.value, "n": metrics["n"],
+        "model": model or DEFAULT_CLASSIFIER, "data": data, "split": split.value, "n": metrics["n"],
         "accuracy": metrics["accuracy"], "top5_accuracy": metrics["top5_accuracy"], "errors": metrics["errors"],
         "seconds": round(elapsed, 3), "images_per_second": round(metrics["n"] / elapsed, 1) if elapsed > 0 else None,
     }
@@ -118,6 +119,7 @@ def robust(
     from edgepure.evaluate.report import format_table, write_report
     from edgepure.evaluate.robust import benchmark
     from edgepure.models.loading import resolve_classifier, resolve_device
+    from edgepure.models.registry import DEFAULT_CLASSIFIER
     from edgepure.perturb import PERTURBATIONS
 
     dev = resolve_device(device)
@@ -157,7 +159,7 @@ def robust(
     )
     if scorer is not None:
         result["scored_by"] = f"onnxruntime: {Path(model) / scorer.entry['file']}"  # type: ignore[arg-type]
-    result.update(data=data, split=split.value, model=model or "signnet_s", device=str(dev))
+    result.update(data=data, split=split.value, model=model or DEFAULT_CLASSIFIER, device=str(dev))
     if out is not None:
         for p in write_report(result, out):
             typer.echo(f"wrote {p}", err=True)

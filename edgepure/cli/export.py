@@ -22,8 +22,9 @@ class Noise(str, Enum):
 
 def export(
     out: Annotated[Path, typer.Option("--out", help="Model directory to write (ONNX files + manifest.json).")],
-    classifier: Annotated[str, typer.Option(
-        help="Registered name, checkpoint, module:callable, or an ONNX file (the purifier graph is merged in front).")] = "signnet_s",
+    classifier: Annotated[Optional[str], typer.Option(
+        help="Registered name, checkpoint, module:callable, or an ONNX file (the purifier graph is merged in front); "
+             "default: the shipped default classifier.")] = None,
     purifier: Annotated[Optional[str], typer.Option(help="A registered purifier (none: classifier only).")] = None,
     steps: Annotated[Optional[list[int]], typer.Option(
         help="Purifier steps K (fixed-step purifiers; same as --purifier-arg steps=K). Repeat it for a variant set "
@@ -47,8 +48,9 @@ def export(
     from edgepure.runtime.classes import GTSRB_CLASSES
 
     from edgepure.models.loading import load_classifier_source
+    from edgepure.models.registry import DEFAULT_CLASSIFIER
 
-    net, info = load_classifier_source(classifier)
+    net, info = load_classifier_source(classifier or DEFAULT_CLASSIFIER)
     from edgepure.runtime.errors import ConfigError
 
     settings = parse_settings(purifier_arg or [], "--purifier-arg")
