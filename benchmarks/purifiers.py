@@ -92,7 +92,7 @@ def retime(report: dict[str, Any], threads: int, iters: int, log: Log) -> None:
     from edgepure.purifiers import create_purifier
 
     s = report["settings"]
-    classifier = load_classifier(s.get("classifier", "signnet_s"))  # runs from before --classifier used signnet_s
+    classifier = load_classifier(s["classifier"])
     x1 = torch.from_numpy(open_dataset(s["data"], "val", n=s["n"], seed=s["seed"]).as_float_nchw()[:1])
     for row in report["rows"]:
         log(f"latency: {row['label']}")
@@ -113,7 +113,7 @@ def render(report: dict[str, Any]) -> str:
     retimed = f" (latencies timed again in one quiet pass, {report['retimed']})" if report.get("retimed") else ""
     lines = ["# The purifiers compared", "",
              f"Measured {report['date']} ({report['minutes']} min of compute) on {report['machine']}{retimed}; "
-             f"{report['data']}; classifier `{s.get('classifier', 'signnet_s')}`; torch, {s['threads']} thread(s). Accuracy %; an image counts as robust only if the "
+             f"{report['data']}; classifier `{s['classifier']}`; torch, {s['threads']} thread(s). Accuracy %; an image counts as robust only if the "
              "defended pipeline also classifies its clean version correctly. Produced by `benchmarks/purifiers.py` "
              "(commands at the end).", ""]
     if report.get("note"):
@@ -145,9 +145,8 @@ def render(report: dict[str, Any]) -> str:
         settings = ", ".join(f"{k}={v}" for k, v in r["settings"].items()) or "defaults"
         lines.append(f"| {r['purifier']} | {settings} | {r['latency_ms']:.2f} | {_calls(r)} | "
                      f"{100 * r['blind']['mean'] / r['latency_ms']:.2f} |")
-    cls = s.get("classifier", "signnet_s")
     lines += ["", "Commands, one per row and threat (the script runs the same function, with a shared cache), all on the "
-              f"classifier `{cls}` (`--model {cls}` where a command does not name it):", "", "```"]
+              f"classifier `{s['classifier']}` (`--model {s['classifier']}` where a command does not name it):", "", "```"]
     lines += [c for r in report["rows"] for c in r["commands"]]
     lines += ["```", "", f"The whole table: `{report['command']}`"]
     return "\n".join(lines) + "\n"
@@ -177,6 +176,7 @@ def main(argv: list[str] | None = None) -> None:
     md = args.md or args.out / "comparison.md"
     if args.from_json:
         report = json.loads((args.out / "comparison.json").read_text())
+        report["settings"].setdefault("classifier", "signnet_s")  # runs from before --classifier used signnet_s
         if args.retime:
             retime(report, args.threads, args.latency_iters, Log())
         if args.note_file:

@@ -251,7 +251,7 @@ def remeasure_latency(report: dict[str, Any], models: Path, threads: int, iters:
     from edgepure.purifiers import create_purifier
 
     s = report["settings"]
-    clf = load_classifier(s.get("classifier", "signnet_s"))  # reports from before --classifier used signnet_s
+    clf = load_classifier(s["classifier"])
     x1 = torch.from_numpy(open_dataset("synth" if s["smoke"] else s["data"], "val", n=s["n"], seed=s["seed"])
                           .as_float_nchw()[:1])
     for row in report["purifiers"]:
@@ -307,6 +307,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         from report_render import write_report
 
         report = json.loads(args.from_json.read_text())
+        report["settings"].setdefault("classifier", "signnet_s")  # reports from before --classifier used signnet_s
         report["note"] = args.note or report.get("note", "")
         if args.retime:
             use_threads(args.threads)

@@ -190,7 +190,7 @@ def write_report(report: dict[str, Any], md: Path, figures: Path) -> list[Path]:
         + (f" Every latency on this page was re-measured in one pass on {report['latency_pass']} "
            "(`--from-json report.json --retime`, the same model directories)." if report.get("latency_pass") else ""),
         "",
-        f"**Data and attacks.** Classifier `{s.get('classifier', 'signnet_s')}`. {report['data']}: {n} images (seed {s['seed']}) under the blind threat (APGD-{s['steps']} "
+        f"**Data and attacks.** Classifier `{s['classifier']}`. {report['data']}: {n} images (seed {s['seed']}) under the blind threat (APGD-{s['steps']} "
         f"on the classifier alone), the first {na} of them under the adaptive threat (APGD-{s['adaptive_steps']} "
         "through the purifier, full gradient, the purifier's noise drawn as the deployed model draws it). "
         "Attack families and budgets as in `edgepure eval robust` (conv = blur kernel, patch = occlusion, "

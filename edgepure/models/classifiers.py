@@ -102,7 +102,7 @@ def signnet_s(num_classes: int = 43, **kw: object) -> SignNet:
 @register_classifier("signnet_s_cutmix", pretrained_tag="signnet_s_cutmix_gtsrb")
 def signnet_s_cutmix(num_classes: int = 43, **kw: object) -> SignNet:
     """SignNet-S with the shipped weights fine-tuned with CutMix: reads partly covered signs; GTSRB 32×32."""
-    return SignNet(num_classes=num_classes, widths=(32, 64, 128), blocks=(1, 1, 1), **kw)  # type: ignore[arg-type]
+    return signnet_s(num_classes, **kw)  # the architecture of signnet_s; only the weights differ
 
 
 @register_classifier("signnet_xs")
