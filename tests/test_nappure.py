@@ -178,10 +178,10 @@ def _err(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return (a - b).square().flatten(1).mean(1)
 
 
-_NOT_YET = ("measured on synthetic renders with the shipped prior: flow 2.5 px, image MSE 0.0043 → 0.0037, cosine "
-            "to the true flow 0.09 at K = 16. The prior term is lower for a warped sign than for the straight one "
-            "(bilinear resampling smooths it), so the objective does not favour unwarping; a prior trained to unwarp "
-            "(3 CPU epochs) reached cosine 0.24. See docs/nappure.md, 'What limits flow recovery'")
+_NOT_YET = ("measured on synthetic renders with the shipped prior, K = 16: image MSE 0.0043 → 0.0037 (0.86×), the found "
+            "flow applied to the clean sign leaves 0.74× the warp's error (an oracle prior: 0.20×). The prior term is "
+            "lower for a warped sign than for the straight one (bilinear resampling smooths it), so the objective does "
+            "not favour unwarping. See docs/nappure.md, 'What limits flow recovery'")
 
 
 def test_recovers_a_known_blur(prior: torch.nn.Module, signs: torch.Tensor) -> None:
@@ -200,16 +200,44 @@ def test_recovers_a_known_blur(prior: torch.nn.Module, signs: torch.Tensor) -> N
     assert float(_err(out, signs).mean()) < 0.85 * float(_err(blurred, signs).mean())  # 0.74× (unconstrained: 4.4×)
 
 
-@pytest.mark.xfail(strict=True, reason=_NOT_YET)
-def test_recovers_a_known_flow(prior: torch.nn.Module, signs: torch.Tensor) -> None:
+class _Oracle(torch.nn.Module):
+    """A prior that knows the answer: D(y; σ) = the clean sign (in [−1, 1]) whatever it is given."""
+
+    def __init__(self, clean: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("clean", clean * 2 - 1)
+
+    def forward(self, y: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return self.clean + 0 * y
+
+
+def _recover_flow(prior: torch.nn.Module, signs: torch.Tensor) -> tuple[float, float]:
+    """Warp renders by (dx, dy) = 2.5·(sin πy, cos πx) px, purify (distortion, K = 16, shipped settings); returns
+    (image error / the warped image's, the found flow's warp of the clean sign: its error against the observation
+    / the observation's against the clean sign). Both are 1 for doing nothing. The flow is scored by what it does to
+    the sign, not pointwise: over flat colour any flow gives the same image, so it is undetermined there."""
     pur = edgepure.create_purifier("nappure", kind="distortion", steps=16, prior=prior)
     yy, xx = torch.meshgrid(torch.linspace(-1, 1, 32), torch.linspace(-1, 1, 32), indexing="ij")
     flow = torch.stack([2.5 * torch.sin(np.pi * yy), 2.5 * torch.cos(np.pi * xx)])[None].expand(len(signs), -1, -1, -1)
     warped = pur.family(signs, {"flow": flow})
     out, theta, _ = pur.purify(warped, pur.sample_noise(warped, torch.Generator().manual_seed(0)))
-    assert float(_err(out, signs).mean()) < 0.7 * float(_err(warped, signs).mean())
-    est = pur.family.smooth(theta["flow"])
-    assert float(F.cosine_similarity(est.flatten(1), pur.family.smooth(flow).flatten(1)).mean()) > 0.5
+    image = float(_err(out, signs).mean()) / float(_err(warped, signs).mean())
+    with torch.no_grad():
+        effect = float(_err(pur.family(signs, theta), warped).mean()) / float(_err(signs, warped).mean())
+    return image, effect
+
+
+def test_with_a_prior_that_knows_the_sign_the_steps_recover_the_flow(signs: torch.Tensor) -> None:
+    """The machinery (the unrolled x and θ steps, the shipped K = 16 settings) given a perfect prior: it straightens
+    the image and finds a flow that reproduces the warp. What the shipped prior lacks (next test) is the prior."""
+    image, effect = _recover_flow(_Oracle(signs), signs)
+    assert image < 0.3 and effect < 0.4  # measured 0.16 / 0.20
+
+
+@pytest.mark.xfail(strict=True, reason=_NOT_YET)
+def test_recovers_a_known_flow(prior: torch.nn.Module, signs: torch.Tensor) -> None:
+    image, effect = _recover_flow(prior, signs)
+    assert image < 0.7 and effect < 0.5
 
 
 def test_given_the_clean_image_the_theta_steps_recover_the_flow(signs: torch.Tensor) -> None:
