@@ -104,7 +104,10 @@ def _mean_loss(pur: NAPPure, y: torch.Tensor, y_adv: torch.Tensor, theta: dict, 
 
 @pytest.mark.parametrize("kind", ["additive", "distortion", "joint"])
 def test_the_objective_goes_down_over_the_steps(kind: str, signs: torch.Tensor) -> None:
-    pur = _tiny(kind, steps=25, lr_x=0.02, adam_eps=1e-8)
+    # λ2 fixed: on an untrained prior the prior term's gradient is arbitrary, and with distortion's default λ2 3 the
+    # likelihood it gives up outweighs what the prior gains (1.01×); the shipped prior with the shipped settings is the
+    # test after this one
+    pur = _tiny(kind, steps=25, lr_x=0.02, adam_eps=1e-8, **({"lam2": 1.0} if kind == "distortion" else {}))
     x_adv = (signs + 0.1 * torch.randn(signs.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
     y_adv = x_adv * 2 - 1
     out, theta, history = pur.purify(x_adv, pur.sample_noise(x_adv, torch.Generator().manual_seed(0)), track=True)
@@ -112,6 +115,17 @@ def test_the_objective_goes_down_over_the_steps(kind: str, signs: torch.Tensor) 
     before = _mean_loss(pur, y_adv, y_adv, pur.family.identity(x_adv) | ({"content": x_adv} if kind == "occlusion" else {}))
     after = _mean_loss(pur, out * 2 - 1, y_adv, theta)
     assert after < 0.97 * before
+
+
+@pytest.mark.parametrize("kind", ["distortion", "blur"])
+def test_with_the_shipped_prior_and_settings_the_objective_goes_down(kind: str, prior: torch.nn.Module,
+                                                                     signs: torch.Tensor) -> None:
+    pur = edgepure.create_purifier("nappure", kind=kind, steps=16, prior=prior)
+    x_adv = (signs + 0.1 * torch.randn(signs.shape, generator=torch.Generator().manual_seed(0))).clamp(0, 1)
+    y_adv = x_adv * 2 - 1
+    out, theta, _ = pur.purify(x_adv, pur.sample_noise(x_adv, torch.Generator().manual_seed(0)))
+    before = _mean_loss(pur, y_adv, y_adv, pur.family.identity(x_adv))
+    assert _mean_loss(pur, out * 2 - 1, y_adv, theta) < 0.95 * before  # measured: distortion (λ2 3) 0.90×, blur 0.78×
 
 
 def test_forward_only_prior_gradient_differs_from_the_full_one(signs: torch.Tensor) -> None:
