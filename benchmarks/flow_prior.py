@@ -6,9 +6,11 @@
     # one denoising jump of the warped sign: its image error against the warped one's, and the cosine to the true
     # flow of a flow fitted (100 Adam steps) from the jump to the warped sign
     python benchmarks/flow_prior.py jump --priors edm_unet_s_restore --images PATH/TO/GTSRB --n 64
-    # recovering a known flow (the test of tests/test_nappure.py): image error ratio and cosine to the true flow
-    python benchmarks/flow_prior.py recover --priors edm_unet_s,edm_unet_s_restore --steps 16 \\
-        --set init_sigma=0.05
+    # recovering a known flow (the test of tests/test_nappure.py): image error ratio, the found flow's warp of the
+    # clean sign against the observation (1 = doing nothing) and the pointwise cosine to the true flow; "oracle" is a
+    # prior that returns the clean sign whatever it is given, "oracle:0.5" one that pulls halfway to it
+    python benchmarks/flow_prior.py recover --priors edm_unet_s,oracle,oracle:0.5 --steps 16
+    python benchmarks/flow_prior.py recover --priors edm_unet_s_restore --steps 16 --set init_sigma=0.05
 
 The warp is the one the test uses: (dx, dy) = A·(sin πy, cos πx) over the image (y, x in [−1, 1]), A pixels,
 applied by the distortion purifier's own generation model (smoothed bilinear flow). The energy is averaged over
@@ -95,6 +97,18 @@ def jump(args: argparse.Namespace) -> None:
                                   "fitted_flow_cosine": round(float(cos.mean()), 3)}), flush=True)
 
 
+class Oracle(torch.nn.Module):
+    """A prior that knows the clean sign: D(y; σ) = share·clean + (1 − share)·y (images in [−1, 1])."""
+
+    def __init__(self, clean: torch.Tensor, share: float = 1.0) -> None:
+        super().__init__()
+        self.register_buffer("clean", clean * 2 - 1)
+        self.share = share
+
+    def forward(self, y: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        return self.share * self.clean + (1 - self.share) * y
+
+
 def recover(args: argparse.Namespace) -> None:
     import torch.nn.functional as F
 
@@ -106,8 +120,9 @@ def recover(args: argparse.Namespace) -> None:
 
     settings = parse_settings(args.set, "--set")
     for name in args.priors.split(","):
-        pur = edgepure.create_purifier("nappure", kind="distortion", steps=args.steps,
-                                       prior=resolve_prior(name), **settings)
+        oracle, _, share = name.partition(":")
+        prior = Oracle(x, float(share or 1.0)) if oracle == "oracle" else resolve_prior(name)
+        pur = edgepure.create_purifier("nappure", kind="distortion", steps=args.steps, prior=prior, **settings)
         flow = sine_flow(len(x), args.amplitude)
         warped = pur.family(x, {"flow": flow})
         out, theta, _ = pur.purify(warped, pur.sample_noise(warped, torch.Generator().manual_seed(0)))
@@ -116,6 +131,7 @@ def recover(args: argparse.Namespace) -> None:
         print(json.dumps({"prior": name, "steps": args.steps, "settings": settings, "amplitude_px": args.amplitude,
                           "image_mse_warped": round(err(warped, x), 5), "image_mse_purified": round(err(out, x), 5),
                           "ratio": round(err(out, x) / err(warped, x), 3),
+                          "flow_effect_ratio": round(err(pur.family(x, theta), warped) / err(x, warped), 3),
                           "flow_cosine": round(float(F.cosine_similarity(est.flatten(1), true.flatten(1)).mean()), 3),
                           "flow_mean_abs_px": round(float(est.abs().mean()), 3),
                           "true_mean_abs_px": round(float(true.abs().mean()), 3)}), flush=True)
