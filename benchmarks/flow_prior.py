@@ -109,32 +109,42 @@ class Oracle(torch.nn.Module):
         return self.share * self.clean + (1 - self.share) * y
 
 
-def recover(args: argparse.Namespace) -> None:
+def recover_flow(prior: torch.nn.Module, x: torch.Tensor, steps: int = 16, amplitude: float = 2.5,
+                 **settings: object) -> dict[str, float]:
+    """Warp ``x`` by the sine flow, purify it (distortion, K = ``steps``, shipped settings plus ``settings``) and
+    score the result (tests/test_nappure.py asserts on the same numbers)."""
     import torch.nn.functional as F
 
     import edgepure
+
+    pur = edgepure.create_purifier("nappure", kind="distortion", steps=steps, prior=prior, **settings)
+    flow = sine_flow(len(x), amplitude)
+    warped = pur.family(x, {"flow": flow})
+    out, theta, _ = pur.purify(warped, pur.sample_noise(warped, torch.Generator().manual_seed(0)))
+    err = lambda a, b: float((a - b).square().flatten(1).mean(1).mean())  # noqa: E731
+    with torch.no_grad():
+        est, true = pur.family.smooth(theta["flow"]), pur.family.smooth(flow)
+        return {"image_mse_warped": round(err(warped, x), 5), "image_mse_purified": round(err(out, x), 5),
+                "ratio": round(err(out, x) / err(warped, x), 3),
+                # the found flow applied to the clean sign, against the observation (1 = doing nothing): over flat
+                # colour any flow gives the same image, so the flow is scored by what it does to the sign
+                "flow_effect_ratio": round(err(pur.family(x, theta), warped) / err(x, warped), 3),
+                "flow_cosine": round(float(F.cosine_similarity(est.flatten(1), true.flatten(1)).mean()), 3),
+                "flow_mean_abs_px": round(float(est.abs().mean()), 3),
+                "true_mean_abs_px": round(float(true.abs().mean()), 3)}
+
+
+def recover(args: argparse.Namespace) -> None:
+    from edgepure.cli.common import parse_settings
     from edgepure.models.loading import resolve_prior
 
     x = _images(args.images, args.n)
-    from edgepure.cli.common import parse_settings
-
     settings = parse_settings(args.set, "--set")
     for name in args.priors.split(","):
         oracle, _, share = name.partition(":")
         prior = Oracle(x, float(share or 1.0)) if oracle == "oracle" else resolve_prior(name)
-        pur = edgepure.create_purifier("nappure", kind="distortion", steps=args.steps, prior=prior, **settings)
-        flow = sine_flow(len(x), args.amplitude)
-        warped = pur.family(x, {"flow": flow})
-        out, theta, _ = pur.purify(warped, pur.sample_noise(warped, torch.Generator().manual_seed(0)))
-        err = lambda a, b: float((a - b).square().flatten(1).mean(1).mean())  # noqa: E731
-        est, true = pur.family.smooth(theta["flow"]), pur.family.smooth(flow)
-        print(json.dumps({"prior": name, "steps": args.steps, "settings": settings, "amplitude_px": args.amplitude,
-                          "image_mse_warped": round(err(warped, x), 5), "image_mse_purified": round(err(out, x), 5),
-                          "ratio": round(err(out, x) / err(warped, x), 3),
-                          "flow_effect_ratio": round(err(pur.family(x, theta), warped) / err(x, warped), 3),
-                          "flow_cosine": round(float(F.cosine_similarity(est.flatten(1), true.flatten(1)).mean()), 3),
-                          "flow_mean_abs_px": round(float(est.abs().mean()), 3),
-                          "true_mean_abs_px": round(float(true.abs().mean()), 3)}), flush=True)
+        print(json.dumps({"prior": name, "steps": args.steps, "settings": settings, "amplitude_px": args.amplitude}
+                         | recover_flow(prior, x, args.steps, args.amplitude, **settings)), flush=True)
 
 
 def main() -> None:
