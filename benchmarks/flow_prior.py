@@ -11,6 +11,7 @@
     # prior that returns the clean sign whatever it is given, "oracle:0.5" one that pulls halfway to it
     python benchmarks/flow_prior.py recover --priors edm_unet_s,oracle,oracle:0.5 --steps 16
     python benchmarks/flow_prior.py recover --priors edm_unet_s_restore --steps 16 --set init_sigma=0.05
+    python benchmarks/flow_prior.py recover --priors edm_unet_s --warp rotate --amplitude 10   # other known warps
 
 The warp is the one the test uses: (dx, dy) = A·(sin πy, cos πx) over the image (y, x in [−1, 1]), A pixels,
 applied by the distortion purifier's own generation model (smoothed bilinear flow). The energy is averaged over
@@ -32,6 +33,27 @@ def sine_flow(n: int, amplitude: float, size: int = 32) -> torch.Tensor:
     """The test's known flow: (N, 2, H, W) pixels, (dx, dy) = A·(sin πy, cos πx)."""
     yy, xx = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
     return torch.stack([amplitude * torch.sin(np.pi * yy), amplitude * torch.cos(np.pi * xx)])[None].expand(n, -1, -1, -1)
+
+
+def known_flow(n: int, warp: str, amount: float, size: int = 32) -> torch.Tensor:
+    """A known flow of ``warp`` kind, (N, 2, H, W) pixels: ``sine`` (``sine_flow``, A = ``amount`` px), ``shift`` (dx =
+    ``amount``, dy = ``amount``/2 px), ``rotate`` (``amount`` degrees about the centre), ``zoom`` (each pixel displaced
+    by ``amount`` × its offset from the centre) or ``shear`` (dx = ``amount`` × the row's offset from the centre)."""
+    if warp == "sine":
+        return sine_flow(n, amount, size)
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
+    half = (size - 1) / 2
+    t = np.radians(amount)
+    flows = {
+        "shift": lambda: torch.stack([torch.full_like(xx, amount), torch.full_like(xx, amount / 2)]),
+        "rotate": lambda: half * torch.stack([(np.cos(t) - 1) * xx - np.sin(t) * yy, np.sin(t) * xx + (np.cos(t) - 1) * yy]),
+        "zoom": lambda: half * amount * torch.stack([xx, yy]),
+        "shear": lambda: half * amount * torch.stack([yy, torch.zeros_like(xx)]),
+    }
+    return flows[warp]()[None].expand(n, -1, -1, -1)
+
+
+WARPS = ("sine", "shift", "rotate", "zoom", "shear")
 
 
 def _images(spec: str, n: int) -> torch.Tensor:
@@ -109,16 +131,17 @@ class Oracle(torch.nn.Module):
         return self.share * self.clean + (1 - self.share) * y
 
 
-def recover_flow(prior: torch.nn.Module, x: torch.Tensor, steps: int = 16, amplitude: float = 2.5,
+def recover_flow(prior: torch.nn.Module, x: torch.Tensor, steps: int = 16, amplitude: float = 2.5, warp: str = "sine",
                  **settings: object) -> dict[str, float]:
-    """Warp ``x`` by the sine flow, purify it (distortion, K = ``steps``, shipped settings plus ``settings``) and
-    score the result (tests/test_nappure.py asserts on the same numbers)."""
+    """Warp ``x`` by a known flow (``known_flow``: the sine flow of ``amplitude`` px unless ``warp`` names another),
+    purify it (distortion, K = ``steps``, shipped settings plus ``settings``) and score the result
+    (tests/test_nappure.py asserts on the same numbers)."""
     import torch.nn.functional as F
 
     import edgepure
 
     pur = edgepure.create_purifier("nappure", kind="distortion", steps=steps, prior=prior, **settings)
-    flow = sine_flow(len(x), amplitude)
+    flow = known_flow(len(x), warp, amplitude)
     warped = pur.family(x, {"flow": flow})
     out, theta, _ = pur.purify(warped, pur.sample_noise(warped, torch.Generator().manual_seed(0)))
     err = lambda a, b: float((a - b).square().flatten(1).mean(1).mean())  # noqa: E731
@@ -143,8 +166,9 @@ def recover(args: argparse.Namespace) -> None:
     for name in args.priors.split(","):
         oracle, _, share = name.partition(":")
         prior = Oracle(x, float(share or 1.0)) if oracle == "oracle" else resolve_prior(name)
-        print(json.dumps({"prior": name, "steps": args.steps, "settings": settings, "amplitude_px": args.amplitude}
-                         | recover_flow(prior, x, args.steps, args.amplitude, **settings)), flush=True)
+        print(json.dumps({"prior": name, "steps": args.steps, "settings": settings, "warp": args.warp,
+                          "amount": args.amplitude}
+                         | recover_flow(prior, x, args.steps, args.amplitude, args.warp, **settings)), flush=True)
 
 
 def main() -> None:
@@ -155,7 +179,9 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=4)
     ap.add_argument("--draws", type=int, default=8, help="noise draws per image (energy)")
     ap.add_argument("--steps", type=int, default=16, help="K (recover)")
-    ap.add_argument("--amplitude", type=float, default=2.5, help="A of the known flow, pixels (recover)")
+    ap.add_argument("--warp", choices=WARPS, default="sine", help="the known flow's kind (recover; see known_flow)")
+    ap.add_argument("--amplitude", type=float, default=2.5,
+                    help="its size (recover): sine A and shift in px, rotate in degrees, zoom and shear as fractions")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=JSON", help="a purifier setting (recover)")
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()

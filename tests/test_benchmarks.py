@@ -116,6 +116,8 @@ SCRIPTS = {
     "flow_prior:jump": (["jump", "--n", "2", "--threads", "1"], '"fitted_flow_cosine"'),
     "flow_prior:recover": (["recover", "--n", "2", "--steps", "1", "--set", "init_sigma=0.05", "--threads", "1"],
                            '"flow_cosine"'),
+    "flow_prior:recover-warp": (["recover", "--n", "2", "--steps", "1", "--warp", "rotate", "--amplitude", "10",
+                                 "--threads", "1"], '"warp": "rotate"'),
     "export": (["--purifiers", "median", "--batches", "1", "--repeats", "2", "--threads", "1", "--out", "{tmp}/exp"],
                "median"),
     "precision": (["--data", "synth", "--n", "4", "--calib-n", "4", "--purifiers", "none", "--attacks", "additive",
