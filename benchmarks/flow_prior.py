@@ -35,6 +35,21 @@ def sine_flow(n: int, amplitude: float, size: int = 32) -> torch.Tensor:
     return torch.stack([amplitude * torch.sin(np.pi * yy), amplitude * torch.cos(np.pi * xx)])[None].expand(n, -1, -1, -1)
 
 
+def _rotation(degrees: float, x: torch.Tensor, y: torch.Tensor, half: float) -> torch.Tensor:
+    c, s = np.cos(np.radians(degrees)), np.sin(np.radians(degrees))
+    return half * torch.stack([(c - 1) * x - s * y, s * x + (c - 1) * y])
+
+
+# (amount, x, y, half) -> (2, H, W) pixels: x, y the pixel grid in [-1, 1], half the centre's offset in pixels.
+_GRID_FLOWS = {
+    "shift": lambda a, x, y, half: torch.stack([torch.full_like(x, a), torch.full_like(x, a / 2)]),
+    "rotate": _rotation,
+    "zoom": lambda a, x, y, half: half * a * torch.stack([x, y]),
+    "shear": lambda a, x, y, half: half * a * torch.stack([y, torch.zeros_like(x)]),
+}
+WARPS = ("sine", *_GRID_FLOWS)
+
+
 def known_flow(n: int, warp: str, amount: float, size: int = 32) -> torch.Tensor:
     """A known flow of ``warp`` kind, (N, 2, H, W) pixels: ``sine`` (``sine_flow``, A = ``amount`` px), ``shift`` (dx =
     ``amount``, dy = ``amount``/2 px), ``rotate`` (``amount`` degrees about the centre), ``zoom`` (each pixel displaced
@@ -42,18 +57,7 @@ def known_flow(n: int, warp: str, amount: float, size: int = 32) -> torch.Tensor
     if warp == "sine":
         return sine_flow(n, amount, size)
     yy, xx = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
-    half = (size - 1) / 2
-    t = np.radians(amount)
-    flows = {
-        "shift": lambda: torch.stack([torch.full_like(xx, amount), torch.full_like(xx, amount / 2)]),
-        "rotate": lambda: half * torch.stack([(np.cos(t) - 1) * xx - np.sin(t) * yy, np.sin(t) * xx + (np.cos(t) - 1) * yy]),
-        "zoom": lambda: half * amount * torch.stack([xx, yy]),
-        "shear": lambda: half * amount * torch.stack([yy, torch.zeros_like(xx)]),
-    }
-    return flows[warp]()[None].expand(n, -1, -1, -1)
-
-
-WARPS = ("sine", "shift", "rotate", "zoom", "shear")
+    return _GRID_FLOWS[warp](amount, xx, yy, (size - 1) / 2)[None].expand(n, -1, -1, -1)
 
 
 def _images(spec: str, n: int) -> torch.Tensor:
