@@ -197,6 +197,44 @@ def test_adaptive_adversarials_are_cached_per_purifier(tmp_path) -> None:  # typ
     assert len(list(tmp_path.glob("adaptive-*.npy"))) == 2
 
 
+def test_an_interrupted_run_resumes_after_its_last_finished_batch(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from edgepure.evaluate import robust
+    from edgepure.purifiers import create_purifier
+
+    x, y, m = _batch(12)
+    data = ImageSet((x.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8), y.numpy(), [str(i) for i in range(12)],
+                    ("a", "b", "c"))
+    kw = dict(attacks=["additive"], threats=["adaptive"], method="pgd", steps=3, batch_size=5,
+              budgets={"additive": {"eps": 0.3}})
+    whole = benchmark(m, data, create_purifier("gaussian", sigma=1.0), **kw)  # type: ignore[arg-type]
+    attacked: list[int] = []
+
+    class Interrupted(robust.ATTACK_METHODS["pgd"]):  # type: ignore[misc,valid-type]
+        limit = 2
+
+        def __call__(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+            if len(attacked) == self.limit:
+                raise KeyboardInterrupt
+            attacked.append(len(xb))
+            return super().__call__(xb, yb)
+
+    monkeypatch.setitem(robust.ATTACK_METHODS, "pgd", Interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        benchmark(m, data, create_purifier("gaussian", sigma=1.0), cache_dir=tmp_path, **kw)  # type: ignore[arg-type]
+    parts = sorted(p.name.split(".")[1] for p in tmp_path.glob("adaptive-*.part*.npy"))
+    assert attacked == [5, 5] and parts == ["part000000", "part000005"]  # the two finished batches are on disk
+    Interrupted.limit = 3
+    resumed = benchmark(m, data, create_purifier("gaussian", sigma=1.0), cache_dir=tmp_path, **kw)  # type: ignore[arg-type]
+    assert attacked == [5, 5, 2]  # only the batch that was not finished is attacked
+    assert resumed["robust_accuracy"] == whole["robust_accuracy"]  # the same examples as one uninterrupted run
+    (entry,) = tmp_path.glob("*.npy")  # the whole entry replaces its batches
+    assert np.load(entry).shape == (12, 3, 32, 32) and ".part" not in entry.name
+    np.save(tmp_path / (entry.name[: -len(".npy")] + ".part000000.npy"), np.zeros((2, 2), np.float32))
+    entry.unlink()  # a broken batch file is named, not scored
+    with pytest.raises(ConfigError, match=r"part000000\.npy: a cached batch .* expected \(5, 3, 32, 32\)"):
+        benchmark(m, data, create_purifier("gaussian", sigma=1.0), cache_dir=tmp_path, **kw)  # type: ignore[arg-type]
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_benchmark_on_cuda_matches_the_cpu() -> None:
     x, y, m = _batch(12)

@@ -112,7 +112,8 @@ def robust(
     out: Annotated[Optional[Path], typer.Option(help="Write results.json, results.csv and figures here.")] = None,
     cache: Annotated[Optional[Path], typer.Option(
         help="Keep adversarial examples here and reuse them: blind ones for other defenses (same classifier, images, "
-             "attack), adaptive ones for the same purifier scored again (e.g. its exported --model).")] = None,
+             "attack), adaptive ones for the same purifier scored again (e.g. its exported --model). Each batch is kept "
+             "as it is done: the same command after an interruption resumes after the last finished batch.")] = None,
     device: DeviceOption = "cpu",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of the table.")] = False,
 ) -> None:

@@ -119,6 +119,35 @@ class AdvCache:
         np.save(tmp, x_adv.numpy().astype(np.float32), allow_pickle=False)
         os.replace(tmp, path)
 
+    def _part(self, threat: str, key: str, offset: int) -> Optional[Path]:
+        return None if self.dir is None else self.dir / f"{threat}-{key}.part{offset:06d}.npy"
+
+    def load_part(self, threat: str, key: str, offset: int, shape: tuple[int, ...]) -> Optional[torch.Tensor]:
+        """The batch at ``offset`` of an entry an interrupted run did not finish, if that batch was done."""
+        path = self._part(threat, key, offset)
+        if path is None or not path.is_file():
+            return None
+        arr = np.load(path, allow_pickle=False)
+        if arr.shape != shape or arr.dtype != np.float32:
+            raise ConfigError(f"{path}: a cached batch of adversarial examples has shape {arr.shape} {arr.dtype}, "
+                              f"expected {shape} float32; delete the file")
+        return torch.from_numpy(arr)
+
+    def save_part(self, threat: str, key: str, offset: int, x_adv: torch.Tensor) -> None:
+        path = self._part(threat, key, offset)
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp.npy")
+        np.save(tmp, x_adv.numpy().astype(np.float32), allow_pickle=False)
+        os.replace(tmp, path)
+
+    def drop_parts(self, threat: str, key: str) -> None:
+        """Remove an entry's batches once the whole entry is saved."""
+        if self.dir is not None:
+            for path in self.dir.glob(f"{threat}-{key}.part*.npy"):
+                path.unlink()
+
 
 def blind_examples(classifier: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: str, steps: int = 100,
                    seed: int = 0, cache_dir: Optional[str | Path] = None, dataset: str = "gtsrb",
@@ -179,7 +208,8 @@ def benchmark(
     graph in ONNX Runtime, :class:`edgepure.evaluate.exported.OnnxScorer`); the attacks still differentiate
     the PyTorch modules. ``cache_dir`` keeps adversarial examples on disk (keyed by the classifier's
     weights, the images and every attack setting, and for adaptive threats the purifier's weights and
-    settings) and reuses them: blind ones for the next defense, adaptive ones for the next backend. ``device``
+    settings) and reuses them: blind ones for the next defense, adaptive ones for the next backend; each batch is kept as
+    it is done, so a run that was interrupted resumes after its last finished batch. ``device``
     runs the attacks and the PyTorch pipeline there (the modules are moved to it); every random draw is made on the
     CPU, so a GPU run attacks and purifies with the same noise as a CPU run."""
     unknown = [a for a in attacks if a not in PERTURBATIONS]
@@ -256,9 +286,15 @@ def benchmark(
                 if cached is not None:
                     x_adv = cached[s : s + batch_size]
                 else:
-                    target = attack_target(threat, purifier, classifier, seed=seed + s)
-                    atk = ATTACK_METHODS[method](target, perturbation, steps=steps, eot=eot, restarts=restarts, seed=seed + s)
-                    x_adv = atk(x.to(dev), y.to(dev)).detach().cpu()
+                    # a batch an interrupted run finished is taken from the cache; every other one is attacked and kept
+                    x_adv = cache.load_part(threat.value, key, s, tuple(x.shape)) if key else None
+                    if x_adv is None:
+                        target = attack_target(threat, purifier, classifier, seed=seed + s)
+                        atk = ATTACK_METHODS[method](target, perturbation, steps=steps, eot=eot, restarts=restarts,
+                                                     seed=seed + s)
+                        x_adv = atk(x.to(dev), y.to(dev)).detach().cpu()
+                        if key:
+                            cache.save_part(threat.value, key, s, x_adv)
                     fresh.append(x_adv)
                 pred, purified = predict(x_adv, s)
                 ok[s : s + len(y)] = pred == y.numpy()
@@ -272,6 +308,7 @@ def benchmark(
                     bar.update(1)
             if key and cached is None:
                 cache.save(threat.value, key, torch.cat(fresh))
+                cache.drop_parts(threat.value, key)
             robust[name][threat.value] = float((ok & clean_ok).mean())
             ok_all &= ok
         robust[name]["worst"] = float(ok_all.mean())
