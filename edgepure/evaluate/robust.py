@@ -101,52 +101,44 @@ class AdvCache:
         return None if self.dir is None else self.dir / f"{threat}-{key}.npy"
 
     def load(self, threat: str, key: str, shape: tuple[int, ...]) -> Optional[torch.Tensor]:
-        path = self._path(threat, key)
-        if path is None or not path.is_file():
-            return None
-        arr = np.load(path, allow_pickle=False)
-        if arr.shape != shape or arr.dtype != np.float32:
-            raise ConfigError(f"{path}: cached adversarial examples have shape {arr.shape} {arr.dtype}, "
-                              f"expected {shape} float32; delete the file")
-        return torch.from_numpy(arr)
+        return self._read(self._path(threat, key), shape, "cached adversarial examples have")
 
     def save(self, threat: str, key: str, x_adv: torch.Tensor) -> None:
-        path = self._path(threat, key)
-        if path is None:
-            return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp.npy")
-        np.save(tmp, x_adv.numpy().astype(np.float32), allow_pickle=False)
-        os.replace(tmp, path)
+        self._write(self._path(threat, key), x_adv)
 
     def _part(self, threat: str, key: str, offset: int) -> Optional[Path]:
         return None if self.dir is None else self.dir / f"{threat}-{key}.part{offset:06d}.npy"
 
     def load_part(self, threat: str, key: str, offset: int, shape: tuple[int, ...]) -> Optional[torch.Tensor]:
         """The batch at ``offset`` of an entry an interrupted run did not finish, if that batch was done."""
-        path = self._part(threat, key, offset)
-        if path is None or not path.is_file():
-            return None
-        arr = np.load(path, allow_pickle=False)
-        if arr.shape != shape or arr.dtype != np.float32:
-            raise ConfigError(f"{path}: a cached batch of adversarial examples has shape {arr.shape} {arr.dtype}, "
-                              f"expected {shape} float32; delete the file")
-        return torch.from_numpy(arr)
+        return self._read(self._part(threat, key, offset), shape, "a cached batch of adversarial examples has")
 
     def save_part(self, threat: str, key: str, offset: int, x_adv: torch.Tensor) -> None:
-        path = self._part(threat, key, offset)
-        if path is None:
-            return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp.npy")
-        np.save(tmp, x_adv.numpy().astype(np.float32), allow_pickle=False)
-        os.replace(tmp, path)
+        self._write(self._part(threat, key, offset), x_adv)
 
     def drop_parts(self, threat: str, key: str) -> None:
         """Remove an entry's batches once the whole entry is saved."""
         if self.dir is not None:
             for path in self.dir.glob(f"{threat}-{key}.part*.npy"):
                 path.unlink()
+
+    @staticmethod
+    def _read(path: Optional[Path], shape: tuple[int, ...], what: str) -> Optional[torch.Tensor]:
+        if path is None or not path.is_file():
+            return None
+        arr = np.load(path, allow_pickle=False)
+        if arr.shape != shape or arr.dtype != np.float32:
+            raise ConfigError(f"{path}: {what} shape {arr.shape} {arr.dtype}, expected {shape} float32; delete the file")
+        return torch.from_numpy(arr)
+
+    @staticmethod
+    def _write(path: Optional[Path], x_adv: torch.Tensor) -> None:
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp.npy")  # written whole, then renamed: never a half-written entry
+        np.save(tmp, x_adv.numpy().astype(np.float32), allow_pickle=False)
+        os.replace(tmp, path)
 
 
 def blind_examples(classifier: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: str, steps: int = 100,
