@@ -1,3 +1,6 @@
+import time
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -233,6 +236,88 @@ def test_an_interrupted_run_resumes_after_its_last_finished_batch(tmp_path, monk
     entry.unlink()  # a broken batch file is named, not scored
     with pytest.raises(ConfigError, match=r"part000000\.npy: a cached batch .* expected \(5, 3, 32, 32\)"):
         benchmark(m, data, create_purifier("gaussian", sigma=1.0), cache_dir=tmp_path, **kw)  # type: ignore[arg-type]
+
+
+def _shared_run_setup(tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
+    """A 12-image adaptive run in batches of 5, its result and its examples; attacks from then on are recorded by
+    their batch offsets, and ``on_attack(offset)`` runs before each."""
+    from edgepure.evaluate import cache, robust
+
+    x, y, m = _batch(12)
+    data = ImageSet((x.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8), y.numpy(), [str(i) for i in range(12)],
+                    ("a", "b", "c"))
+    kw = dict(attacks=["additive"], threats=["adaptive"], method="pgd", steps=3, batch_size=5,
+              budgets={"additive": {"eps": 0.3}})
+    ref = tmp_path / "ref"
+    whole = benchmark(m, data, create_purifier("gaussian", sigma=1.0), cache_dir=ref, **kw)  # type: ignore[arg-type]
+    (entry,) = ref.glob("adaptive-*.npy")
+    attacked: list[int] = []
+    hooks: dict[int, object] = {}
+
+    class Recorded(robust.ATTACK_METHODS["pgd"]):  # type: ignore[misc,valid-type]
+        def __call__(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+            attacked.append(self.seed)  # seed 0 + the batch's offset
+            if self.seed in hooks:
+                hooks[self.seed]()  # type: ignore[operator]
+            return super().__call__(xb, yb)
+
+    monkeypatch.setitem(robust.ATTACK_METHODS, "pgd", Recorded)
+    polls: list[float] = []
+
+    def sleep(seconds: float) -> None:  # a waiting run that never ends fails instead of hanging the tests
+        polls.append(seconds)
+        assert len(polls) < 500, "still waiting for a batch after 500 polls"
+        time.sleep(0.01)
+
+    monkeypatch.setattr(cache, "time", SimpleNamespace(sleep=sleep, time=time.time))
+    run = tmp_path / "run"
+    run.mkdir()
+
+    def go() -> dict:  # type: ignore[type-arg]
+        return benchmark(m, data, create_purifier("gaussian", sigma=1.0), cache_dir=run, **kw)  # type: ignore[arg-type]
+
+    return whole, np.load(entry), entry.name[: -len(".npy")], run, attacked, hooks, go
+
+
+def test_a_batch_another_process_holds_is_waited_for_not_attacked_again(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    whole, examples, stem, run, attacked, hooks, go = _shared_run_setup(tmp_path, monkeypatch)
+    lock = run / f"{stem}.part000005.lock"
+    lock.write_text("another-machine 999999999\n")  # a claim from elsewhere: it cannot be checked, so it is respected
+
+    def the_other_process_finishes() -> None:
+        np.save(run / f"{stem}.part000005.npy", examples[5:10])
+        lock.unlink()
+
+    hooks[10] = the_other_process_finishes
+    result = go()
+    assert attacked == [0, 10]  # batch 5 came from the other process
+    assert result["robust_accuracy"] == whole["robust_accuracy"]
+    assert sorted(p.name for p in run.iterdir()) == [f"{stem}.npy"]  # joined; no claims or batches left
+    np.testing.assert_array_equal(np.load(run / f"{stem}.npy"), examples)
+
+
+def test_a_batch_whose_holder_died_is_taken_over(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import socket
+    import subprocess
+    import sys
+
+    whole, _, stem, run, attacked, hooks, go = _shared_run_setup(tmp_path, monkeypatch)
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        (run / f"{stem}.part000005.lock").write_text(f"{socket.gethostname()} {holder.pid}\n")
+
+        def the_holder_dies() -> None:
+            holder.kill()
+            holder.wait()
+
+        hooks[10] = the_holder_dies
+        result = go()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert attacked == [0, 10, 5]  # left to the live holder at first, taken over once it was gone
+    assert result["robust_accuracy"] == whole["robust_accuracy"]
+    assert sorted(p.name for p in run.iterdir()) == [f"{stem}.npy"]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

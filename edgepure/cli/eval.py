@@ -113,7 +113,8 @@ def robust(
     cache: Annotated[Optional[Path], typer.Option(
         help="Keep adversarial examples here and reuse them: blind ones for other defenses (same classifier, images, "
              "attack), adaptive ones for the same purifier scored again (e.g. its exported --model). Each batch is kept "
-             "as it is done: the same command after an interruption resumes after the last finished batch.")] = None,
+             "as it is done: the same command after an interruption resumes after the last finished batch, and the same "
+             "command in several processes (or machines sharing the folder) splits the batches between them.")] = None,
     device: DeviceOption = "cpu",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of the table.")] = False,
 ) -> None:

@@ -21,6 +21,7 @@ from torch import nn
 
 from edgepure.attacks import APGD, PGD, Threat, attack_target
 from edgepure.data.base import ImageSet
+from edgepure.evaluate.cache import AdvCache, shared_batches
 from edgepure.models.loading import frozen
 from edgepure.perturb import PERTURBATIONS, create_perturbation
 from edgepure.purifiers import Purifier, create_purifier
@@ -87,58 +88,6 @@ def blind_spec(attack: str, steps: int, seed: int, budget: Optional[dict[str, An
     attacked with seed ``seed`` + its offset."""
     return {"attack": attack, "budget": budget or {}, "dataset": dataset, "method": method, "steps": steps,
             "eot": eot, "restarts": restarts, "seed": seed, "batch_size": batch_size}
-
-
-class AdvCache:
-    """Adversarial examples on disk. A blind attack does not see the defense, so one run serves every
-    defense evaluated against the same classifier, images and attack settings; an adaptive one is keyed by
-    the purifier too (its weights and settings), and serves every backend that runs that purifier."""
-
-    def __init__(self, directory: Optional[Path]) -> None:
-        self.dir = Path(directory) if directory is not None else None
-
-    def _path(self, threat: str, key: str) -> Optional[Path]:
-        return None if self.dir is None else self.dir / f"{threat}-{key}.npy"
-
-    def load(self, threat: str, key: str, shape: tuple[int, ...]) -> Optional[torch.Tensor]:
-        return self._read(self._path(threat, key), shape, "cached adversarial examples have")
-
-    def save(self, threat: str, key: str, x_adv: torch.Tensor) -> None:
-        self._write(self._path(threat, key), x_adv)
-
-    def _part(self, threat: str, key: str, offset: int) -> Optional[Path]:
-        return None if self.dir is None else self.dir / f"{threat}-{key}.part{offset:06d}.npy"
-
-    def load_part(self, threat: str, key: str, offset: int, shape: tuple[int, ...]) -> Optional[torch.Tensor]:
-        """The batch at ``offset`` of an entry an interrupted run did not finish, if that batch was done."""
-        return self._read(self._part(threat, key, offset), shape, "a cached batch of adversarial examples has")
-
-    def save_part(self, threat: str, key: str, offset: int, x_adv: torch.Tensor) -> None:
-        self._write(self._part(threat, key, offset), x_adv)
-
-    def drop_parts(self, threat: str, key: str) -> None:
-        """Remove an entry's batches once the whole entry is saved."""
-        if self.dir is not None:
-            for path in self.dir.glob(f"{threat}-{key}.part*.npy"):
-                path.unlink()
-
-    @staticmethod
-    def _read(path: Optional[Path], shape: tuple[int, ...], what: str) -> Optional[torch.Tensor]:
-        if path is None or not path.is_file():
-            return None
-        arr = np.load(path, allow_pickle=False)
-        if arr.shape != shape or arr.dtype != np.float32:
-            raise ConfigError(f"{path}: {what} shape {arr.shape} {arr.dtype}, expected {shape} float32; delete the file")
-        return torch.from_numpy(arr)
-
-    @staticmethod
-    def _write(path: Optional[Path], x_adv: torch.Tensor) -> None:
-        if path is None:
-            return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp.npy")  # written whole, then renamed: never a half-written entry
-        np.save(tmp, x_adv.numpy().astype(np.float32), allow_pickle=False)
-        os.replace(tmp, path)
 
 
 def blind_examples(classifier: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: str, steps: int = 100,
@@ -272,22 +221,21 @@ def benchmark(
                     seen = purifier
                 key = adversarial_key(classifier, x_all, y_all, spec, seen)
                 cached = cache.load(threat.value, key, tuple(x_all.shape))
-            fresh = []
-            for s in starts:
+
+            def attack_batch(s: int) -> torch.Tensor:
+                target = attack_target(threat, purifier, classifier, seed=seed + s)
+                atk = ATTACK_METHODS[method](target, perturbation, steps=steps, eot=eot, restarts=restarts, seed=seed + s)
+                return atk(x_all[s : s + batch_size].to(dev), y_all[s : s + batch_size].to(dev)).detach().cpu()
+
+            # each batch as it is done is kept (an interrupted run resumes after it); batches another process of the
+            # same run holds are waited for (processes given the same cache folder split the work)
+            batches = ((s, cached[s : s + batch_size]) for s in starts) if cached is not None else shared_batches(
+                cache, threat.value, key, starts, tuple(x_all.shape), lambda s: tuple(x_all[s : s + batch_size].shape),
+                attack_batch)
+            fresh: dict[int, torch.Tensor] = {}
+            for s, x_adv in batches:
                 x, y = x_all[s : s + batch_size], y_all[s : s + batch_size]
-                if cached is not None:
-                    x_adv = cached[s : s + batch_size]
-                else:
-                    # a batch an interrupted run finished is taken from the cache; every other one is attacked and kept
-                    x_adv = cache.load_part(threat.value, key, s, tuple(x.shape)) if key else None
-                    if x_adv is None:
-                        target = attack_target(threat, purifier, classifier, seed=seed + s)
-                        atk = ATTACK_METHODS[method](target, perturbation, steps=steps, eot=eot, restarts=restarts,
-                                                     seed=seed + s)
-                        x_adv = atk(x.to(dev), y.to(dev)).detach().cpu()
-                        if key:
-                            cache.save_part(threat.value, key, s, x_adv)
-                    fresh.append(x_adv)
+                fresh[s] = x_adv
                 pred, purified = predict(x_adv, s)
                 ok[s : s + len(y)] = pred == y.numpy()
                 if keep_examples and s == 0:
@@ -299,7 +247,7 @@ def benchmark(
                     bar.set_postfix(attack=name, threat=threat.value)
                     bar.update(1)
             if key and cached is None:
-                cache.save(threat.value, key, torch.cat(fresh))
+                cache.save(threat.value, key, torch.cat([fresh[s] for s in starts]))
                 cache.drop_parts(threat.value, key)
             robust[name][threat.value] = float((ok & clean_ok).mean())
             ok_all &= ok

@@ -1,0 +1,192 @@
+"""Adversarial examples on disk (``eval robust --cache``), and the batches of one run shared by several processes.
+
+A whole entry is ``DIR/<threat>-<key>.npy``; while a run is under way each finished batch is
+``DIR/<threat>-<key>.part<offset>.npy`` and a batch being attacked is claimed by ``….part<offset>.lock`` (host and
+process id inside). Every file is written whole and renamed, so a reader never sees half of one. Processes that run
+the same evaluation with the same folder (on one machine, or on several that share it) split the batches: each
+attacks the batches nobody holds, waits for the others' and scores them all, so each prints the whole result.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Callable, Iterator, Optional, Sequence
+
+import numpy as np
+import torch
+
+from edgepure.runtime.errors import ConfigError
+
+__all__ = ["AdvCache", "shared_batches"]
+
+POLL_SECONDS = 5.0  # how often a process waiting for another's batch looks again
+
+
+class AdvCache:
+    """Adversarial examples on disk. A blind attack does not see the defense, so one run serves every
+    defense evaluated against the same classifier, images and attack settings; an adaptive one is keyed by
+    the purifier too (its weights and settings), and serves every backend that runs that purifier."""
+
+    def __init__(self, directory: Optional[Path]) -> None:
+        self.dir = Path(directory) if directory is not None else None
+        self._held: set[Path] = set()
+
+    def _path(self, threat: str, key: str, suffix: str = ".npy") -> Optional[Path]:
+        return None if self.dir is None else self.dir / f"{threat}-{key}{suffix}"
+
+    def load(self, threat: str, key: str, shape: tuple[int, ...]) -> Optional[torch.Tensor]:
+        return self._read(self._path(threat, key), shape, "cached adversarial examples have")
+
+    def save(self, threat: str, key: str, x_adv: torch.Tensor) -> None:
+        self._write(self._path(threat, key), x_adv)
+
+    def load_part(self, threat: str, key: str, offset: int, shape: tuple[int, ...]) -> Optional[torch.Tensor]:
+        """The batch at ``offset`` of an entry not yet joined, if that batch was done."""
+        return self._read(self._path(threat, key, f".part{offset:06d}.npy"), shape,
+                          "a cached batch of adversarial examples has")
+
+    def save_part(self, threat: str, key: str, offset: int, x_adv: torch.Tensor) -> None:
+        self._write(self._path(threat, key, f".part{offset:06d}.npy"), x_adv)
+
+    def drop_parts(self, threat: str, key: str) -> None:
+        """Remove an entry's batches once the whole entry is saved (another process may be removing them too)."""
+        if self.dir is not None:
+            for path in self.dir.glob(f"{threat}-{key}.part*.npy"):
+                path.unlink(missing_ok=True)
+
+    # -- claims: which process attacks which batch ----------------------------------------------
+    def claim(self, threat: str, key: str, offset: int) -> bool:
+        """Take the batch at ``offset`` for this process: False while another live process holds it. A claim
+        left by a process of this machine that is gone is taken over; one from another machine is not (it cannot
+        be checked from here: delete its ``.lock`` file)."""
+        lock = self._path(threat, key, f".part{offset:06d}.lock")
+        if lock is None:
+            return True
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                if not _stale(lock):
+                    return False
+                # two processes that both find it stale may both take it: the batch is attacked twice, with the
+                # same seed, and written whole each time; nothing is lost
+                lock.unlink(missing_ok=True)
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(f"{socket.gethostname()} {os.getpid()}\n")
+            self._held.add(lock)
+            return True
+        return False
+
+    def release(self, threat: str, key: str, offset: int) -> None:
+        lock = self._path(threat, key, f".part{offset:06d}.lock")
+        if lock is not None and lock in self._held:
+            self._held.discard(lock)
+            lock.unlink(missing_ok=True)
+
+    def release_all(self) -> None:
+        """Give back every batch this process holds (it stops: interrupted, or an error)."""
+        for lock in list(self._held):
+            lock.unlink(missing_ok=True)
+        self._held.clear()
+
+    # -- files -------------------------------------------------------------------------------------
+    @staticmethod
+    def _read(path: Optional[Path], shape: tuple[int, ...], what: str) -> Optional[torch.Tensor]:
+        if path is None:
+            return None
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except FileNotFoundError:  # not written yet, or joined and removed by another process meanwhile
+            return None
+        if arr.shape != shape or arr.dtype != np.float32:
+            raise ConfigError(f"{path}: {what} shape {arr.shape} {arr.dtype}, expected {shape} float32; delete the file")
+        return torch.from_numpy(arr)
+
+    @staticmethod
+    def _write(path: Optional[Path], x_adv: torch.Tensor) -> None:
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # written whole under a name of this process's own, then renamed: never a half-written entry
+        tmp = path.with_name(f"{path.name}.{socket.gethostname()}-{os.getpid()}.tmp.npy")
+        np.save(tmp, x_adv.numpy().astype(np.float32), allow_pickle=False)
+        os.replace(tmp, path)
+
+
+def _stale(lock: Path) -> bool:
+    """Whether a claim was left by a process of this machine that no longer runs."""
+    try:
+        text = lock.read_text().split()
+        age = time.time() - lock.stat().st_mtime
+    except FileNotFoundError:
+        return True
+    if len(text) != 2 or not text[1].isdigit():
+        return age > 60.0  # a claim is written right after it is made; one still empty after a minute is left over
+    host, pid = text[0], int(text[1])
+    if host != socket.gethostname():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
+def shared_batches(cache: AdvCache, threat: str, key: str, starts: Sequence[int], total: tuple[int, ...],
+                   batch_shape: Callable[[int], tuple[int, ...]], attack: Callable[[int], torch.Tensor],
+                   ) -> Iterator[tuple[int, torch.Tensor]]:
+    """The adversarial batch at each offset of ``starts`` (in the order they become available): read from the
+    cache if a run finished it, else attacked here (``attack(offset)``) and kept, unless another process holds it;
+    those are waited for at the end. ``total`` is the whole entry's shape (another process may join the batches
+    into it while this one waits); ``batch_shape(offset)`` a batch's. Without a cache folder (or ``key``) every
+    batch is attacked here."""
+    if cache.dir is None or not key:
+        for s in starts:
+            yield s, attack(s)
+        return
+
+    def done(s: int) -> Optional[torch.Tensor]:
+        x_adv = cache.load_part(threat, key, s, batch_shape(s))
+        if x_adv is None:  # joined into the whole entry by a process that finished
+            whole = cache.load(threat, key, total)
+            x_adv = None if whole is None else whole[s : s + batch_shape(s)[0]]
+        return x_adv
+
+    def mine(s: int) -> Optional[torch.Tensor]:
+        """Attack the batch at ``s`` if this process can claim it and nobody finished it meanwhile."""
+        if not cache.claim(threat, key, s):
+            return None
+        x_adv = done(s)
+        if x_adv is None:
+            x_adv = attack(s)
+            cache.save_part(threat, key, s, x_adv)
+        cache.release(threat, key, s)
+        return x_adv
+
+    try:
+        pending: list[int] = []
+        for s in starts:
+            x_adv = done(s)
+            if x_adv is None:
+                x_adv = mine(s)
+            if x_adv is None:
+                pending.append(s)
+            else:
+                yield s, x_adv
+        for s in pending:
+            x_adv = done(s)
+            while x_adv is None:
+                time.sleep(POLL_SECONDS)
+                x_adv = done(s)
+                if x_adv is None:  # its holder may have stopped without finishing it
+                    x_adv = mine(s)
+            yield s, x_adv
+    finally:
+        cache.release_all()
