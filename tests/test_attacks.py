@@ -273,8 +273,8 @@ def _shared_run_setup(tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
     run = tmp_path / "run"
     run.mkdir()
 
-    def go() -> dict:  # type: ignore[type-arg]
-        return benchmark(m, data, create_purifier("gaussian", sigma=1.0), cache_dir=run, **kw)  # type: ignore[arg-type]
+    def go(**extra: object) -> dict:  # type: ignore[type-arg]
+        return benchmark(m, data, create_purifier("gaussian", sigma=1.0), cache_dir=run, **kw, **extra)  # type: ignore[arg-type]
 
     return whole, np.load(entry), entry.name[: -len(".npy")], run, attacked, hooks, go
 
@@ -296,7 +296,7 @@ def test_a_batch_another_process_holds_is_waited_for_not_attacked_again(tmp_path
     np.testing.assert_array_equal(np.load(run / f"{stem}.npy"), examples)
 
 
-def test_a_batch_whose_holder_died_is_taken_over(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_a_batch_whose_holder_died_is_taken_over(tmp_path, monkeypatch, capsys) -> None:  # type: ignore[no-untyped-def]
     import socket
     import subprocess
     import sys
@@ -311,11 +311,12 @@ def test_a_batch_whose_holder_died_is_taken_over(tmp_path, monkeypatch) -> None:
             holder.wait()
 
         hooks[10] = the_holder_dies
-        result = go()
+        result = go(progress=True)  # the bar says which batch it waits for
     finally:
         holder.kill()
         holder.wait()
     assert attacked == [0, 10, 5]  # left to the live holder at first, taken over once it was gone
+    assert "waiting=batch 5 (another process)" in capsys.readouterr().err
     assert result["robust_accuracy"] == whole["robust_accuracy"]
     assert sorted(p.name for p in run.iterdir()) == [f"{stem}.npy"]
 

@@ -141,12 +141,12 @@ def _stale(lock: Path) -> bool:
 
 def shared_batches(cache: AdvCache, threat: str, key: str, starts: Sequence[int], total: tuple[int, ...],
                    batch_shape: Callable[[int], tuple[int, ...]], attack: Callable[[int], torch.Tensor],
-                   ) -> Iterator[tuple[int, torch.Tensor]]:
+                   on_wait: Optional[Callable[[int], None]] = None) -> Iterator[tuple[int, torch.Tensor]]:
     """The adversarial batch at each offset of ``starts`` (in the order they become available): read from the
     cache if a run finished it, else attacked here (``attack(offset)``) and kept, unless another process holds it;
     those are waited for at the end. ``total`` is the whole entry's shape (another process may join the batches
-    into it while this one waits); ``batch_shape(offset)`` a batch's. Without a cache folder (or ``key``) every
-    batch is attacked here."""
+    into it while this one waits); ``batch_shape(offset)`` a batch's; ``on_wait(offset)`` is told when this
+    process starts waiting for another's batch. Without a cache folder (or ``key``) every batch is attacked here."""
     if cache.dir is None or not key:
         for s in starts:
             yield s, attack(s)
@@ -182,6 +182,8 @@ def shared_batches(cache: AdvCache, threat: str, key: str, starts: Sequence[int]
                 yield s, x_adv
         for s in pending:
             x_adv = done(s)
+            if x_adv is None and on_wait is not None:
+                on_wait(s)
             while x_adv is None:
                 time.sleep(POLL_SECONDS)
                 x_adv = done(s)

@@ -231,7 +231,8 @@ def benchmark(
             # same run holds are waited for (processes given the same cache folder split the work)
             batches = ((s, cached[s : s + batch_size]) for s in starts) if cached is not None else shared_batches(
                 cache, threat.value, key, starts, tuple(x_all.shape), lambda s: tuple(x_all[s : s + batch_size].shape),
-                attack_batch)
+                attack_batch, on_wait=None if bar is None else lambda s: bar.set_postfix(  # type: ignore[union-attr]
+                    attack=name, threat=threat.value, waiting=f"batch {s} (another process)"))
             fresh: dict[int, torch.Tensor] = {}
             for s, x_adv in batches:
                 x, y = x_all[s : s + batch_size], y_all[s : s + batch_size]
