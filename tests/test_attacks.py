@@ -240,7 +240,7 @@ def test_an_interrupted_run_resumes_after_its_last_finished_batch(tmp_path, monk
 
 def _shared_run_setup(tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
     """A 12-image adaptive run in batches of 5, its result and its examples; attacks from then on are recorded by
-    their batch offsets, and ``on_attack(offset)`` runs before each."""
+    their batch offsets, and ``hooks[offset]()`` runs before the attack of that batch."""
     from edgepure.evaluate import cache, robust
 
     x, y, m = _batch(12)

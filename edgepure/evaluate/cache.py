@@ -13,7 +13,7 @@ import os
 import socket
 import time
 from pathlib import Path
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional
 
 import numpy as np
 import torch
@@ -122,11 +122,11 @@ def _stale(lock: Path) -> bool:
     """Whether a claim was left by a process of this machine that no longer runs."""
     try:
         text = lock.read_text().split()
-        age = time.time() - lock.stat().st_mtime
+        if len(text) != 2 or not text[1].isdigit():
+            # a claim is written right after it is made; one still without its owner after a minute is left over
+            return time.time() - lock.stat().st_mtime > 60.0
     except FileNotFoundError:
         return True
-    if len(text) != 2 or not text[1].isdigit():
-        return age > 60.0  # a claim is written right after it is made; one still empty after a minute is left over
     host, pid = text[0], int(text[1])
     if host != socket.gethostname():
         return False
@@ -139,31 +139,33 @@ def _stale(lock: Path) -> bool:
     return False
 
 
-def shared_batches(cache: AdvCache, threat: str, key: str, starts: Sequence[int], total: tuple[int, ...],
-                   batch_shape: Callable[[int], tuple[int, ...]], attack: Callable[[int], torch.Tensor],
-                   on_wait: Optional[Callable[[int], None]] = None) -> Iterator[tuple[int, torch.Tensor]]:
-    """The adversarial batch at each offset of ``starts`` (in the order they become available): read from the
-    cache if a run finished it, else attacked here (``attack(offset)``) and kept, unless another process holds it;
-    those are waited for at the end. ``total`` is the whole entry's shape (another process may join the batches
-    into it while this one waits); ``batch_shape(offset)`` a batch's; ``on_wait(offset)`` is told when this
-    process starts waiting for another's batch. Without a cache folder (or ``key``) every batch is attacked here."""
+def shared_batches(cache: AdvCache, threat: str, key: str, total: tuple[int, ...], batch_size: int,
+                   attack: Callable[[int], torch.Tensor], on_wait: Optional[Callable[[int], None]] = None,
+                   ) -> Iterator[tuple[int, torch.Tensor]]:
+    """The adversarial batch at each offset of an entry of shape ``total`` in batches of ``batch_size`` (in the order
+    they become available): read from the cache if a run finished it, else attacked here (``attack(offset)``) and
+    kept, unless another process holds it; those are waited for at the end (another process may join the batches
+    into the whole entry meanwhile). ``on_wait(offset)`` is told when this process starts waiting for another's
+    batch. Without a cache folder (or ``key``) every batch is attacked here."""
+    starts = range(0, total[0], batch_size)
     if cache.dir is None or not key:
         for s in starts:
             yield s, attack(s)
         return
 
     def done(s: int) -> Optional[torch.Tensor]:
-        x_adv = cache.load_part(threat, key, s, batch_shape(s))
+        x_adv = cache.load_part(threat, key, s, (min(batch_size, total[0] - s), *total[1:]))
         if x_adv is None:  # joined into the whole entry by a process that finished
             whole = cache.load(threat, key, total)
-            x_adv = None if whole is None else whole[s : s + batch_shape(s)[0]]
+            x_adv = None if whole is None else whole[s : s + batch_size]
         return x_adv
 
-    def mine(s: int) -> Optional[torch.Tensor]:
-        """Attack the batch at ``s`` if this process can claim it and nobody finished it meanwhile."""
-        if not cache.claim(threat, key, s):
-            return None
+    def fetch(s: int) -> Optional[torch.Tensor]:
+        """The batch at ``s`` if it is done, else attacked here and kept; None while another process holds it."""
         x_adv = done(s)
+        if x_adv is not None or not cache.claim(threat, key, s):
+            return x_adv
+        x_adv = done(s)  # finished by its last holder between the look and the claim
         if x_adv is None:
             x_adv = attack(s)
             cache.save_part(threat, key, s, x_adv)
@@ -173,9 +175,7 @@ def shared_batches(cache: AdvCache, threat: str, key: str, starts: Sequence[int]
     try:
         pending: list[int] = []
         for s in starts:
-            x_adv = done(s)
-            if x_adv is None:
-                x_adv = mine(s)
+            x_adv = fetch(s)
             if x_adv is None:
                 pending.append(s)
             else:
@@ -184,11 +184,9 @@ def shared_batches(cache: AdvCache, threat: str, key: str, starts: Sequence[int]
             x_adv = done(s)
             if x_adv is None and on_wait is not None:
                 on_wait(s)
-            while x_adv is None:
+            while x_adv is None:  # taken over here if its holder stops without finishing it
                 time.sleep(POLL_SECONDS)
-                x_adv = done(s)
-                if x_adv is None:  # its holder may have stopped without finishing it
-                    x_adv = mine(s)
+                x_adv = fetch(s)
             yield s, x_adv
     finally:
         cache.release_all()

@@ -227,12 +227,14 @@ def benchmark(
                 atk = ATTACK_METHODS[method](target, perturbation, steps=steps, eot=eot, restarts=restarts, seed=seed + s)
                 return atk(x_all[s : s + batch_size].to(dev), y_all[s : s + batch_size].to(dev)).detach().cpu()
 
+            def waiting(s: int) -> None:
+                if bar is not None:
+                    bar.set_postfix(attack=name, threat=threat.value, waiting=f"batch {s} (another process)")
+
             # each batch as it is done is kept (an interrupted run resumes after it); batches another process of the
             # same run holds are waited for (processes given the same cache folder split the work)
             batches = ((s, cached[s : s + batch_size]) for s in starts) if cached is not None else shared_batches(
-                cache, threat.value, key, starts, tuple(x_all.shape), lambda s: tuple(x_all[s : s + batch_size].shape),
-                attack_batch, on_wait=None if bar is None else lambda s: bar.set_postfix(  # type: ignore[union-attr]
-                    attack=name, threat=threat.value, waiting=f"batch {s} (another process)"))
+                cache, threat.value, key, tuple(x_all.shape), batch_size, attack_batch, on_wait=waiting)
             fresh: dict[int, torch.Tensor] = {}
             for s, x_adv in batches:
                 x, y = x_all[s : s + batch_size], y_all[s : s + batch_size]
