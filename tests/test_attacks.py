@@ -321,6 +321,25 @@ def test_a_batch_whose_holder_died_is_taken_over(tmp_path, monkeypatch, capsys) 
     assert sorted(p.name for p in run.iterdir()) == [f"{stem}.npy"]
 
 
+def test_a_batch_another_process_finishes_is_taken_as_soon_as_it_is_there(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """A batch left to another process is scored when it appears, not only after this process's own batches (so the
+    progress bar counts every finished batch)."""
+    from edgepure.evaluate.cache import AdvCache, shared_batches
+
+    store = AdvCache(tmp_path)
+    other = torch.full((2, 3, 4, 4), 0.5)
+    (tmp_path / "adaptive-k.part000000.lock").write_text("another-machine 999999999\n")
+
+    def attack(s: int) -> torch.Tensor:
+        if s == 2:  # while this process attacks its first batch, the other one finishes batch 0
+            store.save_part("adaptive", "k", 0, other)
+            (tmp_path / "adaptive-k.part000000.lock").unlink()
+        return torch.full((2, 3, 4, 4), float(s))
+
+    got = [(s, float(x[0, 0, 0, 0])) for s, x in shared_batches(store, "adaptive", "k", (6, 3, 4, 4), 2, attack)]
+    assert got == [(2, 2.0), (0, 0.5), (4, 4.0)]
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_benchmark_on_cuda_matches_the_cpu() -> None:
     x, y, m = _batch(12)

@@ -172,9 +172,18 @@ def shared_batches(cache: AdvCache, threat: str, key: str, total: tuple[int, ...
         cache.release(threat, key, s)
         return x_adv
 
+    pending: list[int] = []
+
+    def finished_meanwhile() -> Iterator[tuple[int, torch.Tensor]]:
+        for s in list(pending):
+            x_adv = done(s)
+            if x_adv is not None:
+                pending.remove(s)
+                yield s, x_adv
+
     try:
-        pending: list[int] = []
         for s in starts:
+            yield from finished_meanwhile()  # scored (and counted by the progress bar) as soon as they are there
             x_adv = fetch(s)
             if x_adv is None:
                 pending.append(s)
