@@ -340,6 +340,26 @@ def test_a_batch_another_process_finishes_is_taken_as_soon_as_it_is_there(tmp_pa
     assert got == [(2, 2.0), (0, 0.5), (4, 4.0)]
 
 
+def test_an_entry_another_process_joined_is_read_once_not_attacked(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from edgepure.evaluate.cache import AdvCache, shared_batches
+
+    store = AdvCache(tmp_path)
+    whole = torch.arange(6.0).view(6, 1, 1, 1).expand(6, 3, 4, 4).contiguous()
+    store.save("adaptive", "k", whole)  # another process finished every batch and joined them
+    reads: list[str] = []
+    load = store.load
+    monkeypatch.setattr(store, "load", lambda *a: reads.append(a[0]) or load(*a))
+
+    def attack(s: int) -> torch.Tensor:
+        raise AssertionError(f"batch {s} was attacked again")
+
+    got = {s: x for s, x in shared_batches(store, "adaptive", "k", (6, 3, 4, 4), 2, attack)}
+    assert sorted(got) == [0, 2, 4]
+    for s, x in got.items():
+        torch.testing.assert_close(x, whole[s : s + 2])
+    assert reads == ["adaptive"]  # the whole entry is read once, not once per batch
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_benchmark_on_cuda_matches_the_cpu() -> None:
     x, y, m = _batch(12)

@@ -153,11 +153,17 @@ def shared_batches(cache: AdvCache, threat: str, key: str, total: tuple[int, ...
             yield s, attack(s)
         return
 
+    joined: list[torch.Tensor] = []  # the whole entry, read once another process has joined the batches into it
+
     def done(s: int) -> Optional[torch.Tensor]:
+        if joined:
+            return joined[0][s : s + batch_size]
         x_adv = cache.load_part(threat, key, s, (min(batch_size, total[0] - s), *total[1:]))
         if x_adv is None:  # joined into the whole entry by a process that finished
             whole = cache.load(threat, key, total)
-            x_adv = None if whole is None else whole[s : s + batch_size]
+            if whole is not None:
+                joined.append(whole)
+                x_adv = whole[s : s + batch_size]
         return x_adv
 
     def fetch(s: int) -> Optional[torch.Tensor]:
