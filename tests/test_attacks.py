@@ -200,6 +200,36 @@ def test_adaptive_adversarials_are_cached_per_purifier(tmp_path) -> None:  # typ
     assert len(list(tmp_path.glob("adaptive-*.npy"))) == 2
 
 
+def test_a_surrogate_crafts_the_adaptive_examples_and_the_defense_scores_them(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    x, y, m = _batch(10)
+    data = ImageSet((x.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8), y.numpy(), [str(i) for i in range(10)],
+                    ("a", "b", "c"))
+    kw = dict(attacks=["additive"], threats=["adaptive"], steps=5, batch_size=5, budgets={"additive": {"eps": 0.3}},
+              cache_dir=tmp_path)
+    # the surrogate defended on its own: its adaptive examples are cached
+    own = benchmark(m, data, create_purifier("median", kernel_size=3), **kw)  # type: ignore[arg-type]
+    (entry,) = tmp_path.glob("adaptive-*.npy")
+    adv = torch.from_numpy(np.load(entry))
+    defense = create_purifier("median", kernel_size=5)
+    via = benchmark(m, data, defense, surrogate=create_purifier("median", kernel_size=3), **kw)  # type: ignore[arg-type]
+    assert len(list(tmp_path.glob("adaptive-*.npy"))) == 1  # the surrogate's examples, read back, not crafted again
+    assert via["surrogate"] == {"defense": "median", "defense_config": {"kernel_size": 3}}
+    assert via["defense_config"] == {"kernel_size": 5}
+    with torch.no_grad():  # scored on the defense, not on the surrogate
+        clean_ok = m(defense(x)).argmax(1) == y
+        expect = float(((m(defense(adv)).argmax(1) == y) & clean_ok).float().mean())
+    assert via["robust_accuracy"]["additive"]["adaptive"] == pytest.approx(expect)
+    assert via["clean_accuracy"] == pytest.approx(float(clean_ok.float().mean()))
+    assert own["defense_config"] == {"kernel_size": 3}
+    # without a cache the surrogate's examples are crafted afresh: the same ones
+    fresh = benchmark(m, data, defense, surrogate="median", **{**kw, "cache_dir": None})  # type: ignore[arg-type]
+    assert fresh["robust_accuracy"] == via["robust_accuracy"]
+    with pytest.raises(ConfigError, match="without a defense"):
+        benchmark(m, data, None, surrogate="median", **kw)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="used only by the adaptive threats"):
+        benchmark(m, data, defense, surrogate="median", **{**kw, "threats": ["blind"]})  # type: ignore[arg-type]
+
+
 def test_an_interrupted_run_resumes_after_its_last_finished_batch(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     from edgepure.evaluate import robust
     from edgepure.purifiers import create_purifier
@@ -382,3 +412,16 @@ def test_attack_method_lists_parse_and_bad_ones_are_user_errors() -> None:
     for bad in ("apgd", "fgsm:3", "pgd:0", "pgd:x", "apgd:5,apgd:5"):
         with pytest.raises(ConfigError, match="--blind-methods"):
             parse_attack_methods(bad)
+
+
+def test_a_surrogate_keeps_the_defenses_weights_and_changes_only_what_is_asked() -> None:
+    from edgepure.evaluate.robust import surrogate_of
+
+    torch.manual_seed(0)
+    defense = create_purifier("nappure", kind="distortion", mode="reference", prior="edm_unet_xs", pretrained=False)
+    stand_in = surrogate_of(defense, steps=3)
+    assert stand_in.config() == {**defense.config(), "steps": 3} and defense.config()["steps"] == 500
+    own, got = defense.state_dict(), stand_in.state_dict()
+    assert own.keys() == got.keys() and all(torch.equal(own[k], got[k]) for k in own)  # the random prior, not a new one
+    with pytest.raises(ConfigError, match="surrogate: stepz is not a setting of the defense"):
+        surrogate_of(defense, stepz=3)

@@ -91,6 +91,27 @@ def test_eval_robust_takes_purifier_settings(tiny_run: Path) -> None:
     assert r.exit_code == 1 and "unknown setting" in r.stderr
 
 
+def test_eval_robust_crafts_adaptive_examples_through_a_surrogate(tiny_run: Path) -> None:
+    args = ["eval", "robust", "--data", "synth", "--n", "2", "--model", str(tiny_run), "--attack", "additive",
+            "--threat", "adaptive", "--steps", "1", "--defense", "nappure", "--kind", "additive",
+            "--defense-arg", "mode=reference", "--defense-arg", "steps=3", "--defense-arg", 'prior="edm_unet_xs"',
+            "--defense-arg", "pretrained=false"]
+    r = runner.invoke(app, args + ["--surrogate-arg", "steps=1", "--json"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)
+    assert res["defense_config"]["steps"] == 3 and res["defense_config"]["mode"] == "reference"
+    stand_in = res["surrogate"]["defense_config"]
+    assert res["surrogate"]["defense"] == "nappure" and stand_in == {**res["defense_config"], "steps": 1}
+    r = runner.invoke(app, args + ["--surrogate-arg", "steps=1"])
+    assert r.exit_code == 0 and "crafted through the surrogate nappure (steps=1)" in r.stdout
+    r = runner.invoke(app, args + ["--surrogate-arg", "stepz=1"])
+    assert r.exit_code == 1 and "surrogate: stepz is not a setting of the defense" in r.stderr
+    r = runner.invoke(app, args[:8] + ["--surrogate-arg", "steps=1"])  # no --defense
+    assert r.exit_code == 1 and "--surrogate-arg given without a defense" in r.stderr
+    r = runner.invoke(app, [a if a != "adaptive" else "blind" for a in args] + ["--surrogate-arg", "steps=1"])
+    assert r.exit_code == 1 and "used only by the adaptive threats" in r.stderr
+
+
 def test_eval_robust_writes_its_report(tiny_run: Path, tmp_path: Path) -> None:
     run = tiny_run
     out = tmp_path / "report"

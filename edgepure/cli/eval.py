@@ -96,6 +96,9 @@ def robust(
     defense: Annotated[str, typer.Option(help="A registered purifier, or 'none'.")] = "none",
     kind: Annotated[Optional[str], typer.Option(help="Purifier kind (NAPPure: blur, occlusion, distortion, additive, joint).")] = None,
     defense_arg: Annotated[Optional[list[str]], typer.Option(help="Purifier setting key=value (repeatable), e.g. steps=8.")] = None,
+    surrogate_arg: Annotated[Optional[list[str]], typer.Option(
+        help="Craft the adaptive threats' examples through the defense with this setting changed (key=value, "
+             "repeatable; its weights kept), e.g. steps=32 for mode=reference; they are scored on the defense as given.")] = None,
     attack: Annotated[str, typer.Option(help="Comma list of conv, patch, flow, additive, all.")] = "conv,patch,flow,additive,all",
     threat: Annotated[str, typer.Option(help="Comma list of blind, adaptive, bpda.")] = "blind,adaptive",
     eot: Annotated[int, typer.Option(help="Expectation over transformation: gradient samples per step.")] = 1,
@@ -153,6 +156,14 @@ def robust(
         scorer = OnnxScorer(model, purifier)  # type: ignore[arg-type]
     else:
         net = resolve_classifier(model)
+    surrogate = None
+    if surrogate_arg:
+        from edgepure.evaluate.robust import surrogate_of
+        from edgepure.runtime.errors import ConfigError
+
+        if purifier is None:
+            raise ConfigError("--surrogate-arg given without a defense (--defense or an exported --model)")
+        surrogate = surrogate_of(purifier, **parse_settings(surrogate_arg, "--surrogate-arg"))  # type: ignore[arg-type]
     ds = open_dataset(data, split.value, n=n, seed=seed, size=int(getattr(net, "input_size", 32)), progress=True)
     _check_classes(net, ds)
     budgets = "cifar10" if dataset_kind(data) == "cifar10" else "gtsrb"
@@ -160,6 +171,7 @@ def robust(
         net, ds, purifier, attacks, threats, method=method.value, steps=steps, eot=eot,  # type: ignore[arg-type]
         restarts=restarts, seed=seed, batch_size=batch_size, dataset=budgets, progress=True,
         keep_examples=examples if out is not None else 0, scorer=scorer, cache_dir=cache, device=dev,
+        surrogate=surrogate,
     )
     if scorer is not None:
         result["scored_by"] = f"onnxruntime: {Path(model) / scorer.entry['file']}"  # type: ignore[arg-type]

@@ -22,6 +22,11 @@ def format_table(result: dict[str, Any]) -> str:
     for name, row in result["robust_accuracy"].items():
         lines.append(f"{name:<10}" + "".join(f"{row[c] * 100:>9.2f}%" for c in cols))
     lines.append(f"{'average':<10}" + "".join(f"{result['average'][c] * 100:>9.2f}%" for c in cols))
+    if "surrogate" in result:
+        own, stand_in = result.get("defense_config", {}), result["surrogate"]["defense_config"]
+        changed = {k: v for k, v in stand_in.items() if own.get(k) != v}
+        lines.append(f"adaptive threats crafted through the surrogate {result['surrogate']['defense']} "
+                     f"({', '.join(f'{k}={v}' for k, v in changed.items()) or 'the same settings'})")
     return "\n".join(lines)
 
 

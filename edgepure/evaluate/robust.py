@@ -28,7 +28,7 @@ from edgepure.purifiers import Purifier, create_purifier
 from edgepure.runtime.errors import ConfigError
 
 __all__ = ["ATTACK_METHODS", "AdvCache", "adversarial_key", "benchmark", "blind_examples", "blind_spec",
-           "parse_attack_methods"]
+           "parse_attack_methods", "surrogate_of"]
 
 ATTACK_METHODS = {"apgd": APGD, "pgd": PGD}
 
@@ -63,6 +63,25 @@ def _defended_predict(classifier: nn.Module, purifier: Optional[Purifier], x: to
         return vote(x, noise).argmax(1).cpu().numpy(), xp
     xp = purifier(x, purifier.sample_noise(x, g))
     return classifier(xp).argmax(1).cpu().numpy(), xp
+
+
+def surrogate_of(purifier: Purifier, **changes: Any) -> Purifier:
+    """``purifier`` with the settings ``changes`` changed (e.g. ``steps=32`` of a 500-step reference NAPPure), its
+    weights copied from ``purifier`` (shipped, trained or random alike) unless ``changes`` names another ``prior``:
+    a stand-in for :func:`benchmark`'s ``surrogate``."""
+    config = purifier.config()
+    unknown = sorted(set(changes) - set(config))
+    if unknown:
+        raise ConfigError(f"surrogate: {', '.join(unknown)} is not a setting of the defense "
+                          f"(expected one of {', '.join(sorted(config))})")
+    name = getattr(purifier, "edgepure_name", None)
+    if name is None:
+        raise ConfigError(f"surrogate: {type(purifier).__name__} is not a registered purifier (create_purifier)")
+    own_weights = "prior" not in changes
+    stand_in = create_purifier(name, pretrained=not own_weights, **(config | changes))
+    if own_weights:
+        stand_in.load_state_dict(purifier.state_dict())
+    return stand_in
 
 
 def adversarial_key(classifier: nn.Module, x: torch.Tensor, y: torch.Tensor, spec: dict[str, Any],
@@ -141,6 +160,7 @@ def benchmark(
     scorer: Optional[Callable[[torch.Tensor, int], np.ndarray]] = None,
     cache_dir: Optional[str | Path] = None,
     device: str | torch.device = "cpu",
+    surrogate: str | Purifier | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``classifier`` behind ``defense`` (a registered purifier name, a Purifier, or None) on
     ``data`` under each attack family and threat model. Returns a dict of plain numbers.
@@ -152,7 +172,13 @@ def benchmark(
     settings) and reuses them: blind ones for the next defense, adaptive ones for the next backend; each batch is kept as
     it is done, so a run that was interrupted resumes after its last finished batch. ``device``
     runs the attacks and the PyTorch pipeline there (the modules are moved to it); every random draw is made on the
-    CPU, so a GPU run attacks and purifies with the same noise as a CPU run."""
+    CPU, so a GPU run attacks and purifies with the same noise as a CPU run.
+
+    ``surrogate`` (a purifier, or a registered name): the adaptive threats (``adaptive``, ``bpda``) differentiate
+    through it instead of the defense, and the examples are scored on the defense — a stand-in for a purifier too long to
+    differentiate (NAPPure's 500-step reference mode: the same settings for fewer steps). Its examples are cached under
+    its own key, so the examples of a run that defended with the surrogate itself are reused. The result's
+    ``surrogate`` records it."""
     unknown = [a for a in attacks if a not in PERTURBATIONS]
     if unknown:
         raise ConfigError(f"unknown attack(s) {', '.join(unknown)} (expected {', '.join(PERTURBATIONS)})")
@@ -165,15 +191,21 @@ def benchmark(
     if len(data) == 0:
         raise ConfigError("no images to evaluate")
     purifier = create_purifier(defense) if isinstance(defense, str) else defense
-    if purifier is not None:
-        frozen(purifier)
-    frozen(classifier)
+    stand_in = create_purifier(surrogate) if isinstance(surrogate, str) else surrogate
+    if stand_in is not None:
+        if purifier is None:
+            raise ConfigError("a surrogate purifier was given without a defense: it stands in for the defense's gradient")
+        if all(t is Threat.blind for t in threat_list):
+            raise ConfigError(f"a surrogate purifier is used only by the adaptive threats (adaptive, bpda); "
+                              f"the threats asked are {', '.join(t.value for t in threat_list)}")
     dev = torch.device(device)
-    classifier.to(dev)
-    if purifier is not None:
-        purifier.to(dev)
+    for module in (purifier, stand_in, classifier):
+        if module is not None:
+            frozen(module)
+            module.to(dev)
     if purifier is None:
         threat_list = [Threat.blind]  # without a defense every threat is the same attack
+    attacked = stand_in if stand_in is not None else purifier  # what the adaptive threats differentiate
     x_all = torch.from_numpy(data.as_float_nchw())
     y_all = torch.from_numpy(data.labels)
     n = len(data)
@@ -214,16 +246,16 @@ def benchmark(
                                   restarts=restarts, batch_size=batch_size)
                 seen = None
                 if threat is not Threat.blind:
-                    assert purifier is not None
+                    assert attacked is not None
                     # votes change the scoring, not the attack (one draw per gradient): not part of the key
-                    spec.update(threat=threat.value, defense=getattr(purifier, "edgepure_name", type(purifier).__name__),
-                                defense_config={k: v for k, v in purifier.config().items() if k != "votes"})
-                    seen = purifier
+                    spec.update(threat=threat.value, defense=getattr(attacked, "edgepure_name", type(attacked).__name__),
+                                defense_config={k: v for k, v in attacked.config().items() if k != "votes"})
+                    seen = attacked
                 key = adversarial_key(classifier, x_all, y_all, spec, seen)
                 cached = cache.load(threat.value, key, tuple(x_all.shape))
 
             def attack_batch(s: int) -> torch.Tensor:
-                target = attack_target(threat, purifier, classifier, seed=seed + s)
+                target = attack_target(threat, attacked, classifier, seed=seed + s)
                 atk = ATTACK_METHODS[method](target, perturbation, steps=steps, eot=eot, restarts=restarts, seed=seed + s)
                 return atk(x_all[s : s + batch_size].to(dev), y_all[s : s + batch_size].to(dev)).detach().cpu()
 
@@ -276,6 +308,9 @@ def benchmark(
         "seconds_per_attack": seconds,
         "images_per_second": round(n * len(attacks) * len(threat_list) / elapsed, 2) if elapsed > 0 else None,
     }
+    if stand_in is not None:
+        result["surrogate"] = {"defense": getattr(stand_in, "edgepure_name", type(stand_in).__name__),
+                               "defense_config": stand_in.config()}
     if keep_examples:
         result["examples"] = examples
     return result
