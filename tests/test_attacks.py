@@ -54,6 +54,12 @@ def test_attack_output_respects_budget_and_gradients_are_finite(family: str) -> 
     assert all(torch.isfinite(gk).all() for gk in grads.values())
 
 
+
+def _imageset(x: torch.Tensor, y: torch.Tensor) -> ImageSet:
+    """``x`` (N×3×H×W in [0, 1]) and ``y`` as an 8-bit image set of the templates' three classes."""
+    return ImageSet((x.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8), y.numpy(),
+                    [str(i) for i in range(len(y))], ("a", "b", "c"))
+
 def test_additive_attack_breaks_the_template_model() -> None:
     x, y, m = _batch()
     assert _acc(m, x, y) == 1.0
@@ -115,8 +121,7 @@ def test_eot_over_a_stochastic_purifier_is_reproducible() -> None:
 
 def test_benchmark_numbers_are_consistent() -> None:
     x, y, m = _batch(12)
-    data = ImageSet((x.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8), y.numpy(), [str(i) for i in range(12)],
-                    ("a", "b", "c"))
+    data = _imageset(x, y)
     r = benchmark(m, data, "gaussian", ["additive", "flow"], ["blind", "adaptive"], steps=5, batch_size=5,
                   budgets={"additive": {"eps": 0.3}})
     assert r["n"] == 12 and r["threats"] == ["blind", "adaptive"]
@@ -131,8 +136,7 @@ def test_benchmark_numbers_are_consistent() -> None:
 
 def test_blind_adversarials_are_cached_per_classifier_images_and_attack(tmp_path) -> None:  # type: ignore[no-untyped-def]
     x, y, m = _batch(12)
-    data = ImageSet((x.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8), y.numpy(), [str(i) for i in range(12)],
-                    ("a", "b", "c"))
+    data = _imageset(x, y)
     kw = dict(attacks=["additive"], threats=["blind"], steps=5, batch_size=5, budgets={"additive": {"eps": 0.3}},
               cache_dir=tmp_path)
     first = benchmark(m, data, "median", **kw)  # type: ignore[arg-type]
@@ -154,8 +158,7 @@ def test_blind_examples_are_benchmarks_examples_for_every_method(tmp_path) -> No
     from edgepure.evaluate.robust import blind_examples
 
     x, y, m = _batch(12)
-    data = ImageSet((x.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8), y.numpy(), [str(i) for i in range(12)],
-                    ("a", "b", "c"))
+    data = _imageset(x, y)
     benchmark(m, data, None, ["additive"], ["blind"], method="pgd", steps=2, cache_dir=tmp_path)
     (cached,) = tmp_path.glob("blind-*.npy")
     xs, ys = torch.from_numpy(data.as_float_nchw()), torch.from_numpy(data.labels)
@@ -175,8 +178,7 @@ def test_adaptive_adversarials_are_cached_per_purifier(tmp_path) -> None:  # typ
     from edgepure.purifiers import create_purifier
 
     x, y, m = _batch(10)
-    data = ImageSet((x.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8), y.numpy(), [str(i) for i in range(10)],
-                    ("a", "b", "c"))
+    data = _imageset(x, y)
     kw = dict(attacks=["additive"], threats=["adaptive"], steps=5, batch_size=5, budgets={"additive": {"eps": 0.3}},
               cache_dir=tmp_path)
     first = benchmark(m, data, create_purifier("gaussian", sigma=1.0), **kw)  # type: ignore[arg-type]
@@ -202,8 +204,7 @@ def test_adaptive_adversarials_are_cached_per_purifier(tmp_path) -> None:  # typ
 
 def test_a_surrogate_crafts_the_adaptive_examples_and_the_defense_scores_them(tmp_path) -> None:  # type: ignore[no-untyped-def]
     x, y, m = _batch(10)
-    data = ImageSet((x.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8), y.numpy(), [str(i) for i in range(10)],
-                    ("a", "b", "c"))
+    data = _imageset(x, y)
     kw = dict(attacks=["additive"], threats=["adaptive"], steps=5, batch_size=5, budgets={"additive": {"eps": 0.3}},
               cache_dir=tmp_path)
     # the surrogate defended on its own: its adaptive examples are cached
@@ -235,8 +236,7 @@ def test_an_interrupted_run_resumes_after_its_last_finished_batch(tmp_path, monk
     from edgepure.purifiers import create_purifier
 
     x, y, m = _batch(12)
-    data = ImageSet((x.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8), y.numpy(), [str(i) for i in range(12)],
-                    ("a", "b", "c"))
+    data = _imageset(x, y)
     kw = dict(attacks=["additive"], threats=["adaptive"], method="pgd", steps=3, batch_size=5,
               budgets={"additive": {"eps": 0.3}})
     whole = benchmark(m, data, create_purifier("gaussian", sigma=1.0), **kw)  # type: ignore[arg-type]
@@ -274,8 +274,7 @@ def _shared_run_setup(tmp_path, monkeypatch):  # type: ignore[no-untyped-def]
     from edgepure.evaluate import cache, robust
 
     x, y, m = _batch(12)
-    data = ImageSet((x.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8), y.numpy(), [str(i) for i in range(12)],
-                    ("a", "b", "c"))
+    data = _imageset(x, y)
     kw = dict(attacks=["additive"], threats=["adaptive"], method="pgd", steps=3, batch_size=5,
               budgets={"additive": {"eps": 0.3}})
     ref = tmp_path / "ref"
@@ -393,8 +392,7 @@ def test_an_entry_another_process_joined_is_read_once_not_attacked(tmp_path, mon
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_benchmark_on_cuda_matches_the_cpu() -> None:
     x, y, m = _batch(12)
-    data = ImageSet((x.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8), y.numpy(), [str(i) for i in range(12)],
-                    ("a", "b", "c"))
+    data = _imageset(x, y)
     kw = dict(attacks=["additive", "patch"], threats=["blind", "adaptive"], steps=3, batch_size=6)
     cpu = benchmark(m, data, create_purifier("nappure", kind="additive", steps=2), **kw)  # type: ignore[arg-type]
     gpu = benchmark(Templates(), data, create_purifier("nappure", kind="additive", steps=2), device="cuda", **kw)  # type: ignore[arg-type]

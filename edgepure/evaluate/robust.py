@@ -65,6 +65,11 @@ def _defended_predict(classifier: nn.Module, purifier: Optional[Purifier], x: to
     return classifier(xp).argmax(1).cpu().numpy(), xp
 
 
+def _name(purifier: nn.Module) -> str:
+    """The registered name of ``purifier`` (its class name if it was not built by ``create_purifier``)."""
+    return getattr(purifier, "edgepure_name", type(purifier).__name__)
+
+
 def surrogate_of(purifier: Purifier, **changes: Any) -> Purifier:
     """``purifier`` with the settings ``changes`` changed (e.g. ``steps=32`` of a 500-step reference NAPPure), its
     weights copied from ``purifier`` (shipped, trained or random alike) unless ``changes`` names another ``prior``:
@@ -248,7 +253,7 @@ def benchmark(
                 if threat is not Threat.blind:
                     assert attacked is not None
                     # votes change the scoring, not the attack (one draw per gradient): not part of the key
-                    spec.update(threat=threat.value, defense=getattr(attacked, "edgepure_name", type(attacked).__name__),
+                    spec.update(threat=threat.value, defense=_name(attacked),
                                 defense_config={k: v for k, v in attacked.config().items() if k != "votes"})
                     seen = attacked
                 key = adversarial_key(classifier, x_all, y_all, spec, seen)
@@ -295,7 +300,7 @@ def benchmark(
     elapsed = time.perf_counter() - t0
     result: dict[str, Any] = {
         "n": n,
-        "defense": getattr(purifier, "edgepure_name", type(purifier).__name__) if purifier is not None else "none",
+        "defense": _name(purifier) if purifier is not None else "none",
         "defense_config": purifier.config() if purifier is not None else {},
         "clean_accuracy": float(clean_ok.mean()),
         "clean_accuracy_undefended": float((bare_pred == data.labels).mean()),
@@ -309,8 +314,7 @@ def benchmark(
         "images_per_second": round(n * len(attacks) * len(threat_list) / elapsed, 2) if elapsed > 0 else None,
     }
     if stand_in is not None:
-        result["surrogate"] = {"defense": getattr(stand_in, "edgepure_name", type(stand_in).__name__),
-                               "defense_config": stand_in.config()}
+        result["surrogate"] = {"defense": _name(stand_in), "defense_config": stand_in.config()}
     if keep_examples:
         result["examples"] = examples
     return result
