@@ -11,7 +11,7 @@ from edgepure.data.base import ImageSet
 from edgepure.evaluate.robust import benchmark
 from edgepure.perturb import create_perturbation
 from edgepure.purifiers import create_purifier
-from edgepure.runtime.errors import ConfigError
+from edgepure.runtime.errors import ConfigError, DataError
 
 
 class Templates(nn.Module):
@@ -132,6 +132,55 @@ def test_benchmark_numbers_are_consistent() -> None:
     assert none["threats"] == ["blind"]  # without a defense the threats coincide
     with pytest.raises(ConfigError, match="unknown attack"):
         benchmark(m, data, None, ["rain"])
+
+
+def test_the_worst_case_across_separate_runs_is_the_worst_of_one_run() -> None:
+    from edgepure.evaluate.worst import pack_mask, unpack_mask, worst_of
+
+    x, y, m = _batch(12)
+    data = _imageset(x, y)
+    kw = dict(attacks=["additive", "flow"], steps=5, batch_size=5, budgets={"additive": {"eps": 0.3}})
+    both = benchmark(m, data, "gaussian", threats=["blind", "adaptive"], **kw)  # type: ignore[arg-type]
+    clean = unpack_mask(both["per_image"]["clean"], 12)
+    assert clean.mean() == pytest.approx(both["clean_accuracy"])
+    for attack, threats in both["per_image"]["attacks"].items():
+        for threat, text in threats.items():
+            ok = unpack_mask(text, 12) & clean
+            assert ok.mean() == pytest.approx(both["robust_accuracy"][attack][threat])
+    blind = benchmark(m, data, "gaussian", threats=["blind"], **kw)  # type: ignore[arg-type]
+    adaptive = benchmark(m, data, "gaussian", threats=["adaptive"], **kw)  # type: ignore[arg-type]
+    combined = worst_of([blind, adaptive], ["b", "a"])
+    assert combined["clean_accuracy"] == pytest.approx(both["clean_accuracy"])
+    for attack in ("additive", "flow"):
+        row = combined["robust_accuracy"][attack]
+        assert row["worst"] == pytest.approx(both["robust_accuracy"][attack]["worst"])
+        assert row["b:blind"] == pytest.approx(both["robust_accuracy"][attack]["blind"])
+        assert row["a:adaptive"] == pytest.approx(both["robust_accuracy"][attack]["adaptive"])
+    assert combined["average"]["worst"] == pytest.approx(both["average"]["worst"])
+    # runs that take different images: the worst is below each; an attack in one run only is that run's
+    first = np.arange(12) < 8
+    flow = unpack_mask(blind["per_image"]["attacks"]["flow"]["blind"], 12)
+    r1 = {**blind, "per_image": {**blind["per_image"], "attacks": {"additive": {"blind": pack_mask(first)},
+                                                                    "flow": {"blind": pack_mask(flow)}}}}
+    r2 = {**blind, "per_image": {**blind["per_image"], "attacks": {"additive": {"adaptive": pack_mask(~first)}}}}
+    mixed = worst_of([r1, r2], ["one", "two"])
+    assert blind["clean_accuracy"] == 1.0 and mixed["robust_accuracy"]["additive"] == pytest.approx(
+        {"one:blind": 8 / 12, "two:adaptive": 4 / 12, "worst": 0.0})
+    assert mixed["robust_accuracy"]["flow"]["worst"] == pytest.approx(flow.mean())
+    assert mixed["attacks_in"] == {"additive": ["one", "two"], "flow": ["one"]}
+    other = benchmark(m, data.take(list(range(1, 12)) + [0]), "gaussian", threats=["blind"], **kw)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="b and o differ in the images scored"):
+        worst_of([blind, other], ["b", "o"])
+    with pytest.raises(ConfigError, match="differ in the defense"):
+        worst_of([blind, benchmark(m, data, "median", threats=["blind"], **kw)], ["b", "m"])  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="at least two"):
+        worst_of([blind], ["b"])
+    mask = np.arange(13) % 3 == 0
+    assert np.array_equal(unpack_mask(pack_mask(mask), 13), mask) and len(pack_mask(mask)) == 4
+    with pytest.raises(DataError, match="expected 2 bytes for 13 images, found 3"):
+        unpack_mask("00ff00", 13)
+    with pytest.raises(DataError, match="expected hex digits"):
+        unpack_mask("zz", 8)
 
 
 def test_blind_adversarials_are_cached_per_classifier_images_and_attack(tmp_path) -> None:  # type: ignore[no-untyped-def]

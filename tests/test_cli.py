@@ -112,6 +112,41 @@ def test_eval_robust_crafts_adaptive_examples_through_a_surrogate(tiny_run: Path
     assert r.exit_code == 1 and "used only by the adaptive threats" in r.stderr
 
 
+def test_eval_worst_combines_separate_runs(tiny_run: Path, tmp_path: Path) -> None:
+    base = ["eval", "robust", "--data", "synth", "--n", "6", "--model", str(tiny_run), "--defense", "median",
+            "--attack", "additive", "--steps", "2", "--json"]
+    r = runner.invoke(app, base + ["--threat", "blind,bpda"])
+    assert r.exit_code == 0, r.output
+    both = json.loads(r.stdout)
+    for threat in ("blind", "bpda"):
+        r = runner.invoke(app, base + ["--threat", threat])
+        assert r.exit_code == 0, r.output
+        (tmp_path / f"{threat}.json").write_text(r.stdout)
+    runs = [str(tmp_path / "blind.json"), str(tmp_path / "bpda.json")]
+    r = runner.invoke(app, ["eval", "worst", *runs, "--json"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)
+    assert res["runs"] == ["blind", "bpda"] and res["clean_accuracy"] == both["clean_accuracy"]
+    assert res["robust_accuracy"]["additive"] == {"blind:blind": both["robust_accuracy"]["additive"]["blind"],
+                                                  "bpda:bpda": both["robust_accuracy"]["additive"]["bpda"],
+                                                  "worst": both["robust_accuracy"]["additive"]["worst"]}
+    r = runner.invoke(app, ["eval", "worst", *runs])
+    assert r.exit_code == 0 and "average of worst" in r.stdout and "bpda:bpda" in r.stdout
+    old = {k: v for k, v in both.items() if k != "per_image"}
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    r = runner.invoke(app, ["eval", "worst", runs[0], str(tmp_path / "old.json")])
+    assert r.exit_code == 1 and "old.json: has no per_image record" in r.stderr and "Traceback" not in r.output
+    r = runner.invoke(app, ["eval", "worst", runs[0], str(tmp_path / "missing.json")])
+    assert r.exit_code == 1 and "missing.json: no such file" in r.stderr
+    (tmp_path / "bad.json").write_text("{not json")
+    r = runner.invoke(app, ["eval", "worst", runs[0], str(tmp_path / "bad.json")])
+    assert r.exit_code == 1 and "bad.json: not a JSON file" in r.stderr
+    r = runner.invoke(app, base[:8] + ["--attack", "additive", "--steps", "2", "--json", "--threat", "blind"])
+    (tmp_path / "none.json").write_text(r.stdout)  # no defense: another pipeline
+    r = runner.invoke(app, ["eval", "worst", runs[0], str(tmp_path / "none.json")])
+    assert r.exit_code == 1 and "differ in the defense" in r.stderr
+
+
 def test_eval_robust_writes_its_report(tiny_run: Path, tmp_path: Path) -> None:
     run = tiny_run
     out = tmp_path / "report"

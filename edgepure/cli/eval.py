@@ -184,3 +184,26 @@ def robust(
         echo_json(plain)
     else:
         typer.echo(format_table(plain))
+
+
+@app.command("worst")
+@user_errors
+def worst(
+    results: Annotated[list[Path], typer.Argument(
+        help="Two or more results of `edgepure eval robust` (its --json output saved to a file, or an --out folder) "
+             "of one defense on the same images.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of the table.")] = False,
+) -> None:
+    """The per-image worst case across separate robust evaluations: an image counts under an attack only if every
+    run read it right clean and after every threat of that attack (e.g. blind, and adaptive through surrogates of
+    several lengths, each run on its own)."""
+    from edgepure.evaluate.worst import format_worst, load_result, worst_of
+
+    loaded = [load_result(p) for p in results]
+    stems = [p.stem if p.suffix else p.name for p in results]
+    labels = stems if len(set(stems)) == len(stems) else [str(p) for p in results]
+    combined = worst_of(loaded, labels)
+    if as_json:
+        echo_json(combined)
+    else:
+        typer.echo(format_worst(combined))

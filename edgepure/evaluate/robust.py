@@ -22,6 +22,7 @@ from torch import nn
 from edgepure.attacks import APGD, PGD, Threat, attack_target
 from edgepure.data.base import ImageSet
 from edgepure.evaluate.cache import AdvCache, shared_batches
+from edgepure.evaluate.worst import MASK_ENCODING, images_digest, pack_mask
 from edgepure.models.loading import frozen
 from edgepure.perturb import PERTURBATIONS, create_perturbation
 from edgepure.purifiers import Purifier, create_purifier
@@ -237,6 +238,7 @@ def benchmark(
     robust: dict[str, dict[str, float]] = {}
     seconds: dict[str, float] = {}
     examples: dict[str, dict[str, np.ndarray]] = {}
+    survived: dict[str, dict[str, str]] = {}  # per attack and threat: which images the pipeline read right after it
     for name in attacks:
         budget = (budgets or {}).get(name, {})
         perturbation = create_perturbation(name, dataset, image_size=x_all.shape[-1], **budget).to(dev)
@@ -290,6 +292,7 @@ def benchmark(
                 cache.save(threat.value, key, torch.cat([fresh[s] for s in starts]))
                 cache.drop_parts(threat.value, key)
             robust[name][threat.value] = float((ok & clean_ok).mean())
+            survived.setdefault(name, {})[threat.value] = pack_mask(ok)
             ok_all &= ok
         robust[name]["worst"] = float(ok_all.mean())
         seconds[name] = round(time.perf_counter() - ta, 2)
@@ -312,6 +315,8 @@ def benchmark(
         "seconds": round(elapsed, 2),
         "seconds_per_attack": seconds,
         "images_per_second": round(n * len(attacks) * len(threat_list) / elapsed, 2) if elapsed > 0 else None,
+        "per_image": {"images": images_digest(data.images, data.labels), "encoding": MASK_ENCODING,
+                      "clean": pack_mask(clean_ok), "attacks": survived},
     }
     if stand_in is not None:
         result["surrogate"] = {"defense": _name(stand_in), "defense_config": stand_in.config()}
