@@ -370,7 +370,8 @@ def test_a_batch_another_process_holds_is_waited_for_not_attacked_again(tmp_path
     result = go()
     assert attacked == [0, 10]  # batch 5 came from the other process
     assert result["robust_accuracy"] == whole["robust_accuracy"]
-    assert sorted(p.name for p in run.iterdir()) == [f"{stem}.npy"]  # joined; no claims or batches left
+    assert sorted(p.name for p in run.iterdir()) == [f"{stem}.npy", "scores"]  # joined; no claims or batches left
+    assert sorted(p.suffix for p in (run / "scores").iterdir()) == [".npy"] * 6  # clean and attacked readings, 3 each
     np.testing.assert_array_equal(np.load(run / f"{stem}.npy"), examples)
 
 
@@ -396,7 +397,7 @@ def test_a_batch_whose_holder_died_is_taken_over(tmp_path, monkeypatch, capsys) 
     assert attacked == [0, 10, 5]  # left to the live holder at first, taken over once it was gone
     assert "waiting=batch 5 (another process)" in capsys.readouterr().err
     assert result["robust_accuracy"] == whole["robust_accuracy"]
-    assert sorted(p.name for p in run.iterdir()) == [f"{stem}.npy"]
+    assert sorted(p.name for p in run.iterdir()) == [f"{stem}.npy", "scores"]
 
 
 def test_a_batch_another_process_finishes_is_taken_as_soon_as_it_is_there(tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -436,6 +437,82 @@ def test_an_entry_another_process_joined_is_read_once_not_attacked(tmp_path, mon
     for s, x in got.items():
         torch.testing.assert_close(x, whole[s : s + 2])
     assert reads == ["adaptive"]  # the whole entry is read once, not once per batch
+
+
+def test_a_run_again_reads_its_predictions_instead_of_purifying_again(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from edgepure.evaluate import robust
+
+    x, y, m = _batch(12)
+    data = _imageset(x, y)
+    kw = dict(attacks=["additive"], threats=["blind", "adaptive"], method="pgd", steps=2, batch_size=5,
+              budgets={"additive": {"eps": 0.3}}, cache_dir=tmp_path)
+    purified: list[int] = []
+    real = robust._defended_predict
+    monkeypatch.setattr(robust, "_defended_predict", lambda c, p, xb, sd: purified.append(len(xb)) or real(c, p, xb, sd))
+    first = benchmark(m, data, create_purifier("gaussian", sigma=1.0), **kw)  # type: ignore[arg-type]
+    assert sum(purified) == 36  # clean, blind and adaptive: each image once
+    readings = sorted((tmp_path / "scores").glob("*.npy"))
+    assert len(readings) == 9 and not list((tmp_path / "scores").glob("*.lock"))
+    purified.clear()
+    again = benchmark(m, data, create_purifier("gaussian", sigma=1.0), **kw)  # type: ignore[arg-type]
+    assert purified == [] and again["robust_accuracy"] == first["robust_accuracy"]
+    assert again["per_image"] == first["per_image"]
+    # another setting of the purifier or another noise seed is another pipeline: scored afresh
+    for other, extra in ((create_purifier("gaussian", sigma=2.0), {}),
+                         (create_purifier("gaussian", sigma=1.0), {"seed": 1})):
+        purified.clear()
+        benchmark(m, data, other, **{**kw, "threats": ["blind"], **extra})  # type: ignore[arg-type]
+        assert sum(purified) >= 24
+    # what is scored is what is on disk: a reading whose file is broken is named, not used
+    victim = readings[0]
+    np.save(victim, np.zeros(2, np.float32))
+    with pytest.raises(ConfigError, match=r"scores/.*\.npy: cached predictions have shape \(2,\) float32, expected"):
+        benchmark(m, data, create_purifier("gaussian", sigma=1.0), **kw)  # type: ignore[arg-type]
+    victim.write_bytes(b"not an array")
+    with pytest.raises(ConfigError, match="no readable array"):
+        benchmark(m, data, create_purifier("gaussian", sigma=1.0), **kw)  # type: ignore[arg-type]
+
+
+def test_a_batch_another_process_is_scoring_is_read_not_scored_again(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import socket
+    import subprocess
+    import sys
+
+    from edgepure.evaluate import cache as cache_mod
+    from edgepure.evaluate.cache import AdvCache, shared_scores
+
+    monkeypatch.setattr(cache_mod, "time", SimpleNamespace(sleep=lambda s: time.sleep(0.01), time=time.time))
+    store = AdvCache(tmp_path)
+    batches = [(s, torch.full((2, 3, 4, 4), float(s))) for s in (0, 2, 4)]
+    (tmp_path / "scores").mkdir()
+    (tmp_path / "scores" / "k0.lock").write_text("another-machine 999999999\n")
+    scored: list[int] = []
+
+    def score(s: int, x: torch.Tensor) -> np.ndarray:
+        scored.append(s)
+        if s == 2:  # meanwhile the other process finishes batch 0
+            store.save_scores("k0", np.array([7, 7]))
+        return np.array([s, s])
+
+    got = list(shared_scores(store, iter(batches), lambda s, x: f"k{s}", score))
+    assert scored == [2, 4] and [(s, p.tolist()) for s, p in got] == [(2, [2, 2]), (0, [7, 7]), (4, [4, 4])]
+    # a claim whose process is gone is taken over at the end
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        (tmp_path / "scores" / "j2.lock").write_text(f"{socket.gethostname()} {holder.pid}\n")
+        scored.clear()
+        waited: list[int] = []
+
+        def on_wait(s: int) -> None:
+            waited.append(s)
+            holder.kill()
+            holder.wait()
+
+        got = list(shared_scores(store, iter(batches), lambda s, x: f"j{s}", lambda s, x: np.array([s, s]), on_wait))
+    finally:
+        holder.kill()
+        holder.wait()
+    assert waited == [2] and [s for s, _ in got] == [0, 4, 2] and not list((tmp_path / "scores").glob("j*.lock"))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

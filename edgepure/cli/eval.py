@@ -117,7 +117,8 @@ def robust(
         help="Keep adversarial examples here and reuse them: blind ones for other defenses (same classifier, images, "
              "attack), adaptive ones for the same purifier scored again (e.g. its exported --model). Each batch is kept "
              "as it is done: the same command after an interruption resumes after the last finished batch, and the same "
-             "command in several processes (or machines sharing the folder) splits the batches between them.")] = None,
+             "command in several processes (or machines sharing the folder) splits the batches between them. The "
+             "pipeline's predictions are kept too (scores/), so no batch is purified twice.")] = None,
     device: DeviceOption = "cpu",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of the table.")] = False,
 ) -> None:

@@ -4,7 +4,9 @@ A whole entry is ``DIR/<threat>-<key>.npy``; while a run is under way each finis
 ``DIR/<threat>-<key>.part<offset>.npy`` and a batch being attacked is claimed by ``….part<offset>.lock`` (host and
 process id inside). Every file is written whole and renamed, so a reader never sees half of one. Processes that run
 the same evaluation with the same folder (on one machine, or on several that share it) split the batches: each
-attacks the batches nobody holds, waits for the others' and scores them all, so each prints the whole result.
+attacks the batches nobody holds and waits for the others'; each prints the whole result.
+The predictions of a scored batch are kept in ``DIR/scores/<key>.npy`` (claimed by ``<key>.lock`` the same way), keyed
+by the pipeline and the images, so that no batch is purified twice: not by another process, not by a run resumed.
 """
 
 from __future__ import annotations
@@ -13,14 +15,14 @@ import os
 import socket
 import time
 from pathlib import Path
-from typing import Callable, Iterator, Optional
+from typing import Callable, Iterable, Iterator, Optional
 
 import numpy as np
 import torch
 
 from edgepure.runtime.errors import ConfigError
 
-__all__ = ["AdvCache", "shared_batches"]
+__all__ = ["AdvCache", "shared_batches", "shared_scores"]
 
 POLL_SECONDS = 5.0  # how often a process waiting for another's batch looks again
 
@@ -62,7 +64,30 @@ class AdvCache:
         """Take the batch at ``offset`` for this process: False while another live process holds it. A claim
         left by a process of this machine that is gone is taken over; one from another machine is not (it cannot
         be checked from here: delete its ``.lock`` file)."""
-        lock = self._path(threat, key, f".part{offset:06d}.lock")
+        return self._claim(self._path(threat, key, f".part{offset:06d}.lock"))
+
+    def release(self, threat: str, key: str, offset: int) -> None:
+        self._release(self._path(threat, key, f".part{offset:06d}.lock"))
+
+    # -- predictions: a pipeline's reading of a batch, so that it is scored once ----------------
+    def _score_path(self, key: str, suffix: str) -> Optional[Path]:
+        return None if self.dir is None else self.dir / "scores" / f"{key}{suffix}"
+
+    def load_scores(self, key: str, n: int) -> Optional[np.ndarray]:
+        """The predicted classes of a batch of ``n`` images scored before (``scores/<key>.npy``), if any."""
+        got = self._read(self._score_path(key, ".npy"), (n,), "cached predictions have", np.int64)
+        return None if got is None else got.numpy()
+
+    def save_scores(self, key: str, pred: np.ndarray) -> None:
+        self._write(self._score_path(key, ".npy"), torch.from_numpy(np.asarray(pred, dtype=np.int64)))
+
+    def claim_scores(self, key: str) -> bool:
+        return self._claim(self._score_path(key, ".lock"))
+
+    def release_scores(self, key: str) -> None:
+        self._release(self._score_path(key, ".lock"))
+
+    def _claim(self, lock: Optional[Path]) -> bool:
         if lock is None:
             return True
         lock.parent.mkdir(parents=True, exist_ok=True)
@@ -82,8 +107,7 @@ class AdvCache:
             return True
         return False
 
-    def release(self, threat: str, key: str, offset: int) -> None:
-        lock = self._path(threat, key, f".part{offset:06d}.lock")
+    def _release(self, lock: Optional[Path]) -> None:
         if lock is not None and lock in self._held:
             self._held.discard(lock)
             lock.unlink(missing_ok=True)
@@ -96,25 +120,29 @@ class AdvCache:
 
     # -- files -------------------------------------------------------------------------------------
     @staticmethod
-    def _read(path: Optional[Path], shape: tuple[int, ...], what: str) -> Optional[torch.Tensor]:
+    def _read(path: Optional[Path], shape: tuple[int, ...], what: str, dtype: type = np.float32) -> Optional[torch.Tensor]:
         if path is None:
             return None
         try:
             arr = np.load(path, allow_pickle=False)
         except FileNotFoundError:  # not written yet, or joined and removed by another process meanwhile
             return None
-        if arr.shape != shape or arr.dtype != np.float32:
-            raise ConfigError(f"{path}: {what} shape {arr.shape} {arr.dtype}, expected {shape} float32; delete the file")
+        except ValueError as e:  # not an .npy file (a truncated or foreign one)
+            raise ConfigError(f"{path}: {what} no readable array ({e}); delete the file") from None
+        if arr.shape != shape or arr.dtype != dtype:
+            raise ConfigError(f"{path}: {what} shape {arr.shape} {arr.dtype}, expected {shape} "
+                              f"{np.dtype(dtype).name}; delete the file")
         return torch.from_numpy(arr)
 
     @staticmethod
-    def _write(path: Optional[Path], x_adv: torch.Tensor) -> None:
+    def _write(path: Optional[Path], values: torch.Tensor) -> None:
         if path is None:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
         # written whole under a name of this process's own, then renamed: never a half-written entry
         tmp = path.with_name(f"{path.name}.{socket.gethostname()}-{os.getpid()}.tmp.npy")
-        np.save(tmp, x_adv.numpy().astype(np.float32), allow_pickle=False)
+        arr = values.numpy()
+        np.save(tmp, arr if arr.dtype == np.int64 else arr.astype(np.float32), allow_pickle=False)
         os.replace(tmp, path)
 
 
@@ -203,5 +231,54 @@ def shared_batches(cache: AdvCache, threat: str, key: str, total: tuple[int, ...
                 time.sleep(POLL_SECONDS)
                 x_adv = fetch(s)
             yield s, x_adv
+    finally:
+        cache.release_all()
+
+
+def shared_scores(cache: AdvCache, batches: Iterable[tuple[int, torch.Tensor]], key_of: Callable[[int, torch.Tensor], str],
+                  score: Callable[[int, torch.Tensor], np.ndarray], on_wait: Optional[Callable[[int], None]] = None,
+                  ) -> Iterator[tuple[int, np.ndarray]]:
+    """The predictions for each ``(offset, images)`` batch: read from the cache if any process scored those images with
+    the same pipeline (``key_of(offset, images)``), else scored here (``score(offset, images)``) and kept, unless
+    another process is scoring them: those are taken when they appear, or waited for at the end (and scored here if
+    that process stops). Without a cache folder every batch is scored here."""
+    if cache.dir is None:
+        for s, x in batches:
+            yield s, score(s, x)
+        return
+
+    def fetch(key: str, s: int, x: torch.Tensor) -> Optional[np.ndarray]:
+        pred = cache.load_scores(key, len(x))
+        if pred is not None or not cache.claim_scores(key):
+            return pred
+        pred = cache.load_scores(key, len(x))  # finished by its last holder between the look and the claim
+        if pred is None:
+            pred = np.asarray(score(s, x), dtype=np.int64)
+            cache.save_scores(key, pred)
+        cache.release_scores(key)
+        return pred
+
+    pending: list[tuple[str, int, torch.Tensor]] = []
+    try:
+        for s, x in batches:
+            for item in list(pending):
+                pred = cache.load_scores(item[0], len(item[2]))
+                if pred is not None:
+                    pending.remove(item)
+                    yield item[1], pred
+            key = key_of(s, x)
+            pred = fetch(key, s, x)
+            if pred is None:
+                pending.append((key, s, x))
+            else:
+                yield s, pred
+        for key, s, x in pending:
+            pred = cache.load_scores(key, len(x))
+            if pred is None and on_wait is not None:
+                on_wait(s)
+            while pred is None:
+                time.sleep(POLL_SECONDS)
+                pred = fetch(key, s, x)
+            yield s, pred
     finally:
         cache.release_all()

@@ -13,7 +13,7 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -21,7 +21,7 @@ from torch import nn
 
 from edgepure.attacks import APGD, PGD, Threat, attack_target
 from edgepure.data.base import ImageSet
-from edgepure.evaluate.cache import AdvCache, shared_batches
+from edgepure.evaluate.cache import AdvCache, shared_batches, shared_scores
 from edgepure.evaluate.worst import MASK_ENCODING, images_digest, pack_mask
 from edgepure.models.loading import frozen
 from edgepure.perturb import PERTURBATIONS, create_perturbation
@@ -64,6 +64,21 @@ def _defended_predict(classifier: nn.Module, purifier: Optional[Purifier], x: to
         return vote(x, noise).argmax(1).cpu().numpy(), xp
     xp = purifier(x, purifier.sample_noise(x, g))
     return classifier(xp).argmax(1).cpu().numpy(), xp
+
+
+def _pipeline_digest(classifier: nn.Module, purifier: Optional[nn.Module], device: torch.device) -> str:
+    """What a prediction depends on besides the images and the noise seed: both networks' weights, the purifier's
+    settings (votes included) and the device type."""
+    h = hashlib.sha256(f"edgepure-scores-1 {device.type} ".encode())
+    for prefix, module in (("classifier.", classifier), ("purifier.", purifier)):
+        if module is None:
+            continue
+        for name, t in sorted(module.state_dict().items()):
+            h.update((prefix + name).encode())
+            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    if purifier is not None:
+        h.update(json.dumps([_name(purifier), purifier.config()], sort_keys=True, default=str).encode())  # type: ignore[operator]
+    return h.hexdigest()
 
 
 def _name(purifier: nn.Module) -> str:
@@ -225,7 +240,20 @@ def benchmark(
         return (scorer(x, seed + s) if scorer is not None else pred), purified.cpu()
 
     cache = AdvCache(Path(cache_dir) if cache_dir is not None else None)
-    clean_pred = np.concatenate([predict(x_all[s : s + batch_size], s)[0] for s in starts])
+    # predictions are kept too (``scores/``), keyed by the pipeline, the noise seed and the images themselves: a
+    # resumed run, or another process of a split one, reads a batch's reading instead of purifying it again
+    scores = cache if scorer is None else AdvCache(None)  # what a custom scorer runs cannot be keyed
+    pipeline = _pipeline_digest(classifier, purifier, dev) if scores.dir is not None else ""
+
+    def score_key(s: int, x: torch.Tensor) -> str:
+        return hashlib.sha256(f"{pipeline} {seed + s} ".encode() + x.numpy().tobytes()).hexdigest()[:24]
+
+    def score(s: int, x: torch.Tensor) -> np.ndarray:
+        return predict(x, s)[0]
+
+    clean_pred = np.zeros(n, dtype=np.int64)
+    for s, pred in shared_scores(scores, ((s, x_all[s : s + batch_size]) for s in starts), score_key, score):
+        clean_pred[s : s + len(pred)] = pred
     with torch.no_grad():
         bare_pred = np.concatenate([classifier(x_all[s : s + batch_size].to(dev)).argmax(1).cpu().numpy() for s in starts])
     clean_ok = clean_pred == data.labels
@@ -275,19 +303,21 @@ def benchmark(
             batches = ((s, cached[s : s + batch_size]) for s in starts) if cached is not None else shared_batches(
                 cache, threat.value, key, tuple(x_all.shape), batch_size, attack_batch, on_wait=waiting)
             fresh: dict[int, torch.Tensor] = {}
-            for s, x_adv in batches:
-                x, y = x_all[s : s + batch_size], y_all[s : s + batch_size]
-                fresh[s] = x_adv
-                pred, purified = predict(x_adv, s)
-                ok[s : s + len(y)] = pred == y.numpy()
-                if keep_examples and s == 0:
-                    k = min(keep_examples, len(y))
-                    examples.setdefault(name, {})[threat.value] = np.stack(
-                        [x[:k].numpy(), x_adv[:k].numpy(), purified[:k].numpy()]
-                    )
+
+            def kept(items: Iterator[tuple[int, torch.Tensor]]) -> Iterator[tuple[int, torch.Tensor]]:
+                for s, x_adv in items:
+                    fresh[s] = x_adv
+                    yield s, x_adv
+
+            for s, pred in shared_scores(scores, kept(batches), score_key, score, on_wait=waiting):
+                ok[s : s + len(pred)] = pred == y_all[s : s + len(pred)].numpy()
                 if bar is not None:
                     bar.set_postfix(attack=name, threat=threat.value)
                     bar.update(1)
+            if keep_examples:
+                k = min(keep_examples, len(fresh[0]))
+                examples.setdefault(name, {})[threat.value] = np.stack(
+                    [x_all[:k].numpy(), fresh[0][:k].numpy(), predict(fresh[0], 0)[1][:k].numpy()])
             if key and cached is None:
                 cache.save(threat.value, key, torch.cat([fresh[s] for s in starts]))
                 cache.drop_parts(threat.value, key)
