@@ -66,16 +66,20 @@ def _defended_predict(classifier: nn.Module, purifier: Optional[Purifier], x: to
     return classifier(xp).argmax(1).cpu().numpy(), xp
 
 
-def _pipeline_digest(classifier: nn.Module, purifier: Optional[nn.Module], device: torch.device) -> str:
-    """What a prediction depends on besides the images and the noise seed: both networks' weights, the purifier's
-    settings (votes included) and the device type."""
-    h = hashlib.sha256(f"edgepure-scores-1 {device.type} ".encode())
+def _hash_weights(h: Any, classifier: nn.Module, purifier: Optional[nn.Module]) -> None:
     for prefix, module in (("classifier.", classifier), ("purifier.", purifier)):
         if module is None:
             continue
         for name, t in sorted(module.state_dict().items()):
             h.update((prefix + name).encode())
             h.update(t.detach().cpu().contiguous().numpy().tobytes())
+
+
+def _pipeline_digest(classifier: nn.Module, purifier: Optional[nn.Module], device: torch.device) -> str:
+    """What a prediction depends on besides the images and the noise seed: both networks' weights, the purifier's
+    settings (votes included) and the device type."""
+    h = hashlib.sha256(f"edgepure-scores-1 {device.type} ".encode())
+    _hash_weights(h, classifier, purifier)
     if purifier is not None:
         h.update(json.dumps([_name(purifier), purifier.config()], sort_keys=True, default=str).encode())  # type: ignore[operator]
     return h.hexdigest()
@@ -110,12 +114,7 @@ def adversarial_key(classifier: nn.Module, x: torch.Tensor, y: torch.Tensor, spe
     """A key for adversarial examples: the weights of what the attack differentiates (the classifier, and the
     purifier for the adaptive threats), the images and the attack settings."""
     h = hashlib.sha256()
-    for prefix, module in (("classifier.", classifier), ("purifier.", purifier)):
-        if module is None:
-            continue
-        for name, t in sorted(module.state_dict().items()):
-            h.update((prefix + name).encode())
-            h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    _hash_weights(h, classifier, purifier)
     h.update(x.numpy().tobytes())
     h.update(y.numpy().tobytes())
     h.update(json.dumps(spec, sort_keys=True, default=str).encode())
