@@ -175,6 +175,10 @@ def test_the_worst_case_across_separate_runs_is_the_worst_of_one_run() -> None:
         worst_of([blind, benchmark(m, data, "median", threats=["blind"], **kw)], ["b", "m"])  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match="at least two"):
         worst_of([blind], ["b"])
+    retrained = Templates()
+    retrained.t.mul_(0.9)  # the same classifier by name (a Python run has none), other weights
+    with pytest.raises(ConfigError, match="differ in the networks' weights"):
+        worst_of([blind, benchmark(retrained, data, "gaussian", threats=["blind"], **kw)], ["b", "r"])  # type: ignore[arg-type]
     mask = np.arange(13) % 3 == 0
     assert np.array_equal(unpack_mask(pack_mask(mask), 13), mask) and len(pack_mask(mask)) == 4
     with pytest.raises(DataError, match="expected 2 bytes for 13 images, found 3"):

@@ -75,6 +75,13 @@ def _hash_weights(h: Any, classifier: nn.Module, purifier: Optional[nn.Module]) 
             h.update(t.detach().cpu().contiguous().numpy().tobytes())
 
 
+def _weights_digest(classifier: nn.Module, purifier: Optional[nn.Module]) -> str:
+    """Which networks were scored: sha256 of the classifier's and purifier's weights (24 hex digits)."""
+    h = hashlib.sha256()
+    _hash_weights(h, classifier, purifier)
+    return h.hexdigest()[:24]
+
+
 def _pipeline_digest(classifier: nn.Module, purifier: Optional[nn.Module], device: torch.device) -> str:
     """What a prediction depends on besides the images and the noise seed: both networks' weights, the purifier's
     settings (votes included) and the device type."""
@@ -344,7 +351,8 @@ def benchmark(
         "seconds": round(elapsed, 2),
         "seconds_per_attack": seconds,
         "images_per_second": round(n * len(attacks) * len(threat_list) / elapsed, 2) if elapsed > 0 else None,
-        "per_image": {"images": images_digest(data.images, data.labels), "encoding": MASK_ENCODING,
+        "per_image": {"images": images_digest(data.images, data.labels), "weights": _weights_digest(classifier, purifier),
+                      "encoding": MASK_ENCODING,
                       "clean": pack_mask(clean_ok), "attacks": survived},
     }
     if stand_in is not None:

@@ -88,6 +88,7 @@ def worst_of(results: Sequence[dict[str, Any]], labels: Sequence[str]) -> dict[s
     _same(results, labels, "the number of images", lambda r: r["n"])
     _same(results, labels, "the images scored", lambda r: r["per_image"]["images"])
     _same(results, labels, "the classifier", lambda r: r.get("model"))
+    _same(results, labels, "the networks' weights", lambda r: r["per_image"].get("weights"))
     _same(results, labels, "the defense", lambda r: (r.get("defense"), r.get("defense_config")))
     n = int(results[0]["n"])
     clean = np.ones(n, dtype=bool)
