@@ -15,7 +15,7 @@ import os
 import socket
 import time
 from pathlib import Path
-from typing import Callable, Iterable, Iterator, Optional
+from typing import Callable, Iterable, Iterator, Optional, TypeVar
 
 import numpy as np
 import torch
@@ -23,6 +23,8 @@ import torch
 from edgepure.runtime.errors import ConfigError
 
 __all__ = ["AdvCache", "shared_batches", "shared_scores"]
+
+T = TypeVar("T")
 
 POLL_SECONDS = 5.0  # how often a process waiting for another's batch looks again
 
@@ -40,18 +42,18 @@ class AdvCache:
         return None if self.dir is None else self.dir / f"{threat}-{key}{suffix}"
 
     def load(self, threat: str, key: str, shape: tuple[int, ...]) -> Optional[torch.Tensor]:
-        return self._read(self._path(threat, key), shape, "cached adversarial examples have")
+        return _tensor(self._read(self._path(threat, key), shape, "cached adversarial examples have"))
 
     def save(self, threat: str, key: str, x_adv: torch.Tensor) -> None:
-        self._write(self._path(threat, key), x_adv)
+        self._write(self._path(threat, key), x_adv.numpy().astype(np.float32))
 
     def load_part(self, threat: str, key: str, offset: int, shape: tuple[int, ...]) -> Optional[torch.Tensor]:
         """The batch at ``offset`` of an entry not yet joined, if that batch was done."""
-        return self._read(self._path(threat, key, f".part{offset:06d}.npy"), shape,
-                          "a cached batch of adversarial examples has")
+        return _tensor(self._read(self._path(threat, key, f".part{offset:06d}.npy"), shape,
+                                  "a cached batch of adversarial examples has"))
 
     def save_part(self, threat: str, key: str, offset: int, x_adv: torch.Tensor) -> None:
-        self._write(self._path(threat, key, f".part{offset:06d}.npy"), x_adv)
+        self._write(self._path(threat, key, f".part{offset:06d}.npy"), x_adv.numpy().astype(np.float32))
 
     def drop_parts(self, threat: str, key: str) -> None:
         """Remove an entry's batches once the whole entry is saved (another process may be removing them too)."""
@@ -75,11 +77,10 @@ class AdvCache:
 
     def load_scores(self, key: str, n: int) -> Optional[np.ndarray]:
         """The predicted classes of a batch of ``n`` images scored before (``scores/<key>.npy``), if any."""
-        got = self._read(self._score_path(key, ".npy"), (n,), "cached predictions have", np.int64)
-        return None if got is None else got.numpy()
+        return self._read(self._score_path(key, ".npy"), (n,), "cached predictions have", np.int64)
 
     def save_scores(self, key: str, pred: np.ndarray) -> None:
-        self._write(self._score_path(key, ".npy"), torch.from_numpy(np.asarray(pred, dtype=np.int64)))
+        self._write(self._score_path(key, ".npy"), np.asarray(pred, dtype=np.int64))
 
     def claim_scores(self, key: str) -> bool:
         return self._claim(self._score_path(key, ".lock"))
@@ -120,7 +121,7 @@ class AdvCache:
 
     # -- files -------------------------------------------------------------------------------------
     @staticmethod
-    def _read(path: Optional[Path], shape: tuple[int, ...], what: str, dtype: type = np.float32) -> Optional[torch.Tensor]:
+    def _read(path: Optional[Path], shape: tuple[int, ...], what: str, dtype: type = np.float32) -> Optional[np.ndarray]:
         if path is None:
             return None
         try:
@@ -132,18 +133,36 @@ class AdvCache:
         if arr.shape != shape or arr.dtype != dtype:
             raise ConfigError(f"{path}: {what} shape {arr.shape} {arr.dtype}, expected {shape} "
                               f"{np.dtype(dtype).name}; delete the file")
-        return torch.from_numpy(arr)
+        return arr
 
     @staticmethod
-    def _write(path: Optional[Path], values: torch.Tensor) -> None:
+    def _write(path: Optional[Path], arr: np.ndarray) -> None:
         if path is None:
             return
         path.parent.mkdir(parents=True, exist_ok=True)
         # written whole under a name of this process's own, then renamed: never a half-written entry
         tmp = path.with_name(f"{path.name}.{socket.gethostname()}-{os.getpid()}.tmp.npy")
-        arr = values.numpy()
-        np.save(tmp, arr if arr.dtype == np.int64 else arr.astype(np.float32), allow_pickle=False)
+        np.save(tmp, arr, allow_pickle=False)
         os.replace(tmp, path)
+
+
+def _tensor(arr: Optional[np.ndarray]) -> Optional[torch.Tensor]:
+    return None if arr is None else torch.from_numpy(arr)
+
+
+def _once(load: Callable[[], Optional[T]], claim: Callable[[], bool], release: Callable[[], None],
+          make: Callable[[], T], save: Callable[[T], None]) -> Optional[T]:
+    """What ``load`` finds; else, if this process gets the claim, made here and saved (unless its last holder finished
+    it between the look and the claim); None while another process holds it."""
+    got = load()
+    if got is not None or not claim():
+        return got
+    got = load()
+    if got is None:
+        got = make()
+        save(got)
+    release()
+    return got
 
 
 def _stale(lock: Path) -> bool:
@@ -196,15 +215,8 @@ def shared_batches(cache: AdvCache, threat: str, key: str, total: tuple[int, ...
 
     def fetch(s: int) -> Optional[torch.Tensor]:
         """The batch at ``s`` if it is done, else attacked here and kept; None while another process holds it."""
-        x_adv = done(s)
-        if x_adv is not None or not cache.claim(threat, key, s):
-            return x_adv
-        x_adv = done(s)  # finished by its last holder between the look and the claim
-        if x_adv is None:
-            x_adv = attack(s)
-            cache.save_part(threat, key, s, x_adv)
-        cache.release(threat, key, s)
-        return x_adv
+        return _once(lambda: done(s), lambda: cache.claim(threat, key, s), lambda: cache.release(threat, key, s),
+                     lambda: attack(s), lambda x_adv: cache.save_part(threat, key, s, x_adv))
 
     pending: list[int] = []
 
@@ -248,15 +260,9 @@ def shared_scores(cache: AdvCache, batches: Iterable[tuple[int, torch.Tensor]], 
         return
 
     def fetch(key: str, s: int, x: torch.Tensor) -> Optional[np.ndarray]:
-        pred = cache.load_scores(key, len(x))
-        if pred is not None or not cache.claim_scores(key):
-            return pred
-        pred = cache.load_scores(key, len(x))  # finished by its last holder between the look and the claim
-        if pred is None:
-            pred = np.asarray(score(s, x), dtype=np.int64)
-            cache.save_scores(key, pred)
-        cache.release_scores(key)
-        return pred
+        return _once(lambda: cache.load_scores(key, len(x)), lambda: cache.claim_scores(key),
+                     lambda: cache.release_scores(key), lambda: np.asarray(score(s, x), dtype=np.int64),
+                     lambda pred: cache.save_scores(key, pred))
 
     pending: list[tuple[str, int, torch.Tensor]] = []
     try:
