@@ -23,8 +23,9 @@ def demo(
     video: Annotated[bool, typer.Option(help="Write the overlay video.")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
 ) -> None:
-    """Export the shipped classifier with and without a purifier, attack rendered signs, and run both in the
-    torch-free runtime: accuracy clean, attacked and purified, latency, a figure and an overlay video."""
+    """Attack signs and read them with and without a purifier in the torch-free runtime.
+
+    Reports accuracy clean, attacked and purified, latency, a figure and an overlay video (exports both models)."""
     from edgepure.demo import run_demo
 
     summary = run_demo(out, data=data, n=n, purifier=purifier, purifier_args=parse_settings(purifier_arg or [], "--purifier-arg"),

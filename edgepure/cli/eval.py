@@ -195,9 +195,9 @@ def worst(
              "of one defense on the same images.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of the table.")] = False,
 ) -> None:
-    """The per-image worst case across separate robust evaluations: an image counts under an attack only if every
-    run read it right clean and after every threat of that attack (e.g. blind, and adaptive through surrogates of
-    several lengths, each run on its own)."""
+    """The per-image worst case across separate robust evaluations of one defense.
+
+    An image counts under an attack only if every run read it right clean and after every threat of that attack."""
     from edgepure.evaluate.worst import format_worst, load_result, worst_of
 
     loaded = [load_result(p) for p in results]
