@@ -284,6 +284,49 @@ def test_a_surrogate_crafts_the_adaptive_examples_and_the_defense_scores_them(tm
         benchmark(m, data, defense, surrogate="median", **{**kw, "threats": ["blind"]})  # type: ignore[arg-type]
 
 
+def test_skipping_misread_images_attacks_only_the_images_that_can_count(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from edgepure.evaluate import robust
+    from edgepure.evaluate.worst import unpack_mask
+
+    x, y, m = _batch(12)
+    wrong = torch.tensor([1, 4, 7, 8])
+    labels = y.clone()
+    labels[wrong] = (y[wrong] + 1) % 3  # these four are misread clean, whatever the defense
+    data = _imageset(x, labels)
+    sizes: list[int] = []
+
+    class Recording(robust.ATTACK_METHODS["pgd"]):  # type: ignore[misc, valid-type]
+        def __call__(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+            sizes.append(len(xb))
+            return super().__call__(xb, yb)
+
+    monkeypatch.setitem(robust.ATTACK_METHODS, "pgd", Recording)
+    kw = dict(attacks=["additive"], threats=["blind", "adaptive"], method="pgd", steps=3, batch_size=5,
+              budgets={"additive": {"eps": 0.3}}, cache_dir=tmp_path)
+    defense = create_purifier("gaussian", sigma=1.0)
+    r = benchmark(m, data, defense, skip_misread=True, **kw)  # type: ignore[arg-type]
+    clean_ok = unpack_mask(r["per_image"]["clean"], 12)
+    assert not clean_ok[wrong.numpy()].any() and clean_ok.sum() == 8
+    # the blind threat attacks every image; the adaptive one only those read right clean
+    assert sizes == [5, 5, 2] + [int(clean_ok[s : s + 5].sum()) for s in (0, 5, 10)]
+    assert r["attack"]["skip_misread"] is True
+    (entry,) = tmp_path.glob("adaptive-*.npy")
+    adv, xs = np.load(entry), data.as_float_nchw()
+    np.testing.assert_array_equal(adv[~clean_ok], xs[~clean_ok])  # left as they are
+    assert (np.abs(adv[clean_ok] - xs[clean_ok]).reshape(8, -1).max(1) > 0).all()  # every other image attacked
+    with torch.no_grad():  # the figure is what the defense reads of the examples, counted where read right clean
+        read = (m(defense(torch.from_numpy(adv))).argmax(1) == labels).numpy()
+    assert r["robust_accuracy"]["additive"]["adaptive"] == pytest.approx(float((read & clean_ok).mean()))
+    survived = unpack_mask(r["per_image"]["attacks"]["additive"]["adaptive"], 12)
+    assert not survived[~clean_ok].any()
+    # a run that attacks every image does not take these examples (another batch, other noise): its own entry
+    sizes.clear()
+    full = benchmark(m, data, defense, **kw)  # type: ignore[arg-type]
+    assert sizes == [5, 5, 2] and full["attack"]["skip_misread"] is False  # the blind examples were read back
+    assert len(list(tmp_path.glob("adaptive-*.npy"))) == 2 and len(list(tmp_path.glob("blind-*.npy"))) == 1
+    assert full["clean_accuracy"] == r["clean_accuracy"]
+
+
 def test_an_interrupted_run_resumes_after_its_last_finished_batch(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     from edgepure.evaluate import robust
     from edgepure.purifiers import create_purifier

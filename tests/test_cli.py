@@ -104,6 +104,10 @@ def test_eval_robust_crafts_adaptive_examples_through_a_surrogate(tiny_run: Path
     assert res["surrogate"]["defense"] == "nappure" and stand_in == {**res["defense_config"], "steps": 1}
     r = runner.invoke(app, args + ["--surrogate-arg", "steps=1"])
     assert r.exit_code == 0 and "crafted through the surrogate nappure (steps=1)" in r.stdout
+    r = runner.invoke(app, args + ["--surrogate-arg", "steps=1", "--skip-misread"])
+    assert r.exit_code == 0 and "attacked only the images read right clean" in r.stdout
+    r = runner.invoke(app, args + ["--surrogate-arg", "steps=1", "--skip-misread", "--json"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["attack"]["skip_misread"] is True
     r = runner.invoke(app, args + ["--surrogate-arg", "stepz=1"])
     assert r.exit_code == 1 and "surrogate: stepz is not a setting of the defense" in r.stderr
     r = runner.invoke(app, args[:8] + ["--surrogate-arg", "steps=1"])  # no --defense

@@ -119,6 +119,10 @@ def robust(
              "as it is done: the same command after an interruption resumes after the last finished batch, and the same "
              "command in several processes (or machines sharing the folder) splits the batches between them. The "
              "pipeline's predictions are kept too (scores/), so no batch is purified twice.")] = None,
+    skip_misread: Annotated[bool, typer.Option(
+        "--skip-misread", help="The adaptive threats attack only the images the defended pipeline reads right clean "
+                               "(the others cannot count, so the figures measure the same for less work). The blind "
+                               "threat attacks every image.")] = False,
     device: DeviceOption = "cpu",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of the table.")] = False,
 ) -> None:
@@ -172,7 +176,7 @@ def robust(
         net, ds, purifier, attacks, threats, method=method.value, steps=steps, eot=eot,  # type: ignore[arg-type]
         restarts=restarts, seed=seed, batch_size=batch_size, dataset=budgets, progress=True,
         keep_examples=examples if out is not None else 0, scorer=scorer, cache_dir=cache, device=dev,
-        surrogate=surrogate,
+        surrogate=surrogate, skip_misread=skip_misread,
     )
     if scorer is not None:
         result["scored_by"] = f"onnxruntime: {Path(model) / scorer.entry['file']}"  # type: ignore[arg-type]

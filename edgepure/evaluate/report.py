@@ -27,6 +27,8 @@ def format_table(result: dict[str, Any]) -> str:
         changed = {k: v for k, v in stand_in.items() if own.get(k) != v}
         lines.append(f"adaptive threats crafted through the surrogate {result['surrogate']['defense']} "
                      f"({', '.join(f'{k}={v}' for k, v in changed.items()) or 'the same settings'})")
+    if result.get("attack", {}).get("skip_misread") and any(t != "blind" for t in result.get("threats", [])):
+        lines.append("adaptive threats attacked only the images read right clean (--skip-misread)")
     return "\n".join(lines)
 
 
