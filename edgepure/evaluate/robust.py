@@ -305,14 +305,19 @@ def benchmark(
                 key = adversarial_key(classifier, x_all, y_all, spec, seen)
                 cached = cache.load(threat.value, key, tuple(x_all.shape))
 
+            def attack_images(s: int, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+                target = attack_target(threat, attacked, classifier, seed=seed + s)
+                atk = ATTACK_METHODS[method](target, perturbation, steps=steps, eot=eot, restarts=restarts, seed=seed + s)
+                return atk(x.to(dev), y.to(dev)).detach().cpu()
+
             def attack_batch(s: int) -> torch.Tensor:
                 x, y = x_all[s : s + batch_size], y_all[s : s + batch_size]
-                chosen = torch.from_numpy(clean_ok[s : s + batch_size]) if only_read else torch.ones(len(x), dtype=torch.bool)
-                x_adv = x.clone()
+                if not only_read:
+                    return attack_images(s, x, y)
+                chosen = torch.from_numpy(clean_ok[s : s + batch_size])
+                x_adv = x.clone()  # the images misread clean stay as they are
                 if chosen.any():
-                    target = attack_target(threat, attacked, classifier, seed=seed + s)
-                    atk = ATTACK_METHODS[method](target, perturbation, steps=steps, eot=eot, restarts=restarts, seed=seed + s)
-                    x_adv[chosen] = atk(x[chosen].to(dev), y[chosen].to(dev)).detach().cpu()
+                    x_adv[chosen] = attack_images(s, x[chosen], y[chosen])
                 return x_adv
 
             def waiting(s: int) -> None:
