@@ -327,6 +327,49 @@ def test_skipping_misread_images_attacks_only_the_images_that_can_count(tmp_path
     assert full["clean_accuracy"] == r["clean_accuracy"]
 
 
+def test_a_cascade_attacks_only_the_survivors_of_the_threats_before(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from edgepure.evaluate import robust
+    from edgepure.evaluate.report import format_table
+    from edgepure.evaluate.worst import unpack_mask
+
+    x, y, m = _batch(12)
+    data = _imageset(x, y)
+    sizes: list[int] = []
+
+    class Recording(robust.ATTACK_METHODS["pgd"]):  # type: ignore[misc, valid-type]
+        def __call__(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
+            sizes.append(len(xb))
+            return super().__call__(xb, yb)
+
+    monkeypatch.setitem(robust.ATTACK_METHODS, "pgd", Recording)
+    kw = dict(attacks=["additive"], threats=["blind", "adaptive"], method="pgd", steps=3, batch_size=5,
+              budgets={"additive": {"eps": 0.2}}, cache_dir=tmp_path)
+    defense = create_purifier("gaussian", sigma=1.0)
+    r = benchmark(m, data, defense, cascade=True, **kw)  # type: ignore[arg-type]
+    assert r["clean_accuracy"] == 1.0
+    blind_ok = unpack_mask(r["per_image"]["attacks"]["additive"]["blind"], 12)
+    assert 0 < blind_ok.sum() < 12  # the blind attack takes some images, not all
+    # the blind threat attacks every image; the adaptive one only the blind threat's survivors
+    assert sizes == [5, 5, 2] + [int(blind_ok[s : s + 5].sum()) for s in (0, 5, 10)]
+    (entry,) = tmp_path.glob("adaptive-*.npy")
+    adv, xs = np.load(entry), data.as_float_nchw()
+    np.testing.assert_array_equal(adv[~blind_ok], xs[~blind_ok])  # left as they are
+    assert (np.abs(adv[blind_ok] - xs[blind_ok]).reshape(int(blind_ok.sum()), -1).max(1) > 0).all()
+    with torch.no_grad():  # the column counts what the defense reads right of the examples among the survivors
+        read = (m(defense(torch.from_numpy(adv))).argmax(1) == y).numpy()
+    row = r["robust_accuracy"]["additive"]
+    assert row["adaptive"] == pytest.approx(float((read & blind_ok).mean())) == row["worst"]
+    survived = unpack_mask(r["per_image"]["attacks"]["additive"]["adaptive"], 12)
+    assert not survived[~blind_ok].any()
+    assert r["attack"]["cascade"] is True and "--cascade" in format_table(r)
+    # the adaptive threat first: it attacks every image read right clean (all of them here); the blind examples
+    # are read back from the cache
+    sizes.clear()
+    first = benchmark(m, data, defense, cascade=True, **{**kw, "threats": ["adaptive", "blind"]})  # type: ignore[arg-type]
+    assert sizes == [5, 5, 2] and len(list(tmp_path.glob("adaptive-*.npy"))) == 2
+    assert first["robust_accuracy"]["additive"]["blind"] == row["blind"]  # read back, unaffected by the cascade
+
+
 def test_an_interrupted_run_resumes_after_its_last_finished_batch(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     from edgepure.evaluate import robust
     from edgepure.purifiers import create_purifier

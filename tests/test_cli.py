@@ -108,6 +108,12 @@ def test_eval_robust_crafts_adaptive_examples_through_a_surrogate(tiny_run: Path
     assert r.exit_code == 0 and "attacked only the images read right clean" in r.stdout
     r = runner.invoke(app, args + ["--surrogate-arg", "steps=1", "--skip-misread", "--json"])
     assert r.exit_code == 0 and json.loads(r.stdout)["attack"]["skip_misread"] is True
+    r = runner.invoke(app, args + ["--surrogate-arg", "steps=1", "--cascade", "--threat", "blind,adaptive", "--json"])
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout)
+    assert res["threats"] == ["blind", "adaptive"] and res["attack"]["cascade"] is True
+    assert res["robust_accuracy"]["additive"]["adaptive"] == \
+        res["robust_accuracy"]["additive"]["worst"]
     r = runner.invoke(app, args + ["--surrogate-arg", "stepz=1"])
     assert r.exit_code == 1 and "surrogate: stepz is not a setting of the defense" in r.stderr
     r = runner.invoke(app, args[:8] + ["--surrogate-arg", "steps=1"])  # no --defense

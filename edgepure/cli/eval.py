@@ -123,6 +123,11 @@ def robust(
         "--skip-misread", help="The adaptive threats attack only the images the defended pipeline reads right clean "
                                "(the others cannot count, so the figures measure the same for less work). The blind "
                                "threat attacks every image.")] = False,
+    cascade: Annotated[bool, typer.Option(
+        "--cascade", help="AutoAttack's protocol: each adaptive threat attacks only the images that survived the "
+                          "clean reading and the threats before it in --threat, so its column counts the images that "
+                          "survived them all (after blind: the worst of both) for the work of attacking the survivors. "
+                          "The blind threat attacks every image.")] = False,
     device: DeviceOption = "cpu",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of the table.")] = False,
 ) -> None:
@@ -176,7 +181,7 @@ def robust(
         net, ds, purifier, attacks, threats, method=method.value, steps=steps, eot=eot,  # type: ignore[arg-type]
         restarts=restarts, seed=seed, batch_size=batch_size, dataset=budgets, progress=True,
         keep_examples=examples if out is not None else 0, scorer=scorer, cache_dir=cache, device=dev,
-        surrogate=surrogate, skip_misread=skip_misread,
+        surrogate=surrogate, skip_misread=skip_misread, cascade=cascade,
     )
     if scorer is not None:
         result["scored_by"] = f"onnxruntime: {Path(model) / scorer.entry['file']}"  # type: ignore[arg-type]

@@ -27,7 +27,11 @@ def format_table(result: dict[str, Any]) -> str:
         changed = {k: v for k, v in stand_in.items() if own.get(k) != v}
         lines.append(f"adaptive threats crafted through the surrogate {result['surrogate']['defense']} "
                      f"({', '.join(f'{k}={v}' for k, v in changed.items()) or 'the same settings'})")
-    if result.get("attack", {}).get("skip_misread") and any(t != "blind" for t in result.get("threats", [])):
+    adaptive = any(t != "blind" for t in result.get("threats", []))
+    if result.get("attack", {}).get("cascade") and adaptive:
+        lines.append("adaptive threats attacked only the images that survived the clean reading and the threats before "
+                     "them (--cascade): each column counts the images that survived those too")
+    elif result.get("attack", {}).get("skip_misread") and adaptive:
         lines.append("adaptive threats attacked only the images read right clean (--skip-misread)")
     return "\n".join(lines)
 

@@ -189,6 +189,7 @@ def benchmark(
     device: str | torch.device = "cpu",
     surrogate: str | Purifier | None = None,
     skip_misread: bool = False,
+    cascade: bool = False,
 ) -> dict[str, Any]:
     """Evaluate ``classifier`` behind ``defense`` (a registered purifier name, a Purifier, or None) on
     ``data`` under each attack family and threat model. Returns a dict of plain numbers.
@@ -212,7 +213,12 @@ def benchmark(
     counts only if it is read right clean, so the others cannot change a figure) — the saving is the misread share of
     the most expensive attacks. The blind threat still attacks every image (its examples serve every defense of the
     classifier). The images left out of a batch change the batch the attack draws its noise for, so the examples are
-    not the ones of a run that attacks every image: they are cached under their own key."""
+    not the ones of a run that attacks every image: they are cached under their own key.
+
+    ``cascade`` (AutoAttack's protocol): each adaptive threat attacks only the images read right clean that survived
+    every threat before it (in ``threats``' order), so its figure counts the images that survived it *and* them — after
+    the blind threat, the worst of both — for the cost of attacking the survivors only. The blind threat still attacks
+    every image. Examples are cached under their own key, as with ``skip_misread``."""
     unknown = [a for a in attacks if a not in PERTURBATIONS]
     if unknown:
         raise ConfigError(f"unknown attack(s) {', '.join(unknown)} (expected {', '.join(PERTURBATIONS)})")
@@ -288,7 +294,9 @@ def benchmark(
         ta = time.perf_counter()
         for threat in threat_list:
             ok = np.zeros(n, dtype=bool)
-            only_read = skip_misread and threat is not Threat.blind  # attack only the images read right clean
+            chosen_all: Optional[np.ndarray] = None  # the images an adaptive threat attacks (None: every image)
+            if threat is not Threat.blind and (cascade or skip_misread):
+                chosen_all = ok_all.copy() if cascade else clean_ok  # the survivors so far, or those read right clean
             cached, key = None, ""
             if cache.dir is not None:
                 spec = blind_spec(name, steps, seed, budget=budget, dataset=dataset, method=method, eot=eot,
@@ -300,8 +308,8 @@ def benchmark(
                     spec.update(threat=threat.value, defense=_name(attacked),
                                 defense_config={k: v for k, v in attacked.config().items() if k != "votes"})
                     seen = attacked
-                if only_read:
-                    spec["attacked"] = pack_mask(clean_ok)
+                if chosen_all is not None:
+                    spec["attacked"] = pack_mask(chosen_all)
                 key = adversarial_key(classifier, x_all, y_all, spec, seen)
                 cached = cache.load(threat.value, key, tuple(x_all.shape))
 
@@ -312,10 +320,10 @@ def benchmark(
 
             def attack_batch(s: int) -> torch.Tensor:
                 x, y = x_all[s : s + batch_size], y_all[s : s + batch_size]
-                if not only_read:
+                if chosen_all is None:
                     return attack_images(s, x, y)
-                chosen = torch.from_numpy(clean_ok[s : s + batch_size])
-                x_adv = x.clone()  # the images misread clean stay as they are
+                chosen = torch.from_numpy(chosen_all[s : s + batch_size])
+                x_adv = x.clone()  # the images left out stay as they are
                 if chosen.any():
                     x_adv[chosen] = attack_images(s, x[chosen], y[chosen])
                 return x_adv
@@ -347,8 +355,8 @@ def benchmark(
             if key and cached is None:
                 cache.save(threat.value, key, torch.cat([fresh[s] for s in starts]))
                 cache.drop_parts(threat.value, key)
-            if only_read:
-                ok &= clean_ok  # the images left unattacked count as not robust, as they count anyway
+            if chosen_all is not None:
+                ok &= chosen_all  # the images left unattacked count as not robust, as they count anyway
             robust[name][threat.value] = float((ok & clean_ok).mean())
             survived.setdefault(name, {})[threat.value] = pack_mask(ok)
             ok_all &= ok
@@ -369,7 +377,8 @@ def benchmark(
         "average": average,
         "threats": [t.value for t in threat_list],
         "attack": {"method": method, "steps": steps, "eot": eot, "restarts": restarts, "seed": seed,
-                   "dataset_budgets": dataset, "budget_overrides": budgets or {}, "skip_misread": skip_misread},
+                   "dataset_budgets": dataset, "budget_overrides": budgets or {}, "skip_misread": skip_misread,
+                   "cascade": cascade},
         "seconds": round(elapsed, 2),
         "seconds_per_attack": seconds,
         "images_per_second": round(n * len(attacks) * len(threat_list) / elapsed, 2) if elapsed > 0 else None,
