@@ -284,15 +284,11 @@ def test_a_surrogate_crafts_the_adaptive_examples_and_the_defense_scores_them(tm
         benchmark(m, data, defense, surrogate="median", **{**kw, "threats": ["blind"]})  # type: ignore[arg-type]
 
 
-def test_skipping_misread_images_attacks_only_the_images_that_can_count(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+@pytest.fixture
+def pgd_batch_sizes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The number of images of each batch the ``pgd`` attack method is given, in order (it attacks as it would)."""
     from edgepure.evaluate import robust
-    from edgepure.evaluate.worst import unpack_mask
 
-    x, y, m = _batch(12)
-    wrong = torch.tensor([1, 4, 7, 8])
-    labels = y.clone()
-    labels[wrong] = (y[wrong] + 1) % 3  # these four are misread clean, whatever the defense
-    data = _imageset(x, labels)
     sizes: list[int] = []
 
     class Recording(robust.ATTACK_METHODS["pgd"]):  # type: ignore[misc, valid-type]
@@ -301,6 +297,18 @@ def test_skipping_misread_images_attacks_only_the_images_that_can_count(tmp_path
             return super().__call__(xb, yb)
 
     monkeypatch.setitem(robust.ATTACK_METHODS, "pgd", Recording)
+    return sizes
+
+
+def test_skipping_misread_images_attacks_only_the_images_that_can_count(tmp_path, pgd_batch_sizes) -> None:  # type: ignore[no-untyped-def]
+    from edgepure.evaluate.worst import unpack_mask
+
+    x, y, m = _batch(12)
+    wrong = torch.tensor([1, 4, 7, 8])
+    labels = y.clone()
+    labels[wrong] = (y[wrong] + 1) % 3  # these four are misread clean, whatever the defense
+    data = _imageset(x, labels)
+    sizes = pgd_batch_sizes
     kw = dict(attacks=["additive"], threats=["blind", "adaptive"], method="pgd", steps=3, batch_size=5,
               budgets={"additive": {"eps": 0.3}}, cache_dir=tmp_path)
     defense = create_purifier("gaussian", sigma=1.0)
@@ -327,21 +335,13 @@ def test_skipping_misread_images_attacks_only_the_images_that_can_count(tmp_path
     assert full["clean_accuracy"] == r["clean_accuracy"]
 
 
-def test_a_cascade_attacks_only_the_survivors_of_the_threats_before(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    from edgepure.evaluate import robust
+def test_a_cascade_attacks_only_the_survivors_of_the_threats_before(tmp_path, pgd_batch_sizes) -> None:  # type: ignore[no-untyped-def]
     from edgepure.evaluate.report import format_table
     from edgepure.evaluate.worst import unpack_mask
 
     x, y, m = _batch(12)
     data = _imageset(x, y)
-    sizes: list[int] = []
-
-    class Recording(robust.ATTACK_METHODS["pgd"]):  # type: ignore[misc, valid-type]
-        def __call__(self, xb: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
-            sizes.append(len(xb))
-            return super().__call__(xb, yb)
-
-    monkeypatch.setitem(robust.ATTACK_METHODS, "pgd", Recording)
+    sizes = pgd_batch_sizes
     kw = dict(attacks=["additive"], threats=["blind", "adaptive"], method="pgd", steps=3, batch_size=5,
               budgets={"additive": {"eps": 0.2}}, cache_dir=tmp_path)
     defense = create_purifier("gaussian", sigma=1.0)
