@@ -333,6 +333,24 @@ def test_skipping_misread_images_attacks_only_the_images_that_can_count(tmp_path
     assert sizes == [5, 5, 2] and full["attack"]["skip_misread"] is False  # the blind examples were read back
     assert len(list(tmp_path.glob("adaptive-*.npy"))) == 2 and len(list(tmp_path.glob("blind-*.npy"))) == 1
     assert full["clean_accuracy"] == r["clean_accuracy"]
+    # the examples figure shows the images the adaptive threat attacked first (the left-out ones only to fill it), each
+    # purified panel the reading its batch was scored with; the blind threat's are the first images
+    from edgepure.evaluate.robust import _defended_predict
+
+    shown = benchmark(m, data, defense, skip_misread=True, keep_examples=10, **kw)["examples"]["additive"]  # type: ignore[arg-type]
+    order = np.concatenate([np.flatnonzero(clean_ok), np.flatnonzero(~clean_ok)])[:10]  # 0 2 3 5 6 9 10 11, 1 4
+    np.testing.assert_array_equal(shown["adaptive"][0], xs[order])
+    np.testing.assert_array_equal(shown["adaptive"][1], adv[order])
+    assert (shown["adaptive"][1][:8] != shown["adaptive"][0][:8]).reshape(8, -1).any(1).all()
+    np.testing.assert_array_equal(shown["adaptive"][1][8:], shown["adaptive"][0][8:])  # "not attacked" in the figure
+    with torch.no_grad():
+        read = {s: _defended_predict(m, defense, torch.from_numpy(adv[s : s + 5]), s)[1].numpy() for s in (0, 5, 10)}
+    np.testing.assert_allclose(shown["adaptive"][2], np.stack([read[i // 5 * 5][i % 5] for i in order]), atol=1e-6)
+    np.testing.assert_array_equal(shown["blind"][0], xs[:10])
+    from edgepure.evaluate.report import _example_figure
+
+    _example_figure({"examples": {"additive": shown}}, tmp_path / "examples.png")  # labels the two left out
+    assert (tmp_path / "examples.png").stat().st_size > 0
 
 
 def test_a_cascade_attacks_only_the_survivors_of_the_threats_before(tmp_path, pgd_batch_sizes) -> None:  # type: ignore[no-untyped-def]

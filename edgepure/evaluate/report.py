@@ -98,6 +98,8 @@ def _example_figure(result: dict[str, Any], path: Path) -> None:
                 ax.set_yticks([])
                 if r == 0:
                     ax.set_title(label, fontsize=7)
+                if m == 1 and np.array_equal(arr[0, j], arr[1, j]):  # left out (--skip-misread, --cascade)
+                    ax.set_xlabel("not attacked", fontsize=6)
         axes[r, 0].set_ylabel(f"{a}\n{t}", fontsize=7)
     fig.tight_layout()
     fig.savefig(path.with_name(path.name + ".tmp.png"))

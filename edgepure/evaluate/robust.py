@@ -92,6 +92,23 @@ def _pipeline_digest(classifier: nn.Module, purifier: Optional[nn.Module], devic
     return h.hexdigest()
 
 
+def _examples(x_all: torch.Tensor, fresh: dict[int, torch.Tensor],
+              predict: Callable[[torch.Tensor, int], tuple[np.ndarray, torch.Tensor]], batch_size: int, k: int,
+              chosen: Optional[np.ndarray]) -> np.ndarray:
+    """The figure's clean / attacked / purified panels of ``k`` images: the first images the threat attacked (all of
+    them when it attacked every image), then, if it attacked fewer than ``k``, the first of those it left out. Each
+    purified panel is the reading its batch was scored with (same batch, same noise)."""
+    n = len(x_all)
+    order = np.arange(n) if chosen is None else np.concatenate([np.flatnonzero(chosen), np.flatnonzero(~chosen)])
+    idx = order[: min(k, n)]
+    purified: dict[int, torch.Tensor] = {}
+    for s in sorted({int(i) // batch_size * batch_size for i in idx}):
+        purified[s] = predict(fresh[s], s)[1]
+    panels = [[x_all[i], fresh[i // batch_size * batch_size][i % batch_size],
+               purified[i // batch_size * batch_size][i % batch_size]] for i in (int(j) for j in idx)]
+    return np.stack([np.stack([p[m].numpy() for p in panels]) for m in range(3)])
+
+
 def _name(purifier: nn.Module) -> str:
     """The registered name of ``purifier`` (its class name if it was not built by ``create_purifier``)."""
     return getattr(purifier, "edgepure_name", type(purifier).__name__)
@@ -349,9 +366,8 @@ def benchmark(
                     bar.set_postfix(attack=name, threat=threat.value)
                     bar.update(1)
             if keep_examples:
-                k = min(keep_examples, len(fresh[0]))
-                examples.setdefault(name, {})[threat.value] = np.stack(
-                    [x_all[:k].numpy(), fresh[0][:k].numpy(), predict(fresh[0], 0)[1][:k].numpy()])
+                examples.setdefault(name, {})[threat.value] = _examples(
+                    x_all, fresh, predict, batch_size, keep_examples, chosen_all)
             if key and cached is None:
                 cache.save(threat.value, key, torch.cat([fresh[s] for s in starts]))
                 cache.drop_parts(threat.value, key)
