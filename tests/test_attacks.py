@@ -301,6 +301,8 @@ def pgd_batch_sizes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 
 def test_skipping_misread_images_attacks_only_the_images_that_can_count(tmp_path, pgd_batch_sizes) -> None:  # type: ignore[no-untyped-def]
+    from edgepure.evaluate.report import _example_figure
+    from edgepure.evaluate.robust import _defended_predict
     from edgepure.evaluate.worst import unpack_mask
 
     x, y, m = _batch(12)
@@ -335,8 +337,6 @@ def test_skipping_misread_images_attacks_only_the_images_that_can_count(tmp_path
     assert full["clean_accuracy"] == r["clean_accuracy"]
     # the examples figure shows the images the adaptive threat attacked first (the left-out ones only to fill it), each
     # purified panel the reading its batch was scored with; the blind threat's are the first images
-    from edgepure.evaluate.robust import _defended_predict
-
     shown = benchmark(m, data, defense, skip_misread=True, keep_examples=10, **kw)["examples"]["additive"]  # type: ignore[arg-type]
     order = np.concatenate([np.flatnonzero(clean_ok), np.flatnonzero(~clean_ok)])[:10]  # 0 2 3 5 6 9 10 11, 1 4
     np.testing.assert_array_equal(shown["adaptive"][0], xs[order])
@@ -347,8 +347,6 @@ def test_skipping_misread_images_attacks_only_the_images_that_can_count(tmp_path
         read = {s: _defended_predict(m, defense, torch.from_numpy(adv[s : s + 5]), s)[1].numpy() for s in (0, 5, 10)}
     np.testing.assert_allclose(shown["adaptive"][2], np.stack([read[i // 5 * 5][i % 5] for i in order]), atol=1e-6)
     np.testing.assert_array_equal(shown["blind"][0], xs[:10])
-    from edgepure.evaluate.report import _example_figure
-
     _example_figure({"examples": {"additive": shown}}, tmp_path / "examples.png")  # labels the two left out
     assert (tmp_path / "examples.png").stat().st_size > 0
 

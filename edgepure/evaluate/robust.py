@@ -98,14 +98,10 @@ def _examples(x_all: torch.Tensor, fresh: dict[int, torch.Tensor],
     """The figure's clean / attacked / purified panels of ``k`` images: the first images the threat attacked (all of
     them when it attacked every image), then, if it attacked fewer than ``k``, the first of those it left out. Each
     purified panel is the reading its batch was scored with (same batch, same noise)."""
-    n = len(x_all)
-    order = np.arange(n) if chosen is None else np.concatenate([np.flatnonzero(chosen), np.flatnonzero(~chosen)])
-    idx = order[: min(k, n)]
-    purified: dict[int, torch.Tensor] = {}
-    for s in sorted({int(i) // batch_size * batch_size for i in idx}):
-        purified[s] = predict(fresh[s], s)[1]
-    panels = [[x_all[i], fresh[i // batch_size * batch_size][i % batch_size],
-               purified[i // batch_size * batch_size][i % batch_size]] for i in (int(j) for j in idx)]
+    order = np.arange(len(x_all)) if chosen is None else np.concatenate([np.flatnonzero(chosen), np.flatnonzero(~chosen)])
+    at = [(int(i), int(i) - int(i) % batch_size) for i in order[:k]]  # (image, start of its batch)
+    purified = {s: predict(fresh[s], s)[1] for s in {s for _, s in at}}
+    panels = [(x_all[i], fresh[s][i - s], purified[s][i - s]) for i, s in at]
     return np.stack([np.stack([p[m].numpy() for p in panels]) for m in range(3)])
 
 
