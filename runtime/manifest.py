@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from edgepure.runtime.errors import ModelError
+from edgepure.runtime.manifest_check import check_structure
 
 __all__ = ["MANIFEST_NAME", "SCHEMA_VERSION", "load_manifest", "make_public", "sha256_file", "staging_dir",
            "verify_files"]
@@ -49,7 +50,8 @@ def load_manifest(directory: str | Path, verify: bool = True) -> dict[str, Any]:
     if missing:
         raise ModelError(f"{path}: manifest lacks {', '.join(missing)}")
     if manifest["schema"] != SCHEMA_VERSION:
-        raise ModelError(f"{path}: manifest schema {manifest['schema']}, this edgepure reads schema {SCHEMA_VERSION}")
+        raise ModelError(f"{path}: manifest schema {manifest['schema']!r}, this edgepure reads schema {SCHEMA_VERSION}")
+    check_structure(manifest, path)
     if verify:
         verify_files(manifest, path.parent)
     return manifest
@@ -60,7 +62,10 @@ def verify_files(manifest: dict[str, Any], directory: Path) -> None:
         file = directory / entry["file"]
         if not file.is_file():
             raise ModelError(f"{file}: the manifest's {role} model file is missing")
-        found = sha256_file(file)
+        try:
+            found = sha256_file(file)
+        except OSError as exc:
+            raise ModelError(f"{file}: cannot read the manifest's {role} model file ({exc.strerror})") from None
         if found != entry["sha256"]:
             raise ModelError(
                 f"{file}: sha256 mismatch (manifest {entry['sha256'][:16]}…, file {found[:16]}…): "

@@ -24,6 +24,7 @@ from edgepure.runtime.backends import Backend, open_backend
 from edgepure.runtime.errors import ConfigError, ModelError, PrecisionWarning
 from edgepure.runtime.machine import int8_saturates
 from edgepure.runtime.manifest import load_manifest
+from edgepure.runtime.manifest_check import check_graph
 from edgepure.runtime.preprocess import crop_roi, resize
 
 __all__ = ["EdgeModel", "MODES", "Prediction", "load_model", "softmax"]
@@ -54,17 +55,19 @@ def softmax(z: np.ndarray) -> np.ndarray:
 class _Stage:
     """One graph on one backend, with its static batch and optional noise input."""
 
-    def __init__(self, backend: Backend, role: str) -> None:
+    def __init__(self, backend: Backend, role: str, directory: Path, manifest: dict[str, Any]) -> None:
         self.backend, self.role = backend, role
         # feeds built here match the specs by construction: backends may offer an unchecked entry point
         self._run = getattr(backend, "run_trusted", backend.run)
+        check_graph(str(directory / manifest["models"][role]["file"]), role, manifest["models"][role],
+                    backend.inputs, backend.outputs, manifest["class_names"], manifest.get("batch"))
         image = backend.inputs[0]
-        if len(image.shape) != 4 or image.shape[1] != 3:
-            raise ModelError(f"{role}: expected an N×3×H×W image input, found {image.name}{list(image.shape)}")
         self.input_name = image.name
         self.batch, _, self.height, self.width = image.shape
         self.noise = next((s for s in backend.inputs if s.name == "noise"), None)
         extra = [s.name for s in backend.inputs[1:] if s.name != "noise"]
+        if self.noise is not None and self.noise.dtype != "float32":
+            raise ModelError(f"{role}: the noise input is {self.noise.dtype}; this runtime feeds float32 noise")
         if extra:
             raise ModelError(f"{role}: unexpected inputs {extra} (expected the image and optionally 'noise')")
 
@@ -126,13 +129,25 @@ class EdgeModel:
         if (backend == "ort-cpu" and any(models[r].get("precision") == "int8" for r in roles)
                 and int8_saturates()):  # the CPU flags are read only for INT8 graphs
             warnings.warn(_saturation_message(self.directory, self.manifest), PrecisionWarning, stacklevel=2)
-        self.stages = [_Stage(open_backend(backend, self.directory, r, self.manifest, threads), r) for r in roles]
+        self.stages: list[_Stage] = []
+        try:
+            for r in roles:
+                self.stages.append(_Stage(open_backend(backend, self.directory, r, self.manifest, threads), r,
+                                          self.directory, self.manifest))
+        except BaseException:
+            self.close()
+            raise
+        if len(self.stages) == 2 and self.stages[0].backend.outputs[0].shape != self.stages[1].backend.inputs[0].shape:
+            self.close()
+            raise ModelError(f"{self.directory}: the purifier returns {list(self.stages[0].backend.outputs[0].shape)} "
+                             f"images, the classifier takes {list(self.stages[1].backend.inputs[0].shape)}")
         first = self.stages[0]
         self.batch, self.height, self.width = first.batch, first.height, first.width
         self._check_preprocessing(self.manifest["preprocessing"])
         self.class_names: list[str] = list(self.manifest.get("class_names") or [])
         self.rng = np.random.default_rng(seed)
         self.last_timings: dict[str, float] = {}
+        self.closed = False
         purifier = self.manifest.get("purifier") or {}
         self.purifier_name: Optional[str] = purifier.get("name")
 
@@ -186,6 +201,8 @@ class EdgeModel:
 
     def infer(self, batch: np.ndarray) -> np.ndarray:
         """:meth:`logits` without the checks, for batches this model preprocessed itself (finite by construction)."""
+        if self.closed:
+            raise ConfigError(f"{self!r} is closed: load the model again to classify more frames")
         timings = {}
         x = batch
         for stage in self.stages:
@@ -197,10 +214,12 @@ class EdgeModel:
 
     def predict(self, x: np.ndarray, k: int = 3) -> list[Prediction]:
         """Top-k predictions for preprocessed ``N×3×h×w`` images."""
+        _check_k(k)
         return self.decode(softmax(self.logits(x)), k)
 
     def decode(self, probs: np.ndarray, k: int = 3) -> list[Prediction]:
-        """Top-k predictions from class probabilities ``N×C``."""
+        """Top-k predictions from class probabilities ``N×C`` (all classes when ``k`` exceeds their count)."""
+        _check_k(k)
         order = np.argsort(-probs, axis=1, kind="stable")[:, :k].tolist()
         values = probs.tolist()
         preds = []
@@ -211,10 +230,18 @@ class EdgeModel:
 
     def classify(self, frames: Sequence[np.ndarray], rois: Optional[Sequence[Optional[Sequence[float]]]] = None,
                  k: int = 3) -> list[Prediction]:
-        """Top-k predictions for a list of RGB uint8 frames (each optionally with its ROI)."""
+        """Top-k predictions for a list of RGB uint8 frames (each optionally with its ROI); an ``N×H×W×3``
+        array is taken as N frames."""
+        _check_k(k)
+        if isinstance(frames, np.ndarray):
+            if frames.ndim != 4:
+                raise ConfigError(f"classify takes a list of H×W×3 frames or an N×H×W×3 array, got an array of "
+                                  f"shape {list(frames.shape)}" + (": pass [frame] for one frame" if frames.ndim == 3
+                                                                   else ""))
+            frames = list(frames)
         if rois is not None and len(rois) != len(frames):
             raise ConfigError(f"{len(frames)} frames but {len(rois)} ROIs")
-        if not frames:
+        if len(frames) == 0:
             return []
         if len(frames) == 1:  # the camera loop's case
             x = self.preprocess(frames[0], rois[0] if rois is not None else None)[None]
@@ -226,11 +253,18 @@ class EdgeModel:
         return self.class_names[c] if c < len(self.class_names) else str(c)
 
     def close(self) -> None:
+        """Release the backends; the model refuses to run afterwards. Closing twice is harmless."""
         for s in self.stages:
             s.backend.close()
+        self.closed = True
 
     def __repr__(self) -> str:
         return f"EdgeModel({str(self.directory)!r}, {self.role} on {self.backend_name})"
+
+
+def _check_k(k: Any) -> None:
+    if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 1:
+        raise ConfigError(f"top-k must be an integer ≥ 1, got {k!r}")
 
 
 def load_model(directory: str | Path, **kw: Any) -> EdgeModel:
