@@ -167,3 +167,23 @@ def test_a_finished_run_can_be_timed_again_in_one_pass(smoke: dict[str, Any], tm
         assert set(new["latency_ms"]) == set(old["latency_ms"]) and all(v > 0 for v in new["latency_ms"].values())
         assert new["accuracy"] == old["accuracy"]  # only the timings are measured again
     assert rep["sweep"]["reference"]["latency_ms"]["torch"] > 0
+
+
+def test_soak_script_rewrites_its_table_between_the_markers(model_dirs: dict[str, Path], tmp_path: Path) -> None:
+    from soak import BEGIN, END
+
+    page = tmp_path / "runtime.md"
+    page.write_text(f"# Runtime\n\nbefore\n{BEGIN}\nold table\n{END}\nafter\n")
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "soak.py"), "--model", str(model_dirs["plain"]),
+                        "--frames", "300", "--every", "100", "--warmup", "100", "--docs", str(page)],
+                       capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    body = page.read_text()
+    assert "old table" not in body and body.startswith("# Runtime\n\nbefore\n") and body.endswith(f"{END}\nafter\n")
+    rows = [line for line in body.splitlines() if line.startswith("| ") and "frame" not in line]
+    assert [row.split("|")[1].strip() for row in rows] == ["1", "100", "200", "300"]
+    assert "300 frames" in body and "--frames 300" in r.stdout
+    page.write_text("no markers")
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "soak.py"), "--model", str(model_dirs["plain"]),
+                        "--frames", "10", "--docs", str(page)], capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and "no soak markers" in r.stderr
