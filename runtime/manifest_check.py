@@ -38,9 +38,9 @@ def _tensors(value: Any, where: str) -> None:
     for i, t in enumerate(value):
         ok = (isinstance(t, dict) and isinstance(t.get("name"), str) and isinstance(t.get("dtype"), str)
               and isinstance(t.get("shape"), list)
-              and all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in t["shape"]))
+              and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in t["shape"]))
         if not ok:
-            raise ModelError(f"{where}[{i}]: expected {{'name': str, 'shape': [positive ints], 'dtype': str}}, "
+            raise ModelError(f"{where}[{i}]: expected {{'name': str, 'shape': [ints ≥ 0], 'dtype': str}}, "
                              f"found {str(t)[:120]}")
 
 
@@ -103,13 +103,30 @@ def _describe(specs: Sequence[Any]) -> str:
     return ", ".join(f"{s['name']}{s['shape']} {s['dtype']}" for s in specs)
 
 
+def _known(shape: Sequence[Any]) -> list[int]:
+    """A shape with every unknown dimension (symbolic, -1, None) as 0, as export writes them in a manifest."""
+    return [d if isinstance(d, int) and d > 0 else 0 for d in shape]
+
+
+def _same(graph: list[dict[str, Any]], listed: list[dict[str, Any]]) -> bool:
+    """Names and dtypes equal; shapes equal wherever both sides know the dimension (an output's shape may be
+    unknown to the graph: a user's ONNX classifier can leave it out)."""
+    if [(g["name"], g["dtype"]) for g in graph] != [(m["name"], m["dtype"]) for m in listed]:
+        return False
+    for g, m in zip(graph, listed):
+        if g["shape"] and m["shape"]:
+            if len(g["shape"]) != len(m["shape"]) or any(a and b and a != b for a, b in zip(g["shape"], m["shape"])):
+                return False
+    return True
+
+
 def check_graph(where: str, role: str, entry: dict[str, Any], inputs: Sequence[Any], outputs: Sequence[Any],
                 class_names: Sequence[str], batch: Optional[int] = None) -> None:
     """Compare a loaded graph's inputs and outputs (``TensorSpec``-like: name, shape, dtype) with its manifest
     ``entry`` and with what the runtime feeds and reads for ``role``; :class:`ModelError` on any mismatch."""
     for what, found, listed in (("inputs", inputs, entry["inputs"]), ("outputs", outputs, entry["outputs"])):
-        graph = [{"name": s.name, "shape": list(s.shape), "dtype": s.dtype} for s in found]
-        if graph != listed:
+        graph = [{"name": s.name, "shape": _known(s.shape), "dtype": s.dtype} for s in found]
+        if not _same(graph, listed):
             raise ModelError(f"{where}: the {role} graph's {what} are {_describe(graph)}, but the manifest lists "
                              f"{_describe(listed)}: the graph was replaced or the manifest edited after export")
     image = inputs[0]
@@ -119,6 +136,8 @@ def check_graph(where: str, role: str, entry: dict[str, Any], inputs: Sequence[A
     if batch is not None and image.shape[0] != batch:
         raise ModelError(f"{where}: the {role} graph has batch {image.shape[0]}, the manifest says {batch}")
     out = outputs[0]
+    if not out.shape or not all(_known(out.shape)):
+        return  # nothing more to compare than the manifest's entry
     if role == "purifier":
         if list(out.shape) != list(image.shape) or out.dtype != "float32":
             raise ModelError(f"{where}: the purifier graph returns {out.name}{list(out.shape)} {out.dtype}; expected "

@@ -95,6 +95,14 @@ def test_a_directory_that_fits_classifies(tmp_path: Path) -> None:
     assert len(load_model(d, mode="split").classify(_frames(1))) == 1
 
 
+def test_an_output_shape_the_graph_leaves_open_still_loads(tmp_path: Path) -> None:
+    """A user's ONNX classifier may declare its logits as [N, 43] or with no shape: nothing to refuse there."""
+    for name, dims in (("symbolic", ["N", 43]), ("none", None)):
+        graph = _graph()
+        graph.graph.output[0].CopyFrom(helper.make_tensor_value_info("logits", TensorProto.FLOAT, dims))
+        assert len(load_model(_model_dir(tmp_path / name, {"classifier": graph})).classify(_frames(1))) == 1
+
+
 @pytest.mark.parametrize("case", ["classes", "size", "batch"])
 def test_a_graph_swapped_under_its_manifest_is_refused(tmp_path: Path, case: str) -> None:
     swapped = {"classes": _graph(classes=10), "size": _graph(size=64), "batch": _graph(batch=8)}[case]
