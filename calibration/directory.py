@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -21,7 +20,8 @@ import numpy as np
 from edgepure.calibration.data import FeedReader
 from edgepure.calibration.quantize import METHODS, SCOPE_OPS, SCOPES, check_qdq, quantize_model
 from edgepure.runtime.errors import ConfigError, ModelError
-from edgepure.runtime.manifest import MANIFEST_NAME, load_manifest, sha256_file, staging_dir
+from edgepure.runtime.manifest import MANIFEST_NAME, load_manifest, sha256_file
+from edgepure.runtime.staging import check_replaceable, replace_dir, staging_dir
 
 __all__ = ["calibrate_directory"]
 
@@ -91,10 +91,9 @@ def calibrate_directory(directory: str | Path, out: str | Path, images: np.ndarr
     if manifest.get("precision") != "fp32":
         raise ConfigError(f"{src}: calibrate an fp32 model directory (this one is {manifest.get('precision')})")
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise ConfigError(f"{out}: exists; pass --force to replace it")
     if out.resolve() == src.resolve():
         raise ConfigError("--out must be a new directory: the FP32 model directory stays as it is")
+    check_replaceable(out, overwrite)
     models = manifest["models"]
     if "classifier" not in models:
         raise ModelError(f"{src}: no classifier graph to calibrate")
@@ -156,9 +155,7 @@ def calibrate_directory(directory: str | Path, out: str | Path, images: np.ndarr
                "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
         new.pop("engines", None)
         (tmp / MANIFEST_NAME).write_text(json.dumps(new, indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
+        replace_dir(tmp, out, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -35,8 +35,10 @@ def _imports() -> tuple[Any, Any]:
         import onnx
         from onnxruntime import quantization
     except ImportError as exc:
-        raise MissingDependencyError(exc.name or "onnxruntime", "INT8 calibration",
-                                     hint="pip install onnx, and onnxruntime (or onnxruntime-gpu)") from None
+        missing = exc.name or "onnxruntime"
+        hint = ("pip install onnx, or pip install 'edgepure[torch]' for the whole export side" if missing == "onnx"
+                else "pip install 'edgepure[ort]' (or onnxruntime-gpu)")
+        raise MissingDependencyError(missing, "INT8 calibration", hint=hint) from None
     return onnx, quantization
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import datetime as _dt
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any, Callable, Mapping, Optional, Sequence
@@ -26,7 +25,8 @@ from edgepure.export.graph import OPSET, to_onnx
 from edgepure.export.lint import lint_model
 from edgepure.export.voting import FusedPipeline, pipeline_module
 from edgepure.runtime.errors import ConfigError
-from edgepure.runtime.manifest import MANIFEST_NAME, SCHEMA_VERSION, sha256_file, staging_dir
+from edgepure.runtime.manifest import MANIFEST_NAME, SCHEMA_VERSION, sha256_file
+from edgepure.runtime.staging import check_replaceable, replace_dir, staging_dir
 
 __all__ = ["FusedPipeline", "GraphNoise", "HalfPrecision", "PRECISIONS", "export_pipeline"]
 
@@ -242,18 +242,6 @@ def _versions() -> dict[str, str]:
     return out
 
 
-def _replace_dir(tmp: Path, out: Path, overwrite: bool) -> None:
-    if out.exists():
-        if not overwrite:
-            raise ConfigError(f"{out}: exists; pass --force to replace it")
-        old = out.with_name(out.name + ".old-" + str(os.getpid()))
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
-
-
 def export_pipeline(
     purifier: Optional[nn.Module],
     classifier: nn.Module | str | Path,
@@ -280,6 +268,7 @@ def export_pipeline(
     module ``(image, noise=None) -> image`` (an edgepure Purifier, or None). ``images`` (float32 NCHW in
     [0, 1]) feed the parity check. ``noise='graph'`` draws a stochastic purifier's noise inside the graph
     (its parity is then checked on the noise-input twin, and by top-1 agreement on the graph itself).
+    ``overwrite`` replaces an existing ``out`` that edgepure wrote (or an empty directory); any other is refused.
     Returns the manifest, also written to ``out/manifest.json``.
     """
     if precision not in PRECISIONS:
@@ -292,8 +281,7 @@ def export_pipeline(
     if images.ndim != 4 or images.shape[1] != 3:
         raise ConfigError(f"parity images must be N×3×H×W float32 in [0, 1], got shape {images.shape}")
     out = Path(out)
-    if out.exists() and not overwrite:
-        raise ConfigError(f"{out}: exists; pass --force to replace it")
+    check_replaceable(out, overwrite)
     batches = _batches(images, batch, parity_batches)
     onnx_classifier = None
     if isinstance(classifier, (str, Path)):
@@ -372,7 +360,7 @@ def export_pipeline(
             "versions": _versions(),
         }
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
-        _replace_dir(tmp, out, overwrite)
+        replace_dir(tmp, out, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

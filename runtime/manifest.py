@@ -11,15 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from edgepure.runtime.errors import ModelError
 from edgepure.runtime.manifest_check import check_structure
 
-__all__ = ["MANIFEST_NAME", "SCHEMA_VERSION", "load_manifest", "make_public", "sha256_file", "staging_dir",
-           "verify_files"]
+__all__ = ["MANIFEST_NAME", "SCHEMA_VERSION", "load_manifest", "make_public", "sha256_file", "verify_files"]
 
 MANIFEST_NAME = "manifest.json"
 SCHEMA_VERSION = 1
@@ -80,12 +78,3 @@ def make_public(path: str | Path) -> None:
     umask = os.umask(0)
     os.umask(umask)
     os.chmod(path, (0o777 if Path(path).is_dir() else 0o666) & ~umask)
-
-
-def staging_dir(out: Path) -> Path:
-    """A new empty directory beside ``out`` (hidden, on the same file system) with an ordinary mode, in which an
-    artifact directory is written before it is renamed to ``out``: nothing half-written ever stands at ``out``."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    make_public(tmp)  # mkdtemp's 0700 would make the shipped directory private
-    return tmp

@@ -158,8 +158,10 @@ def blocked_imports(*names: str) -> str:
 
         class Block:
             def find_spec(self, name, path=None, target=None):
-                if name.split(".")[0] in {names!r}:
-                    raise ImportError(name + " is blocked in this test")
+                top = name.split(".")[0]
+                if top in {names!r}:
+                    # what Python raises for a package that is not installed
+                    raise ModuleNotFoundError(f"No module named {{top!r}} (blocked in this test)", name=top)
                 return None
 
         sys.meta_path.insert(0, Block())

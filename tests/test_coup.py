@@ -1,4 +1,4 @@
-"""COUP: guided reverse diffusion from the input; determinism, range, K = 0, the guidance is the classifier's
+"""COUP: guided reverse diffusion from the input; determinism, range, K ≥ 1, the guidance is the classifier's
 input gradient, an attacker's gradient flows through it, and the graph exports with parity."""
 
 from __future__ import annotations
@@ -31,10 +31,9 @@ def test_deterministic_given_noise_in_range_and_shape(tiny: COUP) -> None:
     assert a.shape == x.shape and float(a.min()) >= 0.0 and float(a.max()) <= 1.0 and not a.requires_grad
 
 
-def test_zero_steps_is_the_identity_and_settings_round_trip(tiny: COUP) -> None:
-    x = torch.rand(2, 3, 32, 32)
-    zero = COUP(tiny.prior, tiny.classifier, steps=0)
-    assert torch.equal(zero(x), x)
+def test_zero_steps_are_refused_and_settings_round_trip(tiny: COUP) -> None:
+    with pytest.raises(ConfigError, match="steps must be an integer ≥ 1, got 0"):
+        COUP(tiny.prior, tiny.classifier, steps=0)
     p = edgepure.create_purifier("coup", pretrained=False, steps=2, lam=0.5)
     assert edgepure.create_purifier("coup", pretrained=False, **p.config()).config() == p.config()
     assert p.calls_per_image() == {"denoiser": 2, "classifier_with_gradient": 2}

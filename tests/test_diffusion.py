@@ -54,7 +54,7 @@ def test_grid_settings_round_trip_and_bad_settings_are_user_errors(tiny: HeteroD
     assert again.config() == p.config()
     with pytest.raises(ConfigError, match="t_s ≤ t_l"):
         edgepure.create_purifier("hetero_diffusion", pretrained=False, t_l=0.1, t_s=0.2)
-    with pytest.raises(ConfigError, match="calls ≥ 1"):
+    with pytest.raises(ConfigError, match="calls must be an integer ≥ 1"):
         edgepure.create_purifier("hetero_diffusion", pretrained=False, calls=0)
     with pytest.raises(ConfigError, match="stage_features"):
         HeteroDiffusion(create_prior("edm_unet_xs", pretrained=False), torch.nn.Conv2d(3, 3, 1))

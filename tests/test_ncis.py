@@ -43,7 +43,8 @@ def test_iterative_smoothing_is_the_special_case_alpha_zero(bsn: torch.nn.Module
     gs = edgepure.create_purifier("gaussian", sigma=1.0, kernel_size=5)
     plain = NCIS(bsn, iterations=2, sigma=1.0, kernel_size=5, alpha=0.0)
     assert torch.allclose(plain(x), gs(gs(x)), atol=1e-6)
-    assert torch.equal(NCIS(bsn, iterations=0)(x), x)
+    with pytest.raises(ConfigError, match="iterations must be an integer ≥ 1, got 0"):
+        NCIS(bsn, iterations=0)
     full = NCIS(bsn, iterations=2, alpha=1.0)
     out = full(x)
     assert torch.equal(out, full(x)) and out.shape == x.shape and 0 <= float(out.min()) and float(out.max()) <= 1

@@ -61,21 +61,24 @@ def calibrate(
     out: Annotated[Optional[Path], typer.Option(help="The INT8 model directory (default: DIRECTORY-int8).")] = None,
     trt_cache: Annotated[bool, typer.Option(help="Also write the legacy TensorRT ≤ 10 calibration cache for the FP32 graph.")] = False,
     trt_version: Annotated[str, typer.Option(help="TensorRT version named in that cache's header.")] = "10.3.0",
-    seed: Annotated[int, typer.Option(help="Seed of the image subset and of the purifier's noise.")] = 0,
-    force: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
+    seed: Annotated[int, typer.Option(min=0, help="Seed of the image subset and of the purifier's noise.")] = 0,
+    force: Annotated[bool, typer.Option(
+        help="Replace --out if it is a model directory edgepure wrote, or empty (never other folders).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the new manifest as JSON.")] = False,
 ) -> None:
     """Calibrate INT8 and write a Q/DQ model directory that TensorRT 10.x/11.x and ONNX Runtime accept."""
     from edgepure.calibration.directory import calibrate_directory
     from edgepure.runtime.errors import ConfigError
     from edgepure.runtime.manifest import load_manifest
+    from edgepure.runtime.staging import check_replaceable
 
     if n < 1 or eval_n < 0:
         raise ConfigError(f"--n must be ≥ 1 and --eval-n ≥ 0, got {n} and {eval_n}")
     manifest = load_manifest(directory)
+    target = out or directory.parent / f"{directory.name}-int8"
+    check_replaceable(target, force)  # before the images are read
     shape = manifest["models"]["classifier"]["inputs"][0]["shape"]
     x, x_eval, _, y_eval = _images(data, n, eval_n, (int(shape[2]), int(shape[3])), seed)
-    target = out or directory.parent / f"{directory.name}-int8"
     new = calibrate_directory(directory, target, x, x_eval, y_eval, method=method.value, scope=scope.value,
                               exclude=exclude or [], purifier_n=purifier_n, data=data, trt_cache=trt_cache,
                               trt_version=trt_version,

@@ -11,11 +11,17 @@ from typing import Annotated, Any, Callable, Iterator, TypeVar
 
 import typer
 
-from edgepure.runtime.errors import EdgepureError
+from edgepure.runtime.errors import EdgepureError, MissingDependencyError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-__all__ = ["echo_json", "parse_settings", "user_errors", "warnings_as_lines"]
+__all__ = ["echo_json", "missing_extra", "parse_settings", "user_errors", "warnings_as_lines"]
+
+# the optional packages commands import, and the extra of pyproject.toml that installs each
+_EXTRAS = {"torch": "torch", "onnx": "torch", "onnxscript": "torch", "onnxslim": "torch", "safetensors": "torch",
+           "PIL": "torch", "tqdm": "torch", "matplotlib": "torch", "onnxruntime": "ort", "cv2": "camera"}
+# their pip names, where these differ from the module's
+_PACKAGES = {"PIL": "pillow", "cv2": "opencv-python-headless"}
 
 
 # ``--device`` of the commands that run PyTorch networks (checked by ``edgepure.models.loading.resolve_device``)
@@ -24,8 +30,23 @@ DeviceOption = Annotated[str, typer.Option(
                      "noise, attack starts) stay on the CPU, so they are the same on every device.")]
 
 
+def missing_extra(exc: ImportError) -> MissingDependencyError | None:
+    """The :class:`MissingDependencyError` (naming the extra to install) for an optional package that is not
+    installed; None for any other import error, which is a bug: a module of edgepure itself, or an installed
+    package that fails to import (a plain ImportError, not ModuleNotFoundError)."""
+    name = (exc.name or "").split(".")[0] if isinstance(exc, ModuleNotFoundError) else ""
+    extra = _EXTRAS.get(name)
+    if extra is None:
+        return None
+    package = _PACKAGES.get(name, name)
+    # inspect and calibrate need onnx alone: on a device that is lighter than the whole export side
+    hint = f"pip install onnx, or pip install 'edgepure[{extra}]' for the whole export side" if name == "onnx" else None
+    return MissingDependencyError(package, "this command", extra=extra, hint=hint)
+
+
 def user_errors(fn: F) -> F:
-    """Print an :class:`EdgepureError` as ``error: …`` on stderr (no traceback) and exit with status 1.
+    """Print an :class:`EdgepureError` as ``error: …`` on stderr (no traceback) and exit with status 1; an optional
+    package that is not installed is one too, naming the extra that installs it (:func:`missing_extra`).
 
     Any other exception is a bug and keeps its traceback.
     """
@@ -36,6 +57,12 @@ def user_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except EdgepureError as exc:
             typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+        except ImportError as exc:
+            missing = missing_extra(exc)
+            if missing is None:
+                raise
+            typer.echo(f"error: {missing}", err=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)

@@ -25,7 +25,7 @@ class ImageFormat(str, Enum):
 def info(
     data: Annotated[str, typer.Option("--data", help="GTSRB folder/zip, CIFAR-10 folder/archive, or 'synth'.")],
     val_fraction: Annotated[float, typer.Option(help="Fraction of tracks held out for validation.")] = 0.1,
-    split_seed: Annotated[int, typer.Option(help="Seed of the track split.")] = 0,
+    split_seed: Annotated[int, typer.Option(min=0, help="Seed of the track split.")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Describe a data set: its kind, splits, sizes and (for GTSRB) the track split."""
@@ -75,8 +75,8 @@ def info(
 def render(
     out: Annotated[Path, typer.Argument(help="Folder to write the images and labels.csv into (created).")],
     n: Annotated[int, typer.Option("--n", help="Number of images (class-balanced).")] = 430,
-    seed: Annotated[int, typer.Option(help="Seed; the same seed gives the same images.")] = 0,
-    size: Annotated[int, typer.Option(help="Image size in pixels.")] = 32,
+    seed: Annotated[int, typer.Option(min=0, help="Seed; the same seed gives the same images.")] = 0,
+    size: Annotated[int, typer.Option(min=8, max=1024, help="Image size in pixels.")] = 32,
     fmt: Annotated[ImageFormat, typer.Option("--format", help="Image file format.")] = ImageFormat.ppm,
 ) -> None:
     """Render synthetic traffic signs of all 43 GTSRB classes into a folder of images with labels.csv."""

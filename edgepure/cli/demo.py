@@ -18,7 +18,7 @@ def demo(
     purifier_arg: Annotated[Optional[list[str]], typer.Option(help="Purifier setting key=value (repeatable).")] = None,
     attack: Annotated[str, typer.Option(help="Attack families, comma-separated.")] = "conv,patch,flow,additive",
     steps: Annotated[int, typer.Option(help="APGD steps per attack.")] = 20,
-    seed: Annotated[int, typer.Option(help="Seed of the images and attacks.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, help="Seed of the images and attacks.")] = 0,
     threads: Annotated[Optional[int], typer.Option(help="ONNX Runtime intra-op threads.")] = None,
     video: Annotated[bool, typer.Option(help="Write the overlay video.")] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,

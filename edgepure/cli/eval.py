@@ -35,7 +35,7 @@ def clean(
     data: Annotated[str, typer.Option("--data", help="GTSRB folder/zip, CIFAR-10 folder/archive, or 'synth'.")],
     split: Annotated[Split, typer.Option(help="train / val (held-out tracks) / trainval / test (Final_Test).")] = Split.val,
     n: Annotated[Optional[int], typer.Option("--n", help="Evaluate a seeded subset of N images.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the subset (and of synthetic renders).")] = 0,
+    seed: Annotated[int, typer.Option(min=0, help="Seed of the subset (and of synthetic renders).")] = 0,
     model: Annotated[
         Optional[str], typer.Option(help="Registered name with shipped weights, or a checkpoint (.safetensors or run folder).")
     ] = None,
@@ -92,7 +92,7 @@ def robust(
     data: Annotated[str, typer.Option("--data", help="GTSRB folder/zip, CIFAR-10 folder/archive, or 'synth'.")],
     split: Annotated[Split, typer.Option(help="Data split (val = held-out tracks).")] = Split.val,
     n: Annotated[int, typer.Option("--n", help="Number of images (seeded subset).")] = 512,
-    seed: Annotated[int, typer.Option(help="Seed of the subset, the attacks' restarts and the purifiers' noise.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, help="Seed of the subset, the attacks' restarts and the purifiers' noise.")] = 0,
     defense: Annotated[str, typer.Option(help="A registered purifier, or 'none'.")] = "none",
     kind: Annotated[Optional[str], typer.Option(help="Purifier kind (NAPPure: blur, occlusion, distortion, additive, joint).")] = None,
     defense_arg: Annotated[Optional[list[str]], typer.Option(help="Purifier setting key=value (repeatable), e.g. steps=8.")] = None,

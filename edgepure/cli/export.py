@@ -38,30 +38,25 @@ def export(
     n: Annotated[int, typer.Option("--n", help="Parity images.")] = 64,
     atol: Annotated[Optional[float], typer.Option(
         help="Largest allowed |ONNX Runtime − PyTorch| on any output (default 1e-3 for fp32, 5e-2 for fp16).")] = None,
-    force: Annotated[bool, typer.Option(help="Replace --out if it exists.")] = False,
+    force: Annotated[bool, typer.Option(
+        help="Replace --out if it is a model directory or variant set edgepure wrote, or empty (never other folders).")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
 ) -> None:
     """Export the classifier, the purifier and the fused purify → classify pipeline as static ONNX graphs."""
+    from edgepure.runtime.staging import check_replaceable
+
+    # every option is checked before the first model loads: a mistake costs no export time
+    settings, step_list = _purifier_settings(purifier, purifier_arg or [], kind, list(steps or []))
+    check_replaceable(out, force)
+
     from edgepure.data import open_dataset
     from edgepure.export.pipeline import export_pipeline
+    from edgepure.models.loading import load_classifier_source
+    from edgepure.models.registry import DEFAULT_CLASSIFIER
     from edgepure.purifiers import create_purifier
     from edgepure.runtime.classes import GTSRB_CLASSES
 
-    from edgepure.models.loading import load_classifier_source
-    from edgepure.models.registry import DEFAULT_CLASSIFIER
-
     net, info = load_classifier_source(classifier or DEFAULT_CLASSIFIER)
-    from edgepure.runtime.errors import ConfigError
-
-    settings = parse_settings(purifier_arg or [], "--purifier-arg")
-    settings.update({k: v for k, v in (("kind", kind),) if v is not None})
-    if steps and "steps" in settings:
-        raise ConfigError("give the steps once: --steps or --purifier-arg steps=K")
-    if (settings or steps) and not purifier:
-        raise ConfigError(f"purifier settings {sorted(settings) + (['steps'] if steps else [])} given without --purifier")
-    step_list = list(steps or [])
-    if len(set(step_list)) != len(step_list):
-        raise ConfigError(f"--steps repeats a value: {step_list}")
     size = 32 if isinstance(net, Path) else int(getattr(net, "input_size", 32))
     images = open_dataset(data, "val", n=max(n, batch), size=size).as_float_nchw()
     cfg = getattr(net, "pretrained_cfg", {})
@@ -91,23 +86,39 @@ def export(
         typer.echo(f"{out}: variant set {', '.join(manifests)} (variants.json)")
 
 
+def _purifier_settings(purifier: Optional[str], purifier_arg: list[str], kind: Optional[str],
+                       step_list: list[int]) -> tuple[dict[str, Any], list[int]]:
+    """The ``--purifier-arg`` settings (with ``--kind``) and the ``--steps`` values, checked."""
+    from edgepure.runtime.errors import ConfigError
+
+    settings = parse_settings(purifier_arg, "--purifier-arg")
+    settings.update({k: v for k, v in (("kind", kind),) if v is not None})
+    if step_list and "steps" in settings:
+        raise ConfigError("give the steps once: --steps or --purifier-arg steps=K")
+    if (settings or step_list) and not purifier:
+        raise ConfigError(f"purifier settings {sorted(settings) + (['steps'] if step_list else [])} given without --purifier")
+    if len(set(step_list)) != len(step_list):
+        raise ConfigError(f"--steps repeats a value: {step_list}")
+    for k in [*step_list, *([settings["steps"]] if "steps" in settings else [])]:
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ConfigError(f"the purifier's steps K must be whole numbers ≥ 1 (--steps, --purifier-arg steps=K), "
+                              f"got {k!r}")
+    return settings, step_list
+
+
 def _export_variants(out: Path, step_list: list[int], one: Any, force: bool) -> dict[str, dict[str, Any]]:
     """Export one model directory per K into a temporary folder, then move the whole set into place."""
     import shutil
 
-    from edgepure.runtime.errors import ConfigError
-    from edgepure.runtime.manifest import staging_dir
+    from edgepure.runtime.staging import check_replaceable, replace_dir, staging_dir
     from edgepure.runtime.variants import write_variants
 
-    if out.exists() and not force:
-        raise ConfigError(f"{out}: exists; pass --force to replace it")
+    check_replaceable(out, force)
     tmp = staging_dir(out)
     try:
         manifests = {f"k{k}": one(tmp / f"k{k}", {"steps": k}, False) for k in step_list}
         write_variants(tmp, [(name, name) for name in manifests])
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
+        replace_dir(tmp, out, force)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -7,12 +7,23 @@ exported graph is static: ``forward(x, noise=None)`` draws fresh noise only when
 
 from __future__ import annotations
 
+import numbers
 from typing import Optional
 
 import torch
 from torch import nn
 
-__all__ = ["Purifier", "voted_calls"]
+from edgepure.runtime.errors import ConfigError
+
+__all__ = ["Purifier", "check_steps", "voted_calls"]
+
+
+def check_steps(purifier: str, key: str, value: object) -> int:
+    """A purifier's step count ``key``, which must be an integer ≥ 1: zero steps purify nothing (no defense is
+    no purifier), and a stochastic purifier's graph would lose the noise input that the runtime feeds."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ConfigError(f"{purifier}: {key} must be an integer ≥ 1, got {value!r}")
+    return int(value)
 
 
 def voted_calls(one_draw: dict[str, int], votes: int) -> dict[str, int]:

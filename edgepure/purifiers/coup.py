@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgepure.models.loading import prior_label
-from edgepure.purifiers.base import Purifier
+from edgepure.purifiers.base import Purifier, check_steps
 from edgepure.purifiers.registry import register_purifier
 from edgepure.runtime.errors import ConfigError
 
@@ -47,8 +47,7 @@ class COUP(Purifier):
     def __init__(self, prior: nn.Module, classifier: nn.Module, steps: int = 8, t_star: float = 0.1, lam: float = 1.0,
                  beta_min: float = 0.1, beta_max: float = 20.0) -> None:
         super().__init__()
-        if steps < 0:
-            raise ConfigError(f"coup: steps must be ≥ 0, got {steps}")
+        steps = check_steps("coup", "steps", steps)
         if not T_END < t_star <= 1.0 or lam < 0 or not 0 < beta_min <= beta_max:
             raise ConfigError(f"coup: need 1e-5 < t_star ≤ 1, lam ≥ 0, 0 < beta_min ≤ beta_max; got t_star={t_star}, "
                               f"lam={lam}, beta_min={beta_min}, beta_max={beta_max}")
@@ -59,7 +58,7 @@ class COUP(Purifier):
         self.steps, self.t_star, self.lam, self.beta_min, self.beta_max = steps, t_star, lam, beta_min, beta_max
 
     def noise_shape(self, x: torch.Tensor) -> Optional[tuple[int, ...]]:
-        return (x.shape[0], max(self.steps, 1), *x.shape[1:])
+        return (x.shape[0], self.steps, *x.shape[1:])
 
     def _beta(self, t: float) -> float:
         return self.beta_min + t * (self.beta_max - self.beta_min)
@@ -83,8 +82,6 @@ class COUP(Purifier):
         return g
 
     def forward(self, x: torch.Tensor, noise: Optional[torch.Tensor] = None) -> torch.Tensor:  # type: ignore[override]
-        if self.steps == 0:
-            return x
         if noise is None:
             noise = self.sample_noise(x)
         assert noise is not None

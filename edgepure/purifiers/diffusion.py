@@ -37,7 +37,7 @@ from torch import nn
 
 from edgepure.models.loading import prior_label
 from edgepure.models.priors import ddpm_alphas_bar
-from edgepure.purifiers.base import Purifier, voted_calls
+from edgepure.purifiers.base import Purifier, check_steps, voted_calls
 from edgepure.purifiers.registry import register_purifier
 from edgepure.runtime.errors import ConfigError
 
@@ -72,9 +72,10 @@ class HeteroDiffusion(Purifier):
                               "stage_features(x) method returning its stage activations (SignNet has one)")
         if not 0 < t_s <= t_l < 1:
             raise ConfigError(f"hetero_diffusion: need 0 < t_s ≤ t_l < 1, got t_s={t_s}, t_l={t_l}")
-        if calls < 1 or resample < 0 or not 0 <= tau <= 1 or votes < 1:
-            raise ConfigError(f"hetero_diffusion: need calls ≥ 1, resample ≥ 0, 0 ≤ tau ≤ 1, votes ≥ 1; got {calls}, "
-                              f"{resample}, {tau}, {votes}")
+        calls = check_steps("hetero_diffusion", "calls", calls)
+        if resample < 0 or not 0 <= tau <= 1 or votes < 1:
+            raise ConfigError(f"hetero_diffusion: need resample ≥ 0, 0 ≤ tau ≤ 1, votes ≥ 1; got {resample}, {tau}, "
+                              f"{votes}")
         self.prior = prior.eval()
         self.classifier = classifier.eval()
         for p in [*self.prior.parameters(), *self.classifier.parameters()]:

@@ -38,7 +38,7 @@ from torch import nn
 from edgepure.models.loading import prior_label
 from edgepure.models.registry import DEFAULT_PRIOR, list_priors
 from edgepure.perturb import Additive, Composite, ConvBlur, Flow, Params, Perturbation, SoftMask
-from edgepure.purifiers.base import Purifier, voted_calls
+from edgepure.purifiers.base import Purifier, check_steps, voted_calls
 from edgepure.purifiers.registry import register_purifier
 from edgepure.runtime.errors import ConfigError
 
@@ -220,8 +220,7 @@ class NAPPure(Purifier):
             raise ConfigError(f"nappure: mode must be 'fixed' or 'reference', got {mode!r}")
         if config.kind not in KINDS:
             raise ConfigError(f"nappure: unknown kind {config.kind!r} (expected one of {', '.join(KINDS)})")
-        if config.steps < 0:
-            raise ConfigError(f"nappure: steps must be ≥ 0, got {config.steps}")
+        check_steps("nappure", "steps", config.steps)
         if config.lr_schedule not in ("constant", "cosine"):
             raise ConfigError(f"nappure: lr_schedule must be 'constant' or 'cosine', got {config.lr_schedule!r}")
         if config.init_sigma is not None and not config.init_sigma > 0:
@@ -351,8 +350,6 @@ class NAPPure(Purifier):
         expected = (n, k_steps, c * h * w + 1)
         if tuple(noise.shape) != expected:
             raise ConfigError(f"nappure: noise must have shape {expected}, got {tuple(noise.shape)}")
-        if k_steps == 0:
-            return x, self.family.identity(x), [float(self._final_loss(x * 2 - 1, x * 2 - 1, self.family.identity(x), noise))] if track else []
         # an adaptive attack differentiates through us, and so does the learning of the step sizes
         learning = torch.is_grad_enabled() and self._hyper_grad()
         create_graph = learning or (torch.is_grad_enabled() and x.requires_grad)
@@ -552,6 +549,8 @@ def nappure(kind: str = "joint", steps: Optional[int] = None, mode: str = "fixed
 
     if kind not in KINDS:
         raise ConfigError(f"nappure: unknown kind {kind!r} (expected one of {', '.join(KINDS)})")
+    if steps is not None:
+        check_steps("nappure", "steps", steps)  # before the prior's weights are read
     if prior is None:
         prior = default_prior(kind, mode)
     prior_name = prior if isinstance(prior, str) else getattr(prior, "edgepure_name", None)

@@ -11,7 +11,7 @@ for ``iterations`` K steps from ``x_0 = x``:
 
 i.e. the low frequencies come from the smoothed image and the high frequencies from the blind-spot
 prediction, never from the pixel itself, where a pixel-wise adversarial residual lives. ``α`` = 0 is
-plain iterative GS (the paper's GS baseline); K = 0 is the identity. Defaults K = 3, σ = 1, α = 0.5: on
+plain iterative GS (the paper's GS baseline). Defaults K = 3, σ = 1, α = 0.5: on
 128 GTSRB validation images (torch, APGD-20 blind) they kept 97.7 % clean accuracy and 49.2 % under the
 additive attack, where GS alone (α = 0) had 94.5 % / 46.9 % and α = 1 97.7 % / 40.6 % (docs/purifiers.md). No randomness, no gradients: a
 static graph of K depthwise convolution pairs and K BSN forwards.
@@ -24,7 +24,7 @@ from typing import Any, Optional
 import torch
 from torch import nn
 
-from edgepure.purifiers.base import Purifier
+from edgepure.purifiers.base import Purifier, check_steps
 from edgepure.purifiers.baselines import GaussianSmoothing
 from edgepure.purifiers.registry import register_purifier
 from edgepure.runtime.errors import ConfigError
@@ -36,8 +36,9 @@ class NCIS(Purifier):
     def __init__(self, bsn: nn.Module, iterations: int = 3, sigma: float = 1.0, kernel_size: int = 5,
                  alpha: float = 0.5) -> None:
         super().__init__()
-        if iterations < 0 or sigma <= 0 or kernel_size % 2 != 1 or kernel_size < 1 or alpha < 0:
-            raise ConfigError(f"ncis: need iterations ≥ 0, sigma > 0, an odd kernel_size and alpha ≥ 0; got "
+        iterations = check_steps("ncis", "iterations", iterations)
+        if sigma <= 0 or kernel_size % 2 != 1 or kernel_size < 1 or alpha < 0:
+            raise ConfigError(f"ncis: need iterations ≥ 1, sigma > 0, an odd kernel_size and alpha ≥ 0; got "
                               f"{iterations}, {sigma}, {kernel_size}, {alpha}")
         self.bsn = bsn.eval()
         for p in self.bsn.parameters():

@@ -149,6 +149,10 @@ def render_dataset(
     """``n`` rendered images (``N×size×size×3`` uint8) and their labels, class-balanced and deterministic."""
     if n < 0:
         raise ConfigError(f"number of synthetic images must be ≥ 0, got {n}")
+    if seed < 0:
+        raise ConfigError(f"seed must be ≥ 0 (numpy's generators take no negative seed), got {seed}")
+    if not 8 <= size <= 1024:  # the array is allocated before any sign is drawn
+        raise ConfigError(f"image size must be 8 to 1024 pixels, got {size}")
     pool = np.asarray(classes if classes is not None else range(NUM_CLASSES), dtype=np.int64)
     if pool.size == 0 or pool.min() < 0 or pool.max() >= NUM_CLASSES:
         raise ConfigError(f"classes must be a non-empty subset of 0..{NUM_CLASSES - 1}")
