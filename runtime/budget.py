@@ -11,6 +11,7 @@ the current variant shows (``observed / start-up``). The choice and every switch
 from __future__ import annotations
 
 import logging
+import math
 import statistics
 from collections import deque
 from dataclasses import dataclass
@@ -44,8 +45,8 @@ class BudgetController:
                  headroom: float = 0.9, logger: Optional[logging.Logger] = None) -> None:
         if len(names) != len(costs) or not names:
             raise ConfigError(f"need one start-up cost per variant, got {len(names)} names and {len(costs)} costs")
-        if budget_ms <= 0:
-            raise ConfigError(f"the latency budget must be positive, got {budget_ms} ms")
+        if not (math.isfinite(budget_ms) and budget_ms > 0):
+            raise ConfigError(f"the latency budget must be a positive number, got {budget_ms} ms")
         if window < 1 or not 0 < headroom <= 1:
             raise ConfigError(f"window must be ≥ 1 and headroom in (0, 1], got {window} and {headroom}")
         self.names, self.costs = list(names), [float(c) for c in costs]

@@ -7,6 +7,7 @@ beyond numpy. Every failure names the file and says what was expected and what w
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,9 @@ from edgepure.runtime.errors import ImageDecodeError, MissingDependencyError
 __all__ = ["decode_image", "decode_pnm", "encode_ppm", "read_image", "write_ppm"]
 
 _WHITESPACE = b" \t\r\n\x0b\x0c"
+# Pillow opens what these name and nothing else: frames come from cameras and folders a user does not vet, and
+# some of Pillow's other readers hand the bytes to external programs (EPS to Ghostscript)
+_FORMATS = ("PNG", "JPEG", "BMP", "WEBP", "PPM")
 
 
 def _header_tokens(data: bytes, count: int, name: str) -> tuple[list[int], int]:
@@ -38,6 +42,9 @@ def _header_tokens(data: bytes, count: int, name: str) -> tuple[list[int], int]:
             raise ImageDecodeError(f"{name}: truncated PNM header (expected {count} numbers, found {len(tokens)})")
         if not token.isdigit():
             raise ImageDecodeError(f"{name}: bad PNM header field {token[:16]!r} (expected a positive integer)")
+        if len(token) > 9:  # no image is that large, and int() refuses numbers of thousands of digits
+            raise ImageDecodeError(f"{name}: PNM header field {token[:16].decode()}… is too large "
+                                   f"({len(token)} digits, expected at most 9)")
         tokens.append(int(token))
     if pos >= n or data[pos] not in _WHITESPACE:
         raise ImageDecodeError(f"{name}: truncated PNM header (no whitespace before the pixel data)")
@@ -70,7 +77,11 @@ def decode_pnm(data: bytes, name: str = "<bytes>") -> np.ndarray:
 
 
 def decode_image(data: bytes, name: str = "<bytes>") -> np.ndarray:
-    """Decode image bytes into ``H×W×3`` uint8 RGB. PPM/PGM natively; PNG, JPEG, BMP… through Pillow."""
+    """Decode image bytes into ``H×W×3`` uint8 RGB. PPM/PGM natively; PNG, JPEG, BMP… through Pillow.
+
+    16-bit images are scaled to 8 bits; pixels that have no 8-bit meaning (floats, 32-bit integers) are
+    refused. Every failure is an :class:`ImageDecodeError` naming ``name``.
+    """
     if data[:2] in (b"P6", b"P5"):
         return decode_pnm(data, name)
     if not data:
@@ -82,11 +93,38 @@ def decode_image(data: bytes, name: str = "<bytes>") -> np.ndarray:
     import io
 
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with Image.open(io.BytesIO(data), formats=_FORMATS) as im:
             im.load()
+            if im.mode == "I" or im.mode.startswith("I;"):
+                return _sixteen_bit_grey(np.asarray(im), name)
+            if im.mode == "F":
+                raise ImageDecodeError(f"{name}: floating-point pixels have no 8-bit RGB meaning "
+                                       "(expected 8- or 16-bit pixels)")
             return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
-        raise ImageDecodeError(f"{name}: cannot decode the image ({exc})") from None
+    except UnidentifiedImageError:
+        raise ImageDecodeError(f"{name}: cannot decode the image: not a recognised format, or its header is "
+                               "corrupt (expected PPM/PGM, PNG, JPEG, BMP or WebP)") from None
+    except ImageDecodeError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - Pillow's parsers raise many types on bad data: all mean "corrupt"
+        raise ImageDecodeError(f"{name}: cannot decode the image ({_reason(exc)})") from None
+
+
+def _sixteen_bit_grey(arr: np.ndarray, name: str) -> np.ndarray:
+    """Pillow's integer grey modes ("I;16…", and "I" that 16-bit PNG/PGM open as) → ``H×W×3`` uint8."""
+    lo, hi = (int(arr.min()), int(arr.max())) if arr.size else (0, 0)
+    if lo < 0 or hi > 65535:
+        raise ImageDecodeError(f"{name}: 32-bit integer pixels (values {lo}..{hi}) have no 8-bit meaning "
+                               "(expected 8- or 16-bit pixels)")
+    grey = ((arr.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)  # v/257, rounded
+    return np.repeat(grey[..., None], 3, axis=2)
+
+
+def _reason(exc: BaseException) -> str:
+    """One line about ``exc`` without object reprs such as ``<_io.BytesIO object at 0x…>``."""
+    text = re.sub(r"\s*<[^<>]* at 0x[0-9a-fA-F]+>", "", str(exc))
+    text = " ".join(text.split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def read_image(path: str | os.PathLike[str]) -> np.ndarray:
@@ -98,6 +136,8 @@ def read_image(path: str | os.PathLike[str]) -> np.ndarray:
         raise ImageDecodeError(f"{p}: no such image file") from None
     except IsADirectoryError:
         raise ImageDecodeError(f"{p}: is a directory, expected an image file") from None
+    except OSError as exc:
+        raise ImageDecodeError(f"{p}: cannot read the file ({exc.strerror or type(exc).__name__})") from None
     return decode_image(data, str(p))
 
 

@@ -177,9 +177,7 @@ class EdgeModel:
             raise ConfigError(f"expected a uint8 frame, got {frame.dtype}")
         if roi is not None:
             x1, y1, x2, y2 = roi
-            if not (x2 > x1 and y2 > y1):
-                raise ConfigError(f"ROI {tuple(roi)} is empty (expected x1 < x2 and y1 < y2)")
-            frame = crop_roi(frame, (x1, y1, x2, y2))
+            frame = crop_roi(frame, (x1, y1, x2, y2))  # refuses an ROI that misses the frame
         img = frame if frame.shape[:2] == (self.height, self.width) else resize(frame, (self.height, self.width))
         out = img.transpose(2, 0, 1).astype(np.float32, order="C")  # a fresh C-contiguous copy
         out *= np.float32(1.0 / 255.0)

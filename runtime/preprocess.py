@@ -7,13 +7,15 @@ BILINEAR does), so a 200-pixel crop shrunk to 32 pixels is not aliased.
 
 from __future__ import annotations
 
+import math
 from functools import lru_cache
+from typing import Sequence
 
 import numpy as np
 
 from edgepure.runtime.errors import ConfigError
 
-__all__ = ["crop_roi", "resize", "resize_matrix", "scale_roi", "to_chw_float"]
+__all__ = ["check_roi", "crop_roi", "resize", "resize_matrix", "scale_roi", "to_chw_float"]
 
 
 @lru_cache(maxsize=64)
@@ -67,9 +69,32 @@ def scale_roi(
     return x1 * sx, y1 * sy, x2 * sx, y2 * sy
 
 
-def crop_roi(img: np.ndarray, roi: tuple[float, float, float, float]) -> np.ndarray:
-    """Crop ``img`` to the ROI ``(x1, y1, x2, y2)`` (inclusive GTSRB convention, clamped to the image)."""
+def check_roi(roi: Sequence[float], width: int, height: int) -> None:
+    """Refuse an ``(x1, y1, x2, y2)`` ROI (inclusive corners) that covers less than one pixel of a
+    ``width×height`` frame: clamping it would crop an unrelated border pixel and answer for that."""
+    x1, y1, x2, y2 = (float(v) for v in roi)
+    shown = f"ROI (x1, y1, x2, y2) = ({', '.join(f'{v:g}' for v in (x1, y1, x2, y2))})"
+    if not all(math.isfinite(v) for v in (x1, y1, x2, y2)):
+        raise ConfigError(f"{shown} has NaN or infinite coordinates (expected finite pixel coordinates)")
+    if x2 < x1 or y2 < y1:
+        raise ConfigError(f"{shown} is empty (expected x1 ≤ x2 and y1 ≤ y2; the corners are inclusive)")
+    # pixel x spans [x, x + 1): the ROI covers [x1, x2 + 1) × [y1, y2 + 1) before clipping to the frame
+    across = min(x2 + 1, width) - max(x1, 0.0)
+    down = min(y2 + 1, height) - max(y1, 0.0)
+    if across <= 0 or down <= 0:
+        raise ConfigError(f"{shown} lies outside the {width}×{height} frame (expected it to overlap the frame)")
+    if across < 1 or down < 1:
+        raise ConfigError(f"{shown} overlaps the {width}×{height} frame by less than one pixel "
+                          f"({across:g}×{down:g}; expected at least 1×1)")
+
+
+def crop_roi(img: np.ndarray, roi: Sequence[float]) -> np.ndarray:
+    """Crop ``img`` to the ROI ``(x1, y1, x2, y2)`` (inclusive GTSRB convention, clipped to the image).
+
+    An ROI that covers less than one pixel of the image is a :class:`ConfigError` (see :func:`check_roi`).
+    """
     h, w = img.shape[:2]
+    check_roi(roi, w, h)
     x1, y1, x2, y2 = roi
     c0 = int(np.clip(np.floor(x1), 0, w - 1))
     r0 = int(np.clip(np.floor(y1), 0, h - 1))

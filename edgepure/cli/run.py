@@ -7,6 +7,8 @@ on a device with numpy, onnxruntime or TensorRT, and OpenCV for video, cameras a
 from __future__ import annotations
 
 import logging
+import math
+import os
 import sys
 from enum import Enum
 from pathlib import Path
@@ -39,8 +41,10 @@ def _roi(text: Optional[str]) -> Optional[tuple[float, float, float, float]]:
         x, y, w, h = (float(v) for v in text.split(","))
     except ValueError:
         raise ConfigError(f"--roi expects x,y,w,h (four numbers), got {text!r}") from None
-    if w <= 0 or h <= 0 or x < 0 or y < 0:
-        raise ConfigError(f"--roi needs x, y ≥ 0 and w, h > 0, got {text!r}")
+    if not all(math.isfinite(v) for v in (x, y, w, h)):
+        raise ConfigError(f"--roi needs finite numbers, got {text!r}")
+    if w < 1 or h < 1 or x < 0 or y < 0:
+        raise ConfigError(f"--roi needs x, y ≥ 0 and w, h ≥ 1 (pixels), got {text!r}")
     return x, y, x + w - 1, y + h - 1
 
 
@@ -92,21 +96,26 @@ def run(
     variant: Annotated[Optional[str], typer.Option(help="Run only this variant of a variant set.")] = None,
     smoothing: Annotated[float, typer.Option(help="Temporal smoothing α in (0, 1] (1: none).")] = 1.0,
     topk: Annotated[int, typer.Option(help="Classes reported per frame.")] = 3,
-    results: Annotated[Optional[Path], typer.Option(help="Also write one JSON line per frame here.")] = None,
-    threads: Annotated[Optional[int], typer.Option(help="ONNX Runtime intra-op threads.")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the purifier's noise.")] = 0,
+    results: Annotated[Optional[Path], typer.Option(help="Also write one JSON line per frame here (.jsonl).")] = None,
+    threads: Annotated[Optional[int], typer.Option(help="ONNX Runtime intra-op threads (1 to the cores).")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the purifier's noise (≥ 0).")] = 0,
     fps: Annotated[float, typer.Option(help="Frame rate written into an output video.")] = 30.0,
+    reconnect_timeout: Annotated[float, typer.Option(
+        help="Seconds to keep retrying a camera or stream that cannot be opened or has dropped, with capped "
+             "exponential backoff (0: never give up).")] = 60.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
     quiet: Annotated[bool, typer.Option(help="Log only warnings and errors.")] = False,
 ) -> None:
     """Run purify → classify over a camera, video, folder or the synthetic sign source."""
-    from edgepure.runtime.errors import ConfigError, PrecisionWarning
-    from edgepure.runtime.stream import Runner, open_output, open_source, run_stream
+    from edgepure.runtime.errors import ConfigError, DataError, PrecisionWarning
+    from edgepure.runtime.stream import Capture, Runner, open_output, open_source, run_stream
+    from edgepure.runtime.stream.outputs import OutputError
 
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if max_frames is not None and max_frames < 1:
         raise ConfigError(f"--max-frames must be ≥ 1, got {max_frames}")
+    _check_run_options(threads, budget_ms, seed, reconnect_timeout, results)
     if output is None and not headless:
         output = "display://0"
     if headless and output and output.startswith("display://"):
@@ -121,16 +130,62 @@ def run(
         source = open_source(input, _attack_transform(input, runner))
         outputs = [open_output(output, fps)]
         if results is not None:
-            outputs.append(open_output(str(results) if results.suffix else f"{results}.jsonl"))
-        summary = run_stream(source, runner, outputs, max_frames=max_frames)
+            outputs.append(open_output(str(results)))
+        summary = run_stream(Capture(source, reconnect_timeout=reconnect_timeout), runner, outputs,
+                             max_frames=max_frames)
     finally:
         runner.close()
     if as_json:
         echo_json(summary)
     else:
         typer.echo(_summary_text(summary), err=True)
+    if summary["output_error"]:
+        raise OutputError(summary["output_error"])
     if summary["failure"]:
         raise typer.Exit(1)
+    if summary["frames"] == 0 and summary["stop"] == "end of stream":
+        raise DataError(_nothing_read(summary))
+
+
+def _nothing_read(s: dict[str, Any]) -> str:
+    """Why a run that ended by itself processed no frame, for the ``error:`` line after its summary."""
+    why = []
+    if s["bad_frames"]:
+        why.append(f"{s['bad_frames']} unreadable")
+    if s["errors"]:
+        why.append(f"{s['errors']} could not be processed")
+    if not why:
+        return f"{s['source']}: no frame was processed: the input holds no frames"
+    return f"{s['source']}: no frame was processed ({', '.join(why)}; the warnings above say why)"
+
+
+def _check_threads(threads: Optional[int]) -> None:
+    """More intra-op threads than cores only makes them wait on each other (a thousand stall the run)."""
+    from edgepure.runtime.errors import ConfigError
+
+    cores = os.cpu_count()
+    if threads is not None and (threads < 1 or (cores is not None and threads > cores)):
+        bound = f"between 1 and the {cores} cores of this machine" if cores else "≥ 1"
+        raise ConfigError(f"--threads must be {bound}, got {threads}")
+
+
+def _check_run_options(threads: Optional[int], budget_ms: Optional[float], seed: int, reconnect_timeout: float,
+                       results: Optional[Path]) -> None:
+    """Refuse what ``edgepure run`` cannot honour before the models load."""
+    from edgepure.runtime.errors import ConfigError
+
+    _check_threads(threads)
+    if budget_ms is not None and not (math.isfinite(budget_ms) and budget_ms > 0):
+        raise ConfigError(f"--budget-ms must be a positive number of milliseconds, got {budget_ms}")
+    if seed < 0:
+        raise ConfigError(f"--seed must be ≥ 0 (numpy's generators take no negative seed), got {seed}")
+    if not (math.isfinite(reconnect_timeout) and reconnect_timeout >= 0):
+        raise ConfigError(f"--reconnect-timeout must be a number of seconds ≥ 0 (0: never give up), "
+                          f"got {reconnect_timeout}")
+    if results is not None and results.is_dir():
+        raise ConfigError(f"--results {results}: is a folder (expected a .jsonl file to write)")
+    if results is not None and results.suffix.lower() not in (".jsonl", ".ndjson"):
+        raise ConfigError(f"--results {results}: expected a .jsonl or .ndjson file")
 
 
 def _ensure_engines(model: Path, mode: str, variant: Optional[str]) -> None:
@@ -185,6 +240,7 @@ def bench(
     from edgepure.runtime.bench import bench_directory
     from edgepure.runtime.errors import ConfigError, PrecisionWarning
 
+    _check_threads(threads)
     try:
         batches = [int(b) for b in batch.split(",") if b.strip()]
     except ValueError:

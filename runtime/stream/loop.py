@@ -7,12 +7,16 @@
 variant, applies temporal smoothing and feeds the latency budget; :func:`run_stream` runs capture in its
 own thread, writes every result to the outputs and returns the summary: frames, dropped, errors,
 p50/p95/p99 latency per stage, accuracy where the source knows the labels, and the variant switches.
-Ctrl-C (or q in the window) stops it cleanly and the summary is still returned.
+Ctrl-C, SIGTERM (or q in the window) stop it cleanly and the summary is still returned; so does an output
+that cannot be written any more (``stop: "output failed"``, the reason in ``output_error``).
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
@@ -22,16 +26,61 @@ import numpy as np
 from edgepure.runtime.budget import BudgetController, measure
 from edgepure.runtime.errors import ConfigError, EdgepureError
 from edgepure.runtime.model import EdgeModel, softmax
+from edgepure.runtime.preprocess import check_roi
 from edgepure.runtime.smoothing import TemporalSmoother
 from edgepure.runtime.stream.capture import Capture
-from edgepure.runtime.stream.outputs import Output, StopRequested
+from edgepure.runtime.stream.outputs import Output, OutputError, StopRequested
 from edgepure.runtime.stream.sources import Frame, Source
 from edgepure.runtime.stream.stats import StageStats
 from edgepure.runtime.variants import list_variants
 
-__all__ = ["Runner", "run_stream"]
+__all__ = ["Runner", "Terminated", "run_stream"]
 
 log = logging.getLogger("edgepure.runtime.loop")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM arrived while :func:`run_stream` was running: it stops the loop as Ctrl-C does."""
+
+
+class _SigtermAsInterrupt:
+    """While the loop runs, SIGTERM (``kill``, a service manager stopping it) raises :class:`Terminated` as
+    Ctrl-C raises KeyboardInterrupt, so that the video file is finished and the summary returned. Once the
+    loop is finishing its outputs (``cleaning``), a SIGTERM is only logged: raising there would cut the
+    video file short. :meth:`restore` puts the previous handler back. Only the main thread may set
+    handlers; elsewhere this does nothing."""
+
+    def __init__(self) -> None:
+        self.cleaning = False
+        self.installed = False
+        self.previous: Any = None
+
+    def install(self) -> "_SigtermAsInterrupt":
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGTERM, self._handle)
+            self.installed = True
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.cleaning:
+            log.warning("SIGTERM: finishing the outputs first")
+            return
+        raise Terminated()
+
+    def restore(self) -> None:
+        if self.installed:  # None: the handler was set outside Python; the default is the closest
+            signal.signal(signal.SIGTERM, signal.SIG_DFL if self.previous is None else self.previous)
+
+
+def _close(outputs: Sequence[Output], error: Optional[str]) -> Optional[str]:
+    """Close every output; the first that cannot be finished (its last flush on a full disk) becomes the
+    run's output error, unless there is one already."""
+    for o in outputs:
+        try:
+            o.close()
+        except OutputError as exc:
+            error = error or str(exc)
+    return error
 
 
 class Runner:
@@ -55,9 +104,13 @@ class Runner:
         if budget_ms is not None:
             rng = np.random.default_rng(seed)
             self.costs = []
+            roi = self.roi
+            if roi is not None and all(math.isfinite(v) for v in roi):  # its crop size, moved into the dummy frame
+                ox, oy = math.floor(roi[0]), math.floor(roi[1])
+                roi = (roi[0] - ox, roi[1] - oy, roi[2] - ox, roi[3] - oy)
             for m in self.models:
                 dummy = rng.integers(0, 256, (m.height * 2, m.width * 2, 3), dtype=np.uint8)
-                self.costs.append(measure(lambda m=m, d=dummy: m.predict(m.preprocess(d, self.roi)[None], self.k)))
+                self.costs.append(measure(lambda m=m, d=dummy: m.predict(m.preprocess(d, roi)[None], self.k)))
             self.controller = BudgetController(self.names, self.costs, budget_ms, window=window)
         self.current = self.controller.current if self.controller else len(self.models) - 1
 
@@ -129,11 +182,16 @@ def run_stream(source: Source | Capture, runner: Runner, outputs: Sequence[Optio
     per_variant: dict[str, int] = {}
     switches: list[dict[str, Any]] = []
     stop = "end of stream"
+    output_error: Optional[str] = None
     fps = 0.0
     last: Optional[float] = None
     t_start = time.perf_counter()
-    capture.start()
+    guard = _SigtermAsInterrupt().install()
     try:
+        capture.start()
+        size = capture.source.frame_size
+        if runner.roi is not None and size is not None:  # every frame has this size: fail now, not per frame
+            check_roi(runner.roi, *size)
         while max_frames is None or frames < max_frames:
             frame = capture.get()
             if frame is None:
@@ -170,20 +228,26 @@ def run_stream(source: Source | Capture, runner: Runner, outputs: Sequence[Optio
                 on_record(record)
         else:
             stop = "max frames"
-    except KeyboardInterrupt:
-        stop = "interrupted"
+    except KeyboardInterrupt as exc:
+        stop = "terminated" if isinstance(exc, Terminated) else "interrupted"
     except StopRequested:
         stop = "stopped from the window"
+    except OutputError as exc:
+        stop, output_error = "output failed", str(exc)
     finally:
-        capture.stop()
-        for o in outs:
-            o.close()
+        guard.cleaning = True
+        try:
+            capture.stop()
+            output_error = _close(outs, output_error)
+        finally:
+            guard.restore()
     wall = time.perf_counter() - t_start
     cs = capture.stats
     return {
         "source": capture.source.uri, "stop": stop, "frames": frames, "captured": cs.captured,
         "dropped": cs.dropped, "bad_frames": cs.bad_frames, "errors": errors, "reopens": cs.reopens,
-        "failure": cs.failure, "seconds": round(wall, 3), "fps": round(frames / wall, 2) if wall > 0 else None,
+        "failure": cs.failure, "output_error": output_error, "seconds": round(wall, 3),
+        "fps": round(frames / wall, 2) if wall > 0 else None,
         "accuracy": round(correct / labelled, 6) if labelled else None, "labelled": labelled,
         "latency_ms": stats.summary(), "variants": per_variant, "switches": switches,
         "budget": ({"budget_ms": runner.controller.budget,

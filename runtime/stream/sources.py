@@ -71,6 +71,7 @@ class Source:
     """Base class: ``open()``, ``read() -> Frame | None``, ``close()``; ``live`` and ``uri`` describe it."""
 
     live = False
+    frame_size: Optional[tuple[int, int]] = None  # (width, height) where every frame has it, known once open
 
     def __init__(self, uri: str) -> None:
         self.uri = uri
@@ -131,6 +132,8 @@ class SynthSource(Source):
         self.n = _int(params, "n", 430)
         self.seed = _int(params, "seed", 0)
         self.size = _int(params, "size", 32, lo=8)
+        if self.size > 1024:  # larger than any model input, and rendering time grows with the area
+            raise ConfigError(f"URI parameter size must be ≤ 1024 pixels, got {self.size}")
         self.hold = _int(params, "hold", 1, lo=1)
         self.fps = _float(params, "fps", 0.0)
         self.severity = _float(params, "severity", 0.5)
@@ -151,6 +154,7 @@ class SynthSource(Source):
                               "installed, or pass transform=")
         self.extra = params  # for the caller that handles more parameters
         self.live = self.fps > 0
+        self.frame_size = (self.size, self.size)
         self.transform = transform
         self.chunk = chunk
         self._buffer: list[Frame] = []
@@ -219,6 +223,7 @@ class ArraySource(Source):
         if hold < 1:
             raise ConfigError(f"hold must be ≥ 1, got {hold}")
         self.images, self.labels, self.hold = images, labels, hold
+        self.frame_size = (images.shape[2], images.shape[1])
 
     def read(self) -> Optional[Frame]:
         i = self.index // self.hold
@@ -258,8 +263,8 @@ class FolderSource(Source):
         self.index += 1
         try:
             img = as_rgb(read_image(path), str(path))
-        except (ImageDecodeError, OSError) as exc:
-            raise BadFrameError(f"{path}: {exc}") from None
+        except ImageDecodeError as exc:  # its message names the file already
+            raise BadFrameError(str(exc)) from None
         return Frame(img, i, time.time(), path.name, None, i)
 
 
@@ -291,7 +296,13 @@ def _has_gstreamer(cv2: Any) -> bool:
 
 
 class OpenCVSource(Source):
-    """A video file, V4L2 camera, CSI camera or network stream read through ``cv2.VideoCapture``."""
+    """A video file, V4L2 camera, CSI camera or network stream read through ``cv2.VideoCapture``.
+
+    A video frame that fails to decode before the end of the file is a bad frame and reading goes on;
+    the end is the frame count the file declares, or ``bad_run_limit`` failed reads in a row.
+    """
+
+    bad_run_limit = 25
 
     def __init__(self, uri: str, kind: str, target: str, params: dict[str, str]) -> None:
         super().__init__(uri)
@@ -304,14 +315,18 @@ class OpenCVSource(Source):
         if params:
             raise ConfigError(f"{uri}: unknown parameters {', '.join(sorted(params))}")
         self.cap: Any = None
+        self._count = 0  # frames a video file declares (0: unknown)
+        self._skipped = 0  # bad frames found by looking ahead, still to report
+        self._ahead: Any = None  # the frame that decoded after them
+        self._ended = False
 
     def open(self) -> None:
         cv2 = import_cv2()
         if self.kind == "video" and not Path(self.target).is_file():
             raise SourceError(f"{self.target}: no such video file")
         if self.kind == "csi":
-            if not _has_gstreamer(cv2):
-                raise SourceError(f"{self.uri}: CSI cameras need OpenCV built with GStreamer (JetPack's python3-opencv;"
+            if not _has_gstreamer(cv2):  # a ConfigError: no retry of a live source's first open can fix it
+                raise ConfigError(f"{self.uri}: CSI cameras need OpenCV built with GStreamer (JetPack's python3-opencv;"
                                   " pip's opencv-python has none: uninstall it inside the Jetson venv)")
             args: tuple[Any, ...] = (csi_pipeline(int(self.target), self.width, self.height, self.fps, self.flip),
                                      cv2.CAP_GSTREAMER)
@@ -332,19 +347,58 @@ class OpenCVSource(Source):
             self.cap.set(cv2.CAP_PROP_FRAME_WIDTH, self.width)
             self.cap.set(cv2.CAP_PROP_FRAME_HEIGHT, self.height)
             self.cap.set(cv2.CAP_PROP_BUFFERSIZE, 1)
+        if self.kind == "video":
+            self._count = max(0, int(self.cap.get(cv2.CAP_PROP_FRAME_COUNT)))
+            self._skipped, self._ahead, self._ended = 0, None, False
+            w, h = int(self.cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(self.cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
+            self.frame_size = (w, h) if w > 0 and h > 0 else None
 
     def read(self) -> Optional[Frame]:
         if self.cap is None:
             raise SourceError(f"{self.uri}: not open")
+        if self.kind == "video":
+            return self._read_video()
         ok, bgr = self.cap.read()
         if not ok or bgr is None:
-            if self.kind == "video":
-                return None
             raise SourceError(f"{self.uri}: the stream stopped delivering frames")
+        return self._frame(bgr)
+
+    def _frame(self, bgr: np.ndarray) -> Frame:
         i = self.index
         self.index += 1
         return Frame(as_rgb(np.ascontiguousarray(bgr[..., ::-1]), f"{self.uri} frame {i}"), i, time.time(),
                      f"frame{i:06d}", None, 0)
+
+    def _bad(self) -> BadFrameError:
+        i = self.index
+        self.index += 1
+        return BadFrameError(f"{self.uri}: frame {i} cannot be decoded (corrupt data); skipped")
+
+    def _read_video(self) -> Optional[Frame]:
+        if self._skipped:  # found while looking past a corrupt stretch: reported one per read, in order
+            self._skipped -= 1
+            raise self._bad()
+        if self._ahead is not None:
+            bgr, self._ahead = self._ahead, None
+            return self._frame(bgr)
+        if self._ended:
+            return None
+        ok, bgr = self.cap.read()
+        if ok and bgr is not None:
+            return self._frame(bgr)
+        if self._count and self.index >= self._count:
+            return None
+        # a corrupt frame or the end: only a frame that decodes after the failures tells them apart
+        for failed in range(1, self.bad_run_limit):
+            ok, bgr = self.cap.read()
+            if ok and bgr is not None:
+                self._skipped, self._ahead = failed - 1, bgr
+                raise self._bad()
+        self._ended = True
+        if self._count and self.index < self._count:
+            raise BadFrameError(f"{self.uri}: frames {self.index}..{self._count - 1} of the {self._count} the file "
+                                "declares cannot be read (it is truncated or corrupt at the end)")
+        return None
 
     def close(self) -> None:
         if self.cap is not None:
