@@ -343,6 +343,30 @@ def test_an_http_camera_is_retried_read_reconnected_and_given_up_on(model_dirs: 
     assert "stopped delivering frames" in caplog.text and caplog.text.count("attempt") >= 3
 
 
+def test_a_stream_server_that_accepts_and_says_nothing_fails_the_open_instead_of_hanging(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("cv2")
+    from edgepure.runtime.stream.sources import OpenCVSource, SourceError
+
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    server.settimeout(20)
+    held: list[Any] = []
+    threading.Thread(target=lambda: held.append(server.accept()), daemon=True).start()
+    monkeypatch.setattr(OpenCVSource, "stream_timeout_s", 0.5)
+    src = open_source(f"http://127.0.0.1:{server.getsockname()[1]}/stream.mjpg")
+    t0 = time.monotonic()
+    try:
+        with pytest.raises(SourceError, match="cannot open"):
+            src.open()
+        assert time.monotonic() - t0 < 10, "FFmpeg's own wait (about 30 s) was not cut short"
+        assert held, "the server never saw the connection: the test proves nothing"
+    finally:
+        src.close()
+        server.close()
+
+
 # -- items 9 and 14: options -----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("args, message", [
@@ -355,6 +379,8 @@ def test_an_http_camera_is_retried_read_reconnected_and_given_up_on(model_dirs: 
     (["--seed", "-1"], "--seed"),
     (["--reconnect-timeout", "-1"], "--reconnect-timeout"),
     (["--reconnect-timeout", "nan"], "--reconnect-timeout"),
+    (["--fps", "nan"], "--fps"),
+    (["--fps", "0"], "--fps"),
 ])
 def test_bad_run_options_are_clear_errors(model_dirs: dict[str, Path], args: list[str], message: str) -> None:
     r = cli.invoke(app, ["run", "synth://?n=3", "--headless", "--model", str(model_dirs["plain"]), *args])

@@ -116,6 +116,8 @@ def run(
     if max_frames is not None and max_frames < 1:
         raise ConfigError(f"--max-frames must be ≥ 1, got {max_frames}")
     _check_run_options(threads, budget_ms, seed, reconnect_timeout, results)
+    if not (math.isfinite(fps) and fps > 0):
+        raise ConfigError(f"--fps must be a positive frame rate, got {fps}")
     if output is None and not headless:
         output = "display://0"
     if headless and output and output.startswith("display://"):

@@ -171,20 +171,69 @@ class Runner:
             m.close()
 
 
+class _Tally:
+    """What the loop counts over a run, in constant memory: frames, errors, accuracy, variants, latency, FPS."""
+
+    def __init__(self) -> None:
+        self.stats = StageStats()
+        self.frames = self.errors = self.correct = self.labelled = self.consecutive = 0
+        self.per_variant: dict[str, int] = {}
+        self.switches: list[dict[str, Any]] = []
+        self.fps = 0.0
+        self.last: Optional[float] = None
+
+    def error(self, frame: Frame, exc: EdgepureError, limit: int) -> None:
+        self.errors += 1
+        self.consecutive += 1
+        log.warning("frame %d (%s): %s", frame.index, frame.name, exc)
+        if self.consecutive >= limit:
+            raise EdgepureError(f"{self.consecutive} frames in a row failed; the last: {exc}") from None
+
+    def add(self, frame: Frame, record: dict[str, Any]) -> None:
+        """Count a processed frame and stamp its record with the running FPS."""
+        self.consecutive = 0
+        now = time.perf_counter()
+        if self.last is not None:
+            inst = 1.0 / max(now - self.last, 1e-9)
+            self.fps = inst if self.fps == 0 else 0.9 * self.fps + 0.1 * inst
+        self.last = now
+        record["fps"] = round(self.fps, 2)
+        self.frames += 1
+        self.stats.add(record["latency_ms"])
+        self.per_variant[record["variant"]] = self.per_variant.get(record["variant"], 0) + 1
+        if "switch" in record:
+            self.switches.append({"frame": record["frame"], **record["switch"]})
+        if frame.label is not None:
+            self.labelled += 1
+            self.correct += int(record["prediction"]["label"] == frame.label)
+
+    def summary(self, capture: Capture, runner: Runner, stop: str, output_error: Optional[str],
+                wall: float) -> dict[str, Any]:
+        cs = capture.stats
+        return {
+            "source": capture.source.uri, "stop": stop, "frames": self.frames, "captured": cs.captured,
+            "dropped": cs.dropped, "bad_frames": cs.bad_frames, "errors": self.errors, "reopens": cs.reopens,
+            "failure": cs.failure, "output_error": output_error, "seconds": round(wall, 3),
+            "fps": round(self.frames / wall, 2) if wall > 0 else None,
+            "accuracy": round(self.correct / self.labelled, 6) if self.labelled else None,
+            "labelled": self.labelled, "latency_ms": self.stats.summary(), "variants": self.per_variant,
+            "switches": self.switches,
+            "budget": ({"budget_ms": runner.controller.budget,
+                        "startup_ms": dict(zip(runner.names, [round(c, 3) for c in runner.costs or []]))}
+                       if runner.controller is not None else None),
+        }
+
+
 def run_stream(source: Source | Capture, runner: Runner, outputs: Sequence[Optional[Output]] = (),
                max_frames: Optional[int] = None, on_record: Optional[Callable[[dict[str, Any]], None]] = None,
                max_consecutive_errors: int = 50) -> dict[str, Any]:
-    """Run the loop until the source ends, ``max_frames`` are processed, Ctrl-C or q; return the summary."""
+    """Run the loop until the source ends, ``max_frames`` are processed, Ctrl-C, SIGTERM, q or an output fails;
+    return the summary."""
     capture = source if isinstance(source, Capture) else Capture(source)
     outs = [o for o in outputs if o is not None]
-    stats = StageStats()
-    frames = errors = correct = labelled = consecutive = 0
-    per_variant: dict[str, int] = {}
-    switches: list[dict[str, Any]] = []
+    tally = _Tally()
     stop = "end of stream"
     output_error: Optional[str] = None
-    fps = 0.0
-    last: Optional[float] = None
     t_start = time.perf_counter()
     guard = _SigtermAsInterrupt().install()
     try:
@@ -192,7 +241,7 @@ def run_stream(source: Source | Capture, runner: Runner, outputs: Sequence[Optio
         size = capture.source.frame_size
         if runner.roi is not None and size is not None:  # every frame has this size: fail now, not per frame
             check_roi(runner.roi, *size)
-        while max_frames is None or frames < max_frames:
+        while max_frames is None or tally.frames < max_frames:
             frame = capture.get()
             if frame is None:
                 if capture.stats.failure:
@@ -201,27 +250,9 @@ def run_stream(source: Source | Capture, runner: Runner, outputs: Sequence[Optio
             try:
                 record = runner.step(frame)
             except EdgepureError as exc:
-                errors += 1
-                consecutive += 1
-                log.warning("frame %d (%s): %s", frame.index, frame.name, exc)
-                if consecutive >= max_consecutive_errors:
-                    raise EdgepureError(f"{consecutive} frames in a row failed; the last: {exc}") from None
+                tally.error(frame, exc, max_consecutive_errors)
                 continue
-            consecutive = 0
-            now = time.perf_counter()
-            if last is not None:
-                inst = 1.0 / max(now - last, 1e-9)
-                fps = inst if fps == 0 else 0.9 * fps + 0.1 * inst
-            last = now
-            record["fps"] = round(fps, 2)
-            frames += 1
-            stats.add(record["latency_ms"])
-            per_variant[record["variant"]] = per_variant.get(record["variant"], 0) + 1
-            if "switch" in record:
-                switches.append({"frame": record["frame"], **record["switch"]})
-            if frame.label is not None:
-                labelled += 1
-                correct += int(record["prediction"]["label"] == frame.label)
+            tally.add(frame, record)
             for o in outs:
                 o.write(frame, record)
             if on_record is not None:
@@ -241,16 +272,4 @@ def run_stream(source: Source | Capture, runner: Runner, outputs: Sequence[Optio
             output_error = _close(outs, output_error)
         finally:
             guard.restore()
-    wall = time.perf_counter() - t_start
-    cs = capture.stats
-    return {
-        "source": capture.source.uri, "stop": stop, "frames": frames, "captured": cs.captured,
-        "dropped": cs.dropped, "bad_frames": cs.bad_frames, "errors": errors, "reopens": cs.reopens,
-        "failure": cs.failure, "output_error": output_error, "seconds": round(wall, 3),
-        "fps": round(frames / wall, 2) if wall > 0 else None,
-        "accuracy": round(correct / labelled, 6) if labelled else None, "labelled": labelled,
-        "latency_ms": stats.summary(), "variants": per_variant, "switches": switches,
-        "budget": ({"budget_ms": runner.controller.budget,
-                    "startup_ms": dict(zip(runner.names, [round(c, 3) for c in runner.costs or []]))}
-                   if runner.controller is not None else None),
-    }
+    return tally.summary(capture, runner, stop, output_error, time.perf_counter() - t_start)

@@ -303,6 +303,7 @@ class OpenCVSource(Source):
     """
 
     bad_run_limit = 25
+    stream_timeout_s = 10.0  # a network stream's open or read that waits longer fails (and is retried)
 
     def __init__(self, uri: str, kind: str, target: str, params: dict[str, str]) -> None:
         super().__init__(uri)
@@ -336,6 +337,9 @@ class OpenCVSource(Source):
                 args = (v4l2_pipeline(self.target, self.width, self.height, self.fps), cv2.CAP_GSTREAMER)
             else:
                 args = (self.target, cv2.CAP_V4L2)
+        elif self.kind == "stream":  # a server that accepts and then says nothing must not hang the capture
+            t = int(self.stream_timeout_s * 1000)
+            args = (self.target, cv2.CAP_FFMPEG, [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, t, cv2.CAP_PROP_READ_TIMEOUT_MSEC, t])
         else:
             args = (self.target,)
         self.cap = cv2.VideoCapture(*args)
