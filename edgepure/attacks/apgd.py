@@ -77,6 +77,8 @@ class APGD(Attack):
                 last_ckpt = i + 1
                 since_ckpt = 0
                 k = max(k - k_decr, k_min)
-        # samples that were fooled at some iterate return that iterate, the others their best-loss point
+        if self.transfer == "loss":
+            return best, best_loss, fooled
+        # "first": samples that were fooled at some iterate return that iterate, the others their best-loss point
         out = {kk: torch.where(_bcast(fooled, v), best_adv[kk], best[kk]) for kk, v in best.items()}
         return out, best_loss, fooled

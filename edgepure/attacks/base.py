@@ -3,6 +3,16 @@
 ``Attack(model, perturbation=..., **hp)(x, y) -> x_adv``: ``model`` maps [0, 1] images to logits (a bare
 classifier, or a defended pipeline from :mod:`edgepure.attacks.threat`); the attack searches the
 perturbation family's parameters inside its budget. ``attack.params`` holds the parameters found.
+
+``transfer`` says which iterate an image returns:
+
+- ``"loss"`` (the default): the highest-loss iterate over every step and restart. This is what an attacker who
+  cannot see the deployed model sends it (the blind threat): an example that only just fools the classifier is
+  the easiest thing for a purifier to undo, one deep in the wrong class is not.
+- ``"first"``: the iterate that first fooled ``model`` (PGD: the highest-loss one among those that fooled it), the
+  highest-loss one for an image never fooled; restarts stop once every image is fooled. Right where the attacked
+  model is the one that scores the example (AutoAttack's convention): an iterate that fools it is a success, while
+  the highest cross-entropy need not be a misreading.
 """
 
 from __future__ import annotations
@@ -15,7 +25,9 @@ import torch.nn.functional as F
 from edgepure.perturb import Params, Perturbation, create_perturbation
 from edgepure.runtime.errors import ConfigError
 
-__all__ = ["Attack"]
+__all__ = ["TRANSFERS", "Attack", "check_transfer"]
+
+TRANSFERS = ("loss", "first")
 
 
 class Attack:
@@ -31,15 +43,18 @@ class Attack:
         seed: int = 0,
         random_init: bool = True,
         dataset: str = "gtsrb",
+        transfer: str = "loss",
     ) -> None:
         if steps < 1 or restarts < 1 or eot < 1:
             raise ConfigError(f"steps, restarts and eot must be ≥ 1, got {steps}, {restarts}, {eot}")
+        check_transfer(transfer)
         self.model = model
         self.perturbation = (
             create_perturbation(perturbation, dataset) if isinstance(perturbation, str) else perturbation
         )
         self.steps, self.restarts, self.eot, self.seed = steps, restarts, eot, seed
         self.random_init = random_init
+        self.transfer = transfer
         self.params: Optional[Params] = None
 
     # -- gradients ---------------------------------------------------------------------------------
@@ -80,15 +95,14 @@ class Attack:
         found = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
         for _ in range(self.restarts):
             params, loss, fooled = self._run(x, y, self.init_params(x, generator))
-            # prefer an iterate that fooled the model; among equals, the higher loss
-            take = (fooled & ~found) | ((fooled == found) & (loss > best_loss))
+            take = self._better(loss, fooled, best_loss, found)
             if best is None:
                 best = params
             else:
                 best = {k: torch.where(_bcast(take, v), params[k], v) for k, v in best.items()}
             best_loss = torch.where(take, loss, best_loss)
             found |= fooled
-            if bool(found.all()):
+            if self.transfer == "first" and bool(found.all()):
                 break
         assert best is not None
         self.params = best
@@ -97,6 +111,21 @@ class Attack:
 
     def _run(self, x: torch.Tensor, y: torch.Tensor, params: Params) -> tuple[Params, torch.Tensor, torch.Tensor]:
         raise NotImplementedError
+
+    def _better(self, loss: torch.Tensor, wrong: torch.Tensor, best_loss: torch.Tensor,
+                fooled: torch.Tensor) -> torch.Tensor:
+        """Which images take a new point (``loss``, ``wrong``) over the one kept (``best_loss``, ``fooled``): the higher
+        loss; under ``"first"`` a point that fools the model first, then among equals the higher loss."""
+        if self.transfer == "loss":
+            return loss > best_loss
+        return (wrong & ~fooled) | ((wrong == fooled) & (loss > best_loss))
+
+
+def check_transfer(transfer: str, option: str = "transfer") -> str:
+    """``transfer`` if it is one of :data:`TRANSFERS`, else a user error naming the setting ``option``."""
+    if transfer not in TRANSFERS:
+        raise ConfigError(f"{option} must be one of {', '.join(TRANSFERS)}, got {transfer!r}")
+    return transfer
 
 
 def _bcast(mask: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,8 @@
 """Adversarial frames for the camera loop's ``synth://?attack=…`` source (the torch side).
 
 The attack is *blind*: APGD against the bare classifier (the attacker does not know the purifier), on
-the rendered frames at the model's input size, then rounded to 8 bits as a camera would deliver them.
+the rendered frames at the model's input size, each frame its highest-loss iterate (the attacks' default transfer,
+what an attacker sends), then rounded to 8 bits as a camera would deliver them.
 ``edgepure run`` plugs :func:`frame_attack` into the source when torch is installed.
 """
 

@@ -28,7 +28,7 @@ class PGD(Attack):
         for i in range(self.steps + 1):
             loss, grad, logits = self.loss_and_grad(x, y, params)
             wrong = logits.argmax(1) != y
-            take = (wrong & ~fooled) | ((wrong == fooled) & (loss > best_loss))
+            take = self._better(loss, wrong, best_loss, fooled)
             best = {k: torch.where(_bcast(take, v), params[k], v) for k, v in best.items()}
             best_loss = torch.where(take, loss, best_loss)
             fooled |= wrong

@@ -76,6 +76,11 @@ class Method(str, Enum):
     pgd = "pgd"
 
 
+class Transfer(str, Enum):
+    loss = "loss"
+    first = "first"
+
+
 def _csv_list(value: str, allowed: tuple[str, ...], what: str) -> list[str]:
     from edgepure.runtime.errors import ConfigError
 
@@ -100,8 +105,20 @@ def robust(
         help="Craft the adaptive threats' examples through the defense with this setting changed (key=value, "
              "repeatable; its weights kept), e.g. steps=32 for mode=reference; they are scored on the defense as given.")] = None,
     attack: Annotated[str, typer.Option(help="Comma list of conv, patch, flow, additive, all.")] = "conv,patch,flow,additive,all",
-    threat: Annotated[str, typer.Option(help="Comma list of blind, adaptive, bpda.")] = "blind,adaptive",
-    eot: Annotated[int, typer.Option(help="Expectation over transformation: gradient samples per step.")] = 1,
+    threat: Annotated[str, typer.Option(
+        help="Comma list of blind, adaptive, bpda; or worst (alone): the blind threat, then the adaptive one (and bpda "
+             "for a purifier that masks its gradient) on its survivors, shown as one column, the per-image worst case.")
+    ] = "blind,adaptive",
+    eot: Annotated[Optional[int], typer.Option(
+        min=1, help="Expectation over transformation: gradient samples per attack step, for every threat "
+                    "(default: 4 for the adaptive threats of a stochastic defense, else 1).")] = None,
+    resubmit: Annotated[Optional[int], typer.Option(
+        min=1, help="Score every image (clean and attacked) on R fresh noise draws: it counts only if read right on "
+                    "each; the majority over the R draws is reported too (default: 5 for a stochastic defense, else 1).")
+    ] = None,
+    blind_transfer: Annotated[Transfer, typer.Option(
+        help="Which iterate the blind attack sends to the defended pipeline: loss (the highest-loss one after all the "
+             "steps) or first (the first that fooled the classifier).")] = Transfer.loss,
     steps: Annotated[int, typer.Option(help="Attack iterations.")] = 100,
     method: Annotated[Method, typer.Option(help="Attack algorithm.")] = Method.apgd,
     restarts: Annotated[int, typer.Option(help="Random restarts per attack.")] = 1,
@@ -141,7 +158,7 @@ def robust(
 
     dev = resolve_device(device)
     attacks = _csv_list(attack, PERTURBATIONS, "attack")
-    threats = _csv_list(threat, ("blind", "adaptive", "bpda"), "threat")
+    threats = _csv_list(threat, ("blind", "adaptive", "bpda", "worst"), "threat")
     scorer = None
     settings = parse_settings(defense_arg or [], "--defense-arg")
     if kind is not None:
@@ -181,7 +198,8 @@ def robust(
         net, ds, purifier, attacks, threats, method=method.value, steps=steps, eot=eot,  # type: ignore[arg-type]
         restarts=restarts, seed=seed, batch_size=batch_size, dataset=budgets, progress=True,
         keep_examples=examples if out is not None else 0, scorer=scorer, cache_dir=cache, device=dev,
-        surrogate=surrogate, skip_misread=skip_misread, cascade=cascade,
+        surrogate=surrogate, skip_misread=skip_misread, cascade=cascade, blind_transfer=blind_transfer.value,
+        resubmit=resubmit,
     )
     if scorer is not None:
         result["scored_by"] = f"onnxruntime: {Path(model) / scorer.entry['file']}"  # type: ignore[arg-type]

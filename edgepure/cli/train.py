@@ -40,10 +40,26 @@ def classifier(
     denoise_low: Annotated[float, typer.Option(help="Lowest σ of --denoise ([−1, 1] units).")] = 0.25,
     denoise_high: Annotated[float, typer.Option(help="Highest σ of --denoise.")] = 1.2,
     denoise_prior: Annotated[str, typer.Option(help="The prior (registered name) that --denoise uses.")] = "edm_unet_s",
+    adversarial: Annotated[str, typer.Option(
+        help="Adversarial training: a comma list of perturbation families (conv, patch, flow, additive, all) whose "
+             "examples, crafted per batch against the model being trained at eval robust's budgets, it trains on "
+             "besides the clean images; empty: off. (train prior's --adversarial takes a share of inputs instead.)")] = "",
+    adv_steps: Annotated[int, typer.Option(help="PGD (or --adv-attack's) steps of the examples crafted on the fly, per batch.")] = 5,
+    adv_strategy: Annotated[str, typer.Option(
+        help="With several --adversarial families: 'random' attacks each image with one family drawn at random, "
+             "'max' with every family, keeping the highest-loss example (one attack per family and image).")] = "random",
+    adv_attack: Annotated[str, typer.Option(help="The attack that crafts them: pgd or apgd (APGD-CE).")] = "pgd",
+    adv_weight: Annotated[Optional[float], typer.Option(
+        help="w of the loss (1 − w)·CE(clean) + w·CE(adversarial), in [0, 1] (default 0.5; not with --trades).")] = None,
+    trades: Annotated[float, typer.Option(
+        help="β > 0: the TRADES loss CE(clean) + β·KL(p(clean) ‖ p(adversarial)) instead, the attack maximising "
+             "the KL (0: off).")] = 0.0,
     device: DeviceOption = "cpu",
     as_json: Annotated[bool, typer.Option("--json", help="Print the final record as JSON.")] = False,
 ) -> None:
-    """Train a classifier with validation on a held-out track split; resumable with --resume."""
+    """Train a classifier with validation on a held-out track split; resumable with --resume.
+
+    With --adversarial it also trains on adversarial examples crafted per batch against it (docs/training.md)."""
     from edgepure.models.loading import resolve_device
     from edgepure.training.classifier import TrainConfig, train_classifier
 
@@ -53,6 +69,8 @@ def classifier(
         seed=seed, synth=synth, synth_pool=synth_pool, augment=augment, occlude=occlude, occlude_max=occlude_max,
         stickers=stickers, cutmix=cutmix, ema=ema, val_fraction=val_fraction, max_steps=max_steps or None, init=init,
         denoise=denoise, denoise_low=denoise_low, denoise_high=denoise_high, denoise_prior=denoise_prior,
+        adversarial=adversarial, adv_steps=adv_steps, adv_strategy=adv_strategy, adv_attack=adv_attack,
+        adv_weight=adv_weight, trades=trades,
     )
     record = train_classifier(cfg, resume=resume, log=lambda s: typer.echo(s, err=True), device=dev)
     summary = {"out": str(out), "epochs_done": record["epoch"] + 1, "best_val_accuracy": record["best_val_accuracy"],
@@ -81,7 +99,7 @@ def prior(
     corrupt: Annotated[float, typer.Option(help="Share of inputs with an occluding patch or additive pattern under the noise, clean target (a restoration prior).")] = 0.0,
     corrupt_warp: Annotated[float, typer.Option(help="Share of inputs warped by a random smooth flow (0.3–3 px) under the noise, unwarped target (a prior for the distortion purifier).")] = 0.0,
     init: Annotated[Optional[str], typer.Option(help="Start from these weights: a registered prior's shipped ones or a checkpoint (fine-tuning).")] = None,
-    adversarial: Annotated[float, typer.Option(help="Share of inputs replaced by PGD patch/additive examples against the classifier, clean target.")] = 0.0,
+    adversarial: Annotated[float, typer.Option(help="A share in [0, 1]: that share of the inputs is replaced by PGD patch/additive examples against the classifier, clean target (train classifier's --adversarial takes families instead).")] = 0.0,
     adv_steps: Annotated[int, typer.Option(help="PGD steps of the examples found on the fly.")] = 4,
     adv_pool: Annotated[int, typer.Option(help="Attack this many training images once, before training, with eval robust's blind APGD-CE and take --adv-pool-share of the adversarial inputs from them (0: all PGD on the fly).")] = 0,
     adv_pool_share: Annotated[float, typer.Option(help="Share of the adversarial inputs taken from the pool.")] = 1.0,
@@ -89,6 +107,10 @@ def prior(
     adv_pool_method: Annotated[str, typer.Option(
         help="The pool's attack: apgd (APGD-CE, eval robust's), pgd, or a comma list of METHOD[:STEPS], e.g. "
              "apgd:20,pgd:40 (every pool image attacked by each; an input takes one at random).")] = "apgd",
+    adv_pool_transfer: Annotated[str, typer.Option(
+        help="Which iterate of the pool's attack is kept, as eval robust's --blind-transfer: loss (the highest-loss "
+             "one after all steps) or first (the first that fooled the classifier: the shipped guided prior's "
+             "pools).")] = "loss",
     adv_cache: Annotated[Optional[Path], typer.Option(help="Folder of the pool's examples, shared with eval robust --cache (default: --out).")] = None,
     adv_additive: Annotated[float, typer.Option(help="Share of those examples with additive noise (the rest: a patch).")] = 0.5,
     adv_sigma_max: Annotated[float, typer.Option(help="Their noise levels are log-uniform from 0.01 up to this (a purifier's jump uses small σ).")] = 1.0,
@@ -110,7 +132,7 @@ def prior(
                       corrupt_warp=corrupt_warp, adv_steps=adv_steps, classifier=classifier, feature_weight=feature_weight,
                       adv_additive=adv_additive, adv_sigma_max=adv_sigma_max, adv_pool=adv_pool,
                       adv_pool_share=adv_pool_share, adv_pool_steps=adv_pool_steps,
-                      adv_pool_method=adv_pool_method,
+                      adv_pool_method=adv_pool_method, adv_pool_transfer=adv_pool_transfer,
                       adv_cache=str(adv_cache) if adv_cache is not None else None)
     record = train_prior(cfg, resume=resume, log=lambda s: typer.echo(s, err=True), device=dev)
     summary = {"out": str(out), "epochs_done": record["epoch"] + 1, "best_val_mse": record["best_val_mse"],

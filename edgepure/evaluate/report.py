@@ -14,26 +14,63 @@ import numpy as np
 __all__ = ["format_table", "write_report"]
 
 
-def format_table(result: dict[str, Any]) -> str:
-    cols = result["threats"] + ["worst"]
-    lines = [f"defense: {result['defense']}   n = {result['n']}   clean accuracy {result['clean_accuracy'] * 100:.2f} %"
-             f" (undefended {result['clean_accuracy_undefended'] * 100:.2f} %)",
-             f"{'attack':<10}" + "".join(f"{c:>10}" for c in cols)]
-    for name, row in result["robust_accuracy"].items():
+def _columns(result: dict[str, Any]) -> list[str]:
+    """The columns a result shows: ``columns`` (``worst`` alone for ``--threat worst``), else each threat and worst."""
+    return list(result.get("columns") or result["threats"] + ["worst"])
+
+
+def _rows(result: dict[str, Any], cols: list[str], figures: str, average: str) -> list[str]:
+    lines = [f"{'attack':<10}" + "".join(f"{c:>10}" for c in cols)]
+    for name, row in result[figures].items():
         lines.append(f"{name:<10}" + "".join(f"{row[c] * 100:>9.2f}%" for c in cols))
-    lines.append(f"{'average':<10}" + "".join(f"{result['average'][c] * 100:>9.2f}%" for c in cols))
+    lines.append(f"{'average':<10}" + "".join(f"{result[average][c] * 100:>9.2f}%" for c in cols))
+    return lines
+
+
+def format_table(result: dict[str, Any]) -> str:
+    cols = _columns(result)
+    draws = int(result.get("resubmit", 1))
+    clean = f"clean accuracy {result['clean_accuracy'] * 100:.2f} %"
+    if draws > 1:
+        clean += f" on all {draws} draws, {result['clean_accuracy_majority'] * 100:.2f} % by majority"
+    lines = [f"defense: {result['defense']}   n = {result['n']}   {clean}"
+             f" (undefended {result['clean_accuracy_undefended'] * 100:.2f} %)"]
+    lines += _rows(result, cols, "robust_accuracy", "average")
+    if draws > 1:
+        lines.append(f"an image counts only if read right on each of {draws} noise draws (--resubmit); by the majority "
+                     f"of the {draws} draws (what a camera loop that votes over frames reads):")
+        lines += _rows(result, cols, "robust_accuracy_majority", "average_majority")
+    lines += _notes(result)
+    return "\n".join(lines)
+
+
+def _notes(result: dict[str, Any]) -> list[str]:
+    """The lines under the table: how the figures were made where it is not the plain protocol."""
+    lines: list[str] = []
+    attack = result.get("attack", {})
+    threats = result.get("threats", [])
+    adaptive = any(t != "blind" for t in threats)
+    if result.get("columns") == ["worst"]:
+        lines.append(f"worst: per image the worst of {', '.join(threats)} (each adaptive threat attacked the survivors "
+                     f"of the threats before it)")
+    if "blind" in threats and "blind_transfer" in attack:
+        what = "the highest-loss iterate" if attack["blind_transfer"] == "loss" else "the first iterate that fooled it"
+        lines.append(f"the blind threat transferred {what} of the attack on the classifier "
+                     f"(--blind-transfer {attack['blind_transfer']})")
+    if adaptive and attack.get("eot_default") and attack.get("eot", 1) > 1:
+        lines.append(f"the adaptive threats averaged each gradient over {attack['eot']} noise draws (EOT, the default "
+                     f"for a stochastic defense; --eot to change it)")
     if "surrogate" in result:
         own, stand_in = result.get("defense_config", {}), result["surrogate"]["defense_config"]
         changed = {k: v for k, v in stand_in.items() if own.get(k) != v}
         lines.append(f"adaptive threats crafted through the surrogate {result['surrogate']['defense']} "
                      f"({', '.join(f'{k}={v}' for k, v in changed.items()) or 'the same settings'})")
-    adaptive = any(t != "blind" for t in result.get("threats", []))
-    if result.get("attack", {}).get("cascade") and adaptive:
+    if attack.get("cascade") and adaptive and result.get("columns") != ["worst"]:
         lines.append("adaptive threats attacked only the images that survived the clean reading and the threats before "
                      "them (--cascade): each column counts the images that survived those too")
-    elif result.get("attack", {}).get("skip_misread") and adaptive:
+    elif attack.get("skip_misread") and adaptive and not attack.get("cascade"):
         lines.append("adaptive threats attacked only the images read right clean (--skip-misread)")
-    return "\n".join(lines)
+    return lines
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
@@ -45,10 +82,14 @@ def _atomic_write(path: Path, data: bytes) -> None:
 def _csv(result: dict[str, Any]) -> str:
     buf = io.StringIO()
     w = csv.writer(buf)
-    w.writerow(["defense", "attack", "threat", "robust_accuracy", "clean_accuracy", "n"])
+    w.writerow(["defense", "attack", "threat", "robust_accuracy", "clean_accuracy", "n", "robust_accuracy_majority",
+                "clean_accuracy_majority", "resubmit"])
+    majority = result.get("robust_accuracy_majority", result["robust_accuracy"])
+    clean_majority = result.get("clean_accuracy_majority", result["clean_accuracy"])
     for name, row in result["robust_accuracy"].items():
         for threat, acc in row.items():
-            w.writerow([result["defense"], name, threat, f"{acc:.6f}", f"{result['clean_accuracy']:.6f}", result["n"]])
+            w.writerow([result["defense"], name, threat, f"{acc:.6f}", f"{result['clean_accuracy']:.6f}", result["n"],
+                        f"{majority[name][threat]:.6f}", f"{clean_majority:.6f}", result.get("resubmit", 1)])
     return buf.getvalue()
 
 
@@ -59,7 +100,7 @@ def _bar_figure(result: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     attacks = list(result["robust_accuracy"])
-    cols = result["threats"] + (["worst"] if len(result["threats"]) > 1 else [])
+    cols = result.get("columns") or result["threats"] + (["worst"] if len(result["threats"]) > 1 else [])
     fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(attacks), 3.6), dpi=120)
     width = 0.8 / len(cols)
     for i, c in enumerate(cols):

@@ -2,26 +2,30 @@
 
 ``benchmark(...)`` returns plain numbers (RobustBench style); ``edgepure eval robust`` prints them and
 writes JSON, CSV and figures. An image counts as robust under an attack only if the defended pipeline
-classifies it correctly clean and after the attack; the ``worst`` column is the per-image worst case
-over every threat model that was run.
+classifies it correctly clean and after the attack — on every noise draw it is scored with, for a stochastic
+pipeline (:mod:`edgepure.evaluate.draws`); the ``worst`` column is the per-image worst case over every threat
+model that was run (``threats=("worst",)`` runs the blind and the adaptive threat for it and shows it alone).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
 from edgepure.attacks import APGD, PGD, Threat, attack_target
+from edgepure.attacks.base import check_transfer
 from edgepure.data.base import ImageSet
-from edgepure.evaluate.cache import AdvCache, shared_batches, shared_scores
+from edgepure.evaluate.cache import AdvCache, shared_batches
+from edgepure.evaluate.draws import (default_eot, default_resubmit, drawn_readings, right_by_majority,
+                                     right_on_every_draw)
 from edgepure.evaluate.worst import MASK_ENCODING, images_digest, pack_mask
 from edgepure.models.loading import frozen
 from edgepure.perturb import PERTURBATIONS, create_perturbation
@@ -142,25 +146,31 @@ def adversarial_key(classifier: nn.Module, x: torch.Tensor, y: torch.Tensor, spe
 
 
 def blind_spec(attack: str, steps: int, seed: int, budget: Optional[dict[str, Any]] = None, dataset: str = "gtsrb",
-               method: str = "apgd", eot: int = 1, restarts: int = 1, batch_size: int = 128) -> dict[str, Any]:
+               method: str = "apgd", eot: int = 1, restarts: int = 1, batch_size: int = 128,
+               transfer: str = "loss") -> dict[str, Any]:
     """The attack settings that key cached examples (:func:`adversarial_key`): every batch of ``batch_size`` images
-    attacked with seed ``seed`` + its offset."""
-    return {"attack": attack, "budget": budget or {}, "dataset": dataset, "method": method, "steps": steps,
+    attacked with seed ``seed`` + its offset. ``transfer`` enters the settings only where it is not ``"first"``: the
+    examples cached before the setting existed were made with ``"first"`` and keep their keys, and no key of theirs
+    can name examples of another transfer."""
+    spec = {"attack": attack, "budget": budget or {}, "dataset": dataset, "method": method, "steps": steps,
             "eot": eot, "restarts": restarts, "seed": seed, "batch_size": batch_size}
+    if check_transfer(transfer) != "first":
+        spec["transfer"] = transfer
+    return spec
 
 
 def blind_examples(classifier: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: str, steps: int = 100,
                    seed: int = 0, cache_dir: Optional[str | Path] = None, dataset: str = "gtsrb",
                    log: Optional[Callable[[str], None]] = None, method: str = "apgd",
-                   device: str | torch.device = "cpu") -> torch.Tensor:
+                   device: str | torch.device = "cpu", transfer: str = "loss") -> torch.Tensor:
     """Blind examples of ``attack`` (APGD-CE, or another of ``ATTACK_METHODS``) on ``classifier`` for the images ``x``
     (N×C×H×W in [0, 1], on the CPU) and labels ``y``: the attack of :func:`benchmark` (same batches and seeds, hence
-    the same examples of the same images), computed once on ``device`` (the classifier is moved there) and kept in
-    ``cache_dir`` under :func:`benchmark`'s keys. Returned on the CPU."""
+    the same examples of the same images; ``transfer`` as its ``blind_transfer``), computed once on ``device`` (the
+    classifier is moved there) and kept in ``cache_dir`` under :func:`benchmark`'s keys. Returned on the CPU."""
     if method not in ATTACK_METHODS:
         raise ConfigError(f"unknown attack method {method!r} (expected {', '.join(ATTACK_METHODS)})")
     store = AdvCache(Path(cache_dir) if cache_dir is not None else None)
-    spec = blind_spec(attack, steps, seed, dataset=dataset, method=method)
+    spec = blind_spec(attack, steps, seed, dataset=dataset, method=method, transfer=transfer)
     key = adversarial_key(classifier, x, y, spec)
     cached = store.load("blind", key, tuple(x.shape))
     if cached is not None:
@@ -171,14 +181,235 @@ def blind_examples(classifier: nn.Module, x: torch.Tensor, y: torch.Tensor, atta
     classifier.to(dev)
     perturbation = create_perturbation(attack, dataset, image_size=x.shape[-1]).to(dev)
     attack_cls = ATTACK_METHODS[method]
-    adv = torch.cat([attack_cls(classifier, perturbation, steps=steps, seed=seed + s)(
+    adv = torch.cat([attack_cls(classifier, perturbation, steps=steps, seed=seed + s, transfer=transfer)(
         x[s : s + b].to(dev), y[s : s + b].to(dev)).detach().cpu() for s in range(0, len(x), b)])
     if log is not None:
         with torch.no_grad():
             acc = float((classifier(adv.to(dev)).argmax(1).cpu() == y).float().mean())
-        log(f"blind {attack} ({method} {steps}): {len(x)} examples in {time.perf_counter() - t0:.0f} s, classifier accuracy {acc:.3f}")
+        log(f"blind {attack} ({method} {steps}): {len(x)} examples in {time.perf_counter() - t0:.0f} s, classifier accuracy "
+            f"{acc:.3f} ({transfer} transfer)")
     store.save("blind", key, adv)
     return adv
+
+
+@dataclass
+class _Setup:
+    """What every attack and threat of one :func:`benchmark` run shares."""
+
+    classifier: nn.Module
+    attacked: Optional[Purifier]  # what the adaptive threats differentiate: the defense, or its surrogate
+    x_all: torch.Tensor
+    y_all: torch.Tensor
+    dev: torch.device
+    seed: int
+    batch_size: int
+    method: str
+    steps: int
+    restarts: int
+    dataset: str
+    eot: tuple[int, int]  # gradient samples per step: blind, adaptive threats
+    blind_transfer: str
+    cache: AdvCache
+    scoring: "_Scoring"
+    bar: Any = None
+
+    def starts(self) -> list[int]:
+        return list(range(0, len(self.x_all), self.batch_size))
+
+    def threat_eot(self, threat: Threat) -> int:
+        return self.eot[0] if threat is Threat.blind else self.eot[1]
+
+    def transfer(self, threat: Threat) -> str:
+        """The blind threat transfers what ``blind_transfer`` says; the adaptive threats score the model they attack,
+        so an iterate that fools it is a success: they keep the first that does."""
+        return self.blind_transfer if threat is Threat.blind else "first"
+
+
+class _Scoring:
+    """How the deployed pipeline reads a batch: ``draws`` noise draws per image (:mod:`edgepure.evaluate.draws`), read
+    by PyTorch or by ``scorer``, each draw's reading kept in the cache's ``scores/``."""
+
+    def __init__(self, classifier: nn.Module, purifier: Optional[Purifier], dev: torch.device, seed: int, draws: int,
+                 scorer: Optional[Callable[[torch.Tensor, int], np.ndarray]], keep_examples: int, cache: AdvCache) -> None:
+        self.classifier, self.purifier, self.dev, self.seed, self.draws = classifier, purifier, dev, seed, draws
+        self.scorer, self.keep_examples = scorer, keep_examples
+        self.store = cache if scorer is None else AdvCache(None)  # what a custom scorer runs cannot be keyed
+        self.pipeline = _pipeline_digest(classifier, purifier, dev) if self.store.dir is not None else ""
+
+    def predict(self, x: torch.Tensor, noise_seed: int) -> tuple[np.ndarray, torch.Tensor]:
+        """Predictions and purified images of ``x`` with the noise of ``noise_seed``."""
+        if self.scorer is not None and not self.keep_examples:  # the scorer decides; the torch pipeline would be wasted
+            return self.scorer(x, noise_seed), x
+        pred, purified = _defended_predict(self.classifier, self.purifier, x.to(self.dev), noise_seed)
+        return (self.scorer(x, noise_seed) if self.scorer is not None else pred), purified.cpu()
+
+    def key(self, noise_seed: int, x: torch.Tensor) -> str:
+        """A reading's key: the pipeline, the noise seed and the images themselves (so a resumed run, or another
+        process of a split one, reads a batch's reading instead of purifying it again)."""
+        return hashlib.sha256(f"{self.pipeline} {noise_seed} ".encode() + x.numpy().tobytes()).hexdigest()[:24]
+
+    def verdicts(self, batches: Iterable[tuple[int, torch.Tensor]], labels: np.ndarray, n: int,
+                 tick: Optional[Callable[[], None]] = None,
+                 on_wait: Optional[Callable[[int], None]] = None) -> tuple[np.ndarray, np.ndarray]:
+        """Per image of the ``batches``: read right on every draw, and by the majority of the draws."""
+        every, major = np.zeros(n, dtype=bool), np.zeros(n, dtype=bool)
+        for s, preds in drawn_readings(self.store, batches, self.seed, self.draws, self.key,
+                                       lambda sd, x: self.predict(x, sd)[0], on_wait):
+            at = slice(s, s + preds.shape[1])
+            every[at], major[at] = right_on_every_draw(preds, labels[at]), right_by_majority(preds, labels[at])
+            if tick is not None:
+                tick()
+        return every, major
+
+
+def _threat_key(setup: _Setup, name: str, budget: dict[str, Any], threat: Threat, chosen: Optional[np.ndarray]) -> str:
+    """The cache key of a threat's examples ("" without a cache folder)."""
+    if setup.cache.dir is None:
+        return ""
+    spec = blind_spec(name, setup.steps, setup.seed, budget=budget, dataset=setup.dataset, method=setup.method,
+                      eot=setup.threat_eot(threat), restarts=setup.restarts, batch_size=setup.batch_size,
+                      transfer=setup.transfer(threat))
+    seen = None
+    if threat is not Threat.blind:
+        assert setup.attacked is not None
+        # votes change the scoring, not the attack (one draw per gradient): not part of the key
+        spec.update(threat=threat.value, defense=_name(setup.attacked),
+                    defense_config={k: v for k, v in setup.attacked.config().items() if k != "votes"})
+        seen = setup.attacked
+    if chosen is not None:
+        spec["attacked"] = pack_mask(chosen)
+    return adversarial_key(setup.classifier, setup.x_all, setup.y_all, spec, seen)
+
+
+def _attack_threat(setup: _Setup, name: str, perturbation: Any, budget: dict[str, Any], threat: Threat,
+                   chosen_all: Optional[np.ndarray]) -> tuple[np.ndarray, np.ndarray, dict[int, torch.Tensor]]:
+    """Attack every image (or those of ``chosen_all``) under ``threat`` and score the examples: per image read right on
+    every draw, by the majority of the draws, and the examples per batch offset."""
+    b, shape = setup.batch_size, tuple(setup.x_all.shape)
+    key = _threat_key(setup, name, budget, threat, chosen_all)
+    cached = setup.cache.load(threat.value, key, shape) if key else None
+
+    def attack_images(s: int, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        target = attack_target(threat, setup.attacked, setup.classifier, seed=setup.seed + s)
+        atk = ATTACK_METHODS[setup.method](target, perturbation, steps=setup.steps, eot=setup.threat_eot(threat),
+                                           restarts=setup.restarts, seed=setup.seed + s, transfer=setup.transfer(threat))
+        return atk(x.to(setup.dev), y.to(setup.dev)).detach().cpu()
+
+    def attack_batch(s: int) -> torch.Tensor:
+        x, y = setup.x_all[s : s + b], setup.y_all[s : s + b]
+        if chosen_all is None:
+            return attack_images(s, x, y)
+        chosen = torch.from_numpy(chosen_all[s : s + b])
+        x_adv = x.clone()  # the images left out stay as they are
+        if chosen.any():
+            x_adv[chosen] = attack_images(s, x[chosen], y[chosen])
+        return x_adv
+
+    def waiting(s: int) -> None:
+        if setup.bar is not None:
+            setup.bar.set_postfix(attack=name, threat=threat.value, waiting=f"batch {s} (another process)")
+
+    def tick() -> None:
+        if setup.bar is not None:
+            setup.bar.set_postfix(attack=name, threat=threat.value)
+            setup.bar.update(1)
+
+    # each batch as it is done is kept (an interrupted run resumes after it); batches another process of the same run
+    # holds are waited for (processes given the same cache folder split the work)
+    batches = ((s, cached[s : s + b]) for s in setup.starts()) if cached is not None else shared_batches(
+        setup.cache, threat.value, key, shape, b, attack_batch, on_wait=waiting)
+    fresh: dict[int, torch.Tensor] = {}
+
+    def kept(items: Iterator[tuple[int, torch.Tensor]]) -> Iterator[tuple[int, torch.Tensor]]:
+        for s, x_adv in items:
+            fresh[s] = x_adv
+            yield s, x_adv
+
+    every, major = setup.scoring.verdicts(kept(batches), setup.y_all.numpy(), shape[0], tick, waiting)
+    if key and cached is None:
+        setup.cache.save(threat.value, key, torch.cat([fresh[s] for s in setup.starts()]))
+        setup.cache.drop_parts(threat.value, key)
+    return every, major, fresh
+
+
+def _attack_row(setup: _Setup, name: str, budget: dict[str, Any], threats: Sequence[Threat],
+                clean: tuple[np.ndarray, np.ndarray], cascade: bool, skip_misread: bool,
+                keep_examples: int) -> dict[str, Any]:
+    """One attack under every threat: its figures (every draw, majority), per-image masks and examples."""
+    perturbation = create_perturbation(name, setup.dataset, image_size=setup.x_all.shape[-1], **budget).to(setup.dev)
+    clean_every, clean_major = clean
+    every_all, major_all = clean_every.copy(), clean_major.copy()  # the survivors so far
+    row: dict[str, Any] = {"every": {}, "majority": {}, "masks": {}, "masks_majority": {}, "examples": {}}
+    for threat in threats:
+        chosen: Optional[np.ndarray] = None  # the images an adaptive threat attacks (None: every image)
+        if threat is not Threat.blind and (cascade or skip_misread):
+            # the survivors so far, or those read right clean, by the majority rule: a superset of those read right on
+            # every draw, so that both figures count only attacked images
+            chosen = major_all.copy() if cascade else clean_major.copy()
+        every, major, fresh = _attack_threat(setup, name, perturbation, budget, threat, chosen)
+        if keep_examples:
+            row["examples"][threat.value] = _examples(
+                setup.x_all, fresh, lambda x, s: setup.scoring.predict(x, setup.seed + s), setup.batch_size,
+                keep_examples, chosen)
+        if chosen is not None:  # the images left unattacked count as not robust, as they count anyway
+            every &= chosen
+            major &= chosen
+            if cascade:  # the column counts the images that survived the threats before it too
+                every &= every_all
+                major &= major_all
+        row["every"][threat.value] = float((every & clean_every).mean())
+        row["majority"][threat.value] = float((major & clean_major).mean())
+        row["masks"][threat.value], row["masks_majority"][threat.value] = pack_mask(every), pack_mask(major)
+        every_all &= every
+        major_all &= major
+    row["every"]["worst"], row["majority"]["worst"] = float(every_all.mean()), float(major_all.mean())
+    return row
+
+
+def _plan_threats(threats: Sequence[str], purifier: Optional[Purifier]) -> tuple[list[Threat], list[str], bool]:
+    """The threats to run, the columns to show and whether ``worst`` asked for them (then run as a cascade)."""
+    if "worst" in threats:
+        if len(threats) != 1:
+            raise ConfigError(f"the threat 'worst' runs blind and adaptive itself and is given alone, got {list(threats)}")
+        plan = [Threat.blind, Threat.adaptive]
+        if purifier is not None and getattr(purifier, "masks_gradient", False):
+            plan.append(Threat.bpda)  # its full gradient is zero: the adaptive attack that works on it is BPDA
+        return plan, ["worst"], True
+    try:
+        plan = [Threat(t) for t in threats]
+    except ValueError:
+        raise ConfigError(f"unknown threat in {list(threats)} (expected {', '.join(t.value for t in Threat)} "
+                          f"or worst)") from None
+    return plan, [t.value for t in plan] + ["worst"], False
+
+
+def _check_request(attacks: Sequence[str], method: str, data: ImageSet, blind_transfer: str) -> None:
+    unknown = [a for a in attacks if a not in PERTURBATIONS]
+    if unknown:
+        raise ConfigError(f"unknown attack(s) {', '.join(unknown)} (expected {', '.join(PERTURBATIONS)})")
+    if method not in ATTACK_METHODS:
+        raise ConfigError(f"unknown attack method {method!r} (expected {', '.join(ATTACK_METHODS)})")
+    check_transfer(blind_transfer)
+    if len(data) == 0:
+        raise ConfigError("no images to evaluate")
+
+
+def _defense_modules(defense: str | Purifier | None, surrogate: str | Purifier | None, threats: Sequence[str],
+                     classifier: nn.Module, dev: torch.device) -> tuple[Optional[Purifier], Optional[Purifier]]:
+    """The defense and its surrogate, checked, frozen and on ``dev`` (the classifier too)."""
+    purifier = create_purifier(defense) if isinstance(defense, str) else defense
+    stand_in = create_purifier(surrogate) if isinstance(surrogate, str) else surrogate
+    if stand_in is not None:
+        if purifier is None:
+            raise ConfigError("a surrogate purifier was given without a defense: it stands in for the defense's gradient")
+        if all(t == "blind" for t in threats):
+            raise ConfigError(f"a surrogate purifier is used only by the adaptive threats (adaptive, bpda); "
+                              f"the threats asked are {', '.join(threats)}")
+    for module in (purifier, stand_in, classifier):
+        if module is not None:
+            frozen(module)
+            module.to(dev)
+    return purifier, stand_in
 
 
 def benchmark(
@@ -189,7 +420,7 @@ def benchmark(
     threats: Sequence[str] = ("blind", "adaptive"),
     method: str = "apgd",
     steps: int = 100,
-    eot: int = 1,
+    eot: Optional[int] = None,
     restarts: int = 1,
     seed: int = 0,
     batch_size: int = 128,
@@ -203,9 +434,23 @@ def benchmark(
     surrogate: str | Purifier | None = None,
     skip_misread: bool = False,
     cascade: bool = False,
+    blind_transfer: str = "loss",
+    resubmit: Optional[int] = None,
 ) -> dict[str, Any]:
     """Evaluate ``classifier`` behind ``defense`` (a registered purifier name, a Purifier, or None) on
     ``data`` under each attack family and threat model. Returns a dict of plain numbers.
+
+    ``threats``: any of ``blind``, ``adaptive``, ``bpda``; or ``("worst",)``: the blind threat, then the adaptive one
+    (and BPDA for a purifier that masks its gradient) on its survivors — a cascade — reported as one column, the
+    per-image worst case. ``blind_transfer``: which iterate the blind attack transfers (``"loss"``, the highest-loss
+    one, or ``"first"``, the first that fooled the classifier; :class:`edgepure.attacks.Attack`); the adaptive threats
+    keep the first iterate that fools the pipeline they attack and score.
+
+    ``eot``: gradient samples per attack step; None: 4 for the adaptive threats of a stochastic purifier, else 1 (an
+    ``eot`` given applies to every threat). ``resubmit``: noise draws each scored image is read with (None: 5 for a
+    stochastic pipeline, else 1); an image counts as read right only if it is read right on every draw (clean and
+    attacked alike), and the result's ``*_majority`` figures count the majority over the draws
+    (:mod:`edgepure.evaluate.draws`).
 
     ``scorer(x, seed) -> predictions`` replaces PyTorch for scoring clean and attacked images (an exported
     graph in ONNX Runtime, :class:`edgepure.evaluate.exported.OnnxScorer`); the attacks still differentiate
@@ -231,175 +476,82 @@ def benchmark(
     ``cascade`` (AutoAttack's protocol): each adaptive threat attacks only the images read right clean that survived
     every threat before it (in ``threats``' order), so its figure counts the images that survived it *and* them — after
     the blind threat, the worst of both — for the cost of attacking the survivors only. The blind threat still attacks
-    every image. Examples are cached under their own key, as with ``skip_misread``."""
-    unknown = [a for a in attacks if a not in PERTURBATIONS]
-    if unknown:
-        raise ConfigError(f"unknown attack(s) {', '.join(unknown)} (expected {', '.join(PERTURBATIONS)})")
-    try:
-        threat_list = [Threat(t) for t in threats]
-    except ValueError:
-        raise ConfigError(f"unknown threat in {list(threats)} (expected {', '.join(t.value for t in Threat)})") from None
-    if method not in ATTACK_METHODS:
-        raise ConfigError(f"unknown attack method {method!r} (expected {', '.join(ATTACK_METHODS)})")
-    if len(data) == 0:
-        raise ConfigError("no images to evaluate")
-    purifier = create_purifier(defense) if isinstance(defense, str) else defense
-    stand_in = create_purifier(surrogate) if isinstance(surrogate, str) else surrogate
-    if stand_in is not None:
-        if purifier is None:
-            raise ConfigError("a surrogate purifier was given without a defense: it stands in for the defense's gradient")
-        if all(t is Threat.blind for t in threat_list):
-            raise ConfigError(f"a surrogate purifier is used only by the adaptive threats (adaptive, bpda); "
-                              f"the threats asked are {', '.join(t.value for t in threat_list)}")
+    every image. Examples are cached under their own key, as with ``skip_misread``. With several noise draws the
+    survivors are those of the majority rule (a superset of those read right on every draw)."""
+    _check_request(attacks, method, data, blind_transfer)
     dev = torch.device(device)
-    for module in (purifier, stand_in, classifier):
-        if module is not None:
-            frozen(module)
-            module.to(dev)
+    purifier, stand_in = _defense_modules(defense, surrogate, threats, classifier, dev)
+    threat_list, columns, worst = _plan_threats(threats, purifier)
     if purifier is None:
         threat_list = [Threat.blind]  # without a defense every threat is the same attack
+    cascade = cascade or worst
     attacked = stand_in if stand_in is not None else purifier  # what the adaptive threats differentiate
-    x_all = torch.from_numpy(data.as_float_nchw())
-    y_all = torch.from_numpy(data.labels)
-    n = len(data)
-    starts = list(range(0, n, batch_size))
-    t0 = time.perf_counter()
-
-    def predict(x: torch.Tensor, s: int) -> tuple[np.ndarray, torch.Tensor]:
-        if scorer is not None and not keep_examples:  # the scorer decides; the torch pipeline would be wasted work
-            return scorer(x, seed + s), x
-        pred, purified = _defended_predict(classifier, purifier, x.to(dev), seed + s)
-        return (scorer(x, seed + s) if scorer is not None else pred), purified.cpu()
-
     cache = AdvCache(Path(cache_dir) if cache_dir is not None else None)
-    # predictions are kept too (``scores/``), keyed by the pipeline, the noise seed and the images themselves: a
-    # resumed run, or another process of a split one, reads a batch's reading instead of purifying it again
-    scores = cache if scorer is None else AdvCache(None)  # what a custom scorer runs cannot be keyed
-    pipeline = _pipeline_digest(classifier, purifier, dev) if scores.dir is not None else ""
-
-    def score_key(s: int, x: torch.Tensor) -> str:
-        return hashlib.sha256(f"{pipeline} {seed + s} ".encode() + x.numpy().tobytes()).hexdigest()[:24]
-
-    def score(s: int, x: torch.Tensor) -> np.ndarray:
-        return predict(x, s)[0]
-
-    clean_pred = np.zeros(n, dtype=np.int64)
-    for s, pred in shared_scores(scores, ((s, x_all[s : s + batch_size]) for s in starts), score_key, score):
-        clean_pred[s : s + len(pred)] = pred
+    draws = default_resubmit(purifier, resubmit)
+    setup = _Setup(classifier, attacked, torch.from_numpy(data.as_float_nchw()), torch.from_numpy(data.labels), dev,
+                   seed, batch_size, method, steps, restarts, dataset, default_eot(attacked, eot), blind_transfer, cache,
+                   _Scoring(classifier, purifier, dev, seed, draws, scorer, keep_examples, cache))
+    t0 = time.perf_counter()
+    clean = setup.scoring.verdicts(((s, setup.x_all[s : s + batch_size]) for s in setup.starts()), data.labels, len(data))
     with torch.no_grad():
-        bare_pred = np.concatenate([classifier(x_all[s : s + batch_size].to(dev)).argmax(1).cpu().numpy() for s in starts])
-    clean_ok = clean_pred == data.labels
-
-    bar = None
+        bare_pred = np.concatenate([classifier(setup.x_all[s : s + batch_size].to(dev)).argmax(1).cpu().numpy()
+                                    for s in setup.starts()])
     if progress:
         from tqdm import tqdm
 
-        bar = tqdm(total=len(attacks) * len(threat_list) * len(starts), desc="attacks", unit="batch", leave=False)
-    robust: dict[str, dict[str, float]] = {}
+        setup.bar = tqdm(total=len(attacks) * len(threat_list) * len(setup.starts()), desc="attacks", unit="batch",
+                         leave=False)
+    rows: dict[str, dict[str, Any]] = {}
     seconds: dict[str, float] = {}
-    examples: dict[str, dict[str, np.ndarray]] = {}
-    survived: dict[str, dict[str, str]] = {}  # per attack and threat: which images the pipeline read right after it
     for name in attacks:
-        budget = (budgets or {}).get(name, {})
-        perturbation = create_perturbation(name, dataset, image_size=x_all.shape[-1], **budget).to(dev)
-        ok_all = clean_ok.copy()
-        robust[name] = {}
         ta = time.perf_counter()
-        for threat in threat_list:
-            ok = np.zeros(n, dtype=bool)
-            chosen_all: Optional[np.ndarray] = None  # the images an adaptive threat attacks (None: every image)
-            if threat is not Threat.blind and (cascade or skip_misread):
-                chosen_all = ok_all.copy() if cascade else clean_ok  # the survivors so far, or those read right clean
-            cached, key = None, ""
-            if cache.dir is not None:
-                spec = blind_spec(name, steps, seed, budget=budget, dataset=dataset, method=method, eot=eot,
-                                  restarts=restarts, batch_size=batch_size)
-                seen = None
-                if threat is not Threat.blind:
-                    assert attacked is not None
-                    # votes change the scoring, not the attack (one draw per gradient): not part of the key
-                    spec.update(threat=threat.value, defense=_name(attacked),
-                                defense_config={k: v for k, v in attacked.config().items() if k != "votes"})
-                    seen = attacked
-                if chosen_all is not None:
-                    spec["attacked"] = pack_mask(chosen_all)
-                key = adversarial_key(classifier, x_all, y_all, spec, seen)
-                cached = cache.load(threat.value, key, tuple(x_all.shape))
-
-            def attack_images(s: int, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-                target = attack_target(threat, attacked, classifier, seed=seed + s)
-                atk = ATTACK_METHODS[method](target, perturbation, steps=steps, eot=eot, restarts=restarts, seed=seed + s)
-                return atk(x.to(dev), y.to(dev)).detach().cpu()
-
-            def attack_batch(s: int) -> torch.Tensor:
-                x, y = x_all[s : s + batch_size], y_all[s : s + batch_size]
-                if chosen_all is None:
-                    return attack_images(s, x, y)
-                chosen = torch.from_numpy(chosen_all[s : s + batch_size])
-                x_adv = x.clone()  # the images left out stay as they are
-                if chosen.any():
-                    x_adv[chosen] = attack_images(s, x[chosen], y[chosen])
-                return x_adv
-
-            def waiting(s: int) -> None:
-                if bar is not None:
-                    bar.set_postfix(attack=name, threat=threat.value, waiting=f"batch {s} (another process)")
-
-            # each batch as it is done is kept (an interrupted run resumes after it); batches another process of the
-            # same run holds are waited for (processes given the same cache folder split the work)
-            batches = ((s, cached[s : s + batch_size]) for s in starts) if cached is not None else shared_batches(
-                cache, threat.value, key, tuple(x_all.shape), batch_size, attack_batch, on_wait=waiting)
-            fresh: dict[int, torch.Tensor] = {}
-
-            def kept(items: Iterator[tuple[int, torch.Tensor]]) -> Iterator[tuple[int, torch.Tensor]]:
-                for s, x_adv in items:
-                    fresh[s] = x_adv
-                    yield s, x_adv
-
-            for s, pred in shared_scores(scores, kept(batches), score_key, score, on_wait=waiting):
-                ok[s : s + len(pred)] = pred == y_all[s : s + len(pred)].numpy()
-                if bar is not None:
-                    bar.set_postfix(attack=name, threat=threat.value)
-                    bar.update(1)
-            if keep_examples:
-                examples.setdefault(name, {})[threat.value] = _examples(
-                    x_all, fresh, predict, batch_size, keep_examples, chosen_all)
-            if key and cached is None:
-                cache.save(threat.value, key, torch.cat([fresh[s] for s in starts]))
-                cache.drop_parts(threat.value, key)
-            if chosen_all is not None:
-                ok &= chosen_all  # the images left unattacked count as not robust, as they count anyway
-            robust[name][threat.value] = float((ok & clean_ok).mean())
-            survived.setdefault(name, {})[threat.value] = pack_mask(ok)
-            ok_all &= ok
-        robust[name]["worst"] = float(ok_all.mean())
+        rows[name] = _attack_row(setup, name, (budgets or {}).get(name, {}), threat_list, clean, cascade, skip_misread,
+                                 keep_examples)
         seconds[name] = round(time.perf_counter() - ta, 2)
-    if bar is not None:
-        bar.close()
-    columns = [t.value for t in threat_list] + ["worst"]
-    average = {c: float(np.mean([robust[a][c] for a in attacks])) for c in columns} if attacks else {}
+    if setup.bar is not None:
+        setup.bar.close()
     elapsed = time.perf_counter() - t0
-    result: dict[str, Any] = {
-        "n": n,
-        "defense": _name(purifier) if purifier is not None else "none",
-        "defense_config": purifier.config() if purifier is not None else {},
-        "clean_accuracy": float(clean_ok.mean()),
-        "clean_accuracy_undefended": float((bare_pred == data.labels).mean()),
-        "robust_accuracy": robust,
-        "average": average,
-        "threats": [t.value for t in threat_list],
-        "attack": {"method": method, "steps": steps, "eot": eot, "restarts": restarts, "seed": seed,
-                   "dataset_budgets": dataset, "budget_overrides": budgets or {}, "skip_misread": skip_misread,
-                   "cascade": cascade},
-        "seconds": round(elapsed, 2),
-        "seconds_per_attack": seconds,
-        "images_per_second": round(n * len(attacks) * len(threat_list) / elapsed, 2) if elapsed > 0 else None,
-        "per_image": {"images": images_digest(data.images, data.labels), "weights": _weights_digest(classifier, purifier),
-                      "encoding": MASK_ENCODING,
-                      "clean": pack_mask(clean_ok), "attacks": survived},
-    }
+    result = _result(setup, data, purifier, rows, clean, bare_pred, threat_list, columns, eot is None,
+                     {"budget_overrides": budgets or {}, "skip_misread": skip_misread, "cascade": cascade})
+    result.update(seconds=round(elapsed, 2), seconds_per_attack=seconds,
+                  images_per_second=round(len(data) * len(attacks) * len(threat_list) / elapsed, 2) if elapsed > 0 else None)
     if stand_in is not None:
         result["surrogate"] = {"defense": _name(stand_in), "defense_config": stand_in.config()}
     if keep_examples:
-        result["examples"] = examples
+        result["examples"] = {name: row["examples"] for name, row in rows.items()}
     return result
+
+
+def _result(setup: _Setup, data: ImageSet, purifier: Optional[Purifier], rows: dict[str, dict[str, Any]],
+            clean: tuple[np.ndarray, np.ndarray], bare_pred: np.ndarray, threats: Sequence[Threat],
+            columns: list[str], eot_default: bool, attack: dict[str, Any]) -> dict[str, Any]:
+    """The plain numbers of a :func:`benchmark` run."""
+    shown = [t.value for t in threats] + ["worst"]
+
+    def average(which: str) -> dict[str, float]:
+        return {c: float(np.mean([row[which][c] for row in rows.values()])) for c in shown} if rows else {}
+
+    return {
+        "n": len(data),
+        "defense": _name(purifier) if purifier is not None else "none",
+        "defense_config": purifier.config() if purifier is not None else {},
+        "clean_accuracy": float(clean[0].mean()),
+        "clean_accuracy_majority": float(clean[1].mean()),
+        "clean_accuracy_undefended": float((bare_pred == data.labels).mean()),
+        "robust_accuracy": {name: row["every"] for name, row in rows.items()},
+        "robust_accuracy_majority": {name: row["majority"] for name, row in rows.items()},
+        "average": average("every"),
+        "average_majority": average("majority"),
+        "threats": [t.value for t in threats],
+        "columns": columns,
+        "resubmit": setup.scoring.draws,
+        "attack": {"method": setup.method, "steps": setup.steps, "eot": setup.eot[1], "eot_blind": setup.eot[0],
+                   "eot_default": eot_default, "restarts": setup.restarts, "seed": setup.seed,
+                   "dataset_budgets": setup.dataset, "blind_transfer": setup.blind_transfer,
+                   "adaptive_transfer": "first", **attack},
+        "per_image": {"images": images_digest(data.images, data.labels),
+                      "weights": _weights_digest(setup.classifier, purifier), "encoding": MASK_ENCODING,
+                      "clean": pack_mask(clean[0]), "attacks": {name: row["masks"] for name, row in rows.items()},
+                      "clean_majority": pack_mask(clean[1]),
+                      "attacks_majority": {name: row["masks_majority"] for name, row in rows.items()}},
+    }

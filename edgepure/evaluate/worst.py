@@ -90,6 +90,8 @@ def worst_of(results: Sequence[dict[str, Any]], labels: Sequence[str]) -> dict[s
     _same(results, labels, "the classifier", lambda r: r.get("model"))
     _same(results, labels, "the networks' weights", lambda r: r["per_image"].get("weights"))
     _same(results, labels, "the defense", lambda r: (r.get("defense"), r.get("defense_config")))
+    # an image's reading is right on every one of R noise draws: runs of other R count by another rule
+    _same(results, labels, "the noise draws per image (--resubmit)", lambda r: r.get("resubmit", 1))
     n = int(results[0]["n"])
     clean = np.ones(n, dtype=bool)
     for r, label in zip(results, labels):

@@ -109,9 +109,16 @@ def init_from(model: nn.Module, src: nn.Module, spec: str, arch: str) -> None:
     """Copy the weights of ``src`` (what ``--init spec`` resolved to) into ``model``, a fresh ``arch``: a user error
     when ``src`` is another architecture or its weights do not fit."""
     name = getattr(src, "edgepure_name", None)
-    if name is not None and name != arch:
+    if name is not None and name != arch and not _same_layout(model, src):
         raise ConfigError(f"--init {spec}: it is a {name}, the run trains a {arch}")
     try:
         model.load_state_dict(src.state_dict())
     except RuntimeError as exc:
         raise ConfigError(f"--init {spec}: its weights do not fit {arch} ({str(exc).splitlines()[0]})") from None
+
+
+def _same_layout(model: nn.Module, src: nn.Module) -> bool:
+    """Whether ``src`` is ``model``'s architecture under another registered name (``signnet_s_cutmix`` is
+    ``signnet_s`` with other weights): the same class and the same tensors by name and shape."""
+    a, b = model.state_dict(), src.state_dict()
+    return type(model) is type(src) and a.keys() == b.keys() and all(a[k].shape == b[k].shape for k in a)

@@ -18,8 +18,9 @@ from edgepure.data.base import ImageSet
 from edgepure.evaluate.clean import evaluate_clean
 from edgepure.models.registry import create_classifier
 from edgepure.runtime.errors import ConfigError
+from edgepure.training.adversarial import ADV_RESUME_KEYS, Crafter, adversarial_loss, budget_dataset, check_adversarial
 from edgepure.training.augment import AugmentConfig, augment_batch
-from edgepure.training.checkpoint import check_resumable, load_checkpoint, save_checkpoint
+from edgepure.training.checkpoint import RESUME_KEYS, check_resumable, load_checkpoint, save_checkpoint
 
 __all__ = ["TrainConfig", "cutmix_batch", "train_classifier"]
 
@@ -55,6 +56,16 @@ class TrainConfig:
     denoise_low: float = 0.25
     denoise_high: float = 1.2
     denoise_prior: str = "edm_unet_s"
+    # adversarial training (edgepure.training.adversarial): a comma list of perturbation families ("" = off), crafted
+    # per batch by ``adv_attack`` with ``adv_steps`` steps at eval robust's budgets, one family per image drawn at
+    # random or the worst of all (``adv_strategy``); loss (1 − w)·CE(clean) + w·CE(adv) with w = ``adv_weight``
+    # (None: 0.5), or TRADES with ``trades`` β > 0
+    adversarial: str = ""
+    adv_steps: int = 5
+    adv_strategy: str = "random"
+    adv_attack: str = "pgd"
+    adv_weight: float | None = None
+    trades: float = 0.0
 
 
 def _lr_at(step: int, total: int, warmup: int, base: float) -> float:
@@ -116,6 +127,33 @@ def cutmix_batch(x: torch.Tensor, p: float, g: torch.Generator
     return out, partner, bh * bw / (h * w)
 
 
+def _batch_loss(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, g: torch.Generator,
+                crafter: Crafter | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The loss of one batch, its clean logits and (with ``crafter``) the adversarial logits. The adversarial
+    examples are crafted before CutMix: an attack needs whole images and their own labels."""
+    x_adv = crafter(x, y, g)[0] if crafter is not None else None
+    x, partner, share = cutmix_batch(x, cfg.cutmix, g)
+    adv_logits = None
+    if x_adv is None:
+        logits = net(x)
+    else:
+        logits, adv_logits = net(torch.cat([x, x_adv])).split(len(x))  # one pass: BatchNorm sees both
+    loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
+    if partner is not None:
+        loss = (1.0 - share) * loss + share * F.cross_entropy(logits, y[partner], label_smoothing=cfg.label_smoothing)
+    if adv_logits is not None:
+        loss = adversarial_loss(loss, logits, adv_logits, y, cfg.adv_weight, cfg.trades, cfg.label_smoothing)
+    return loss, logits, adv_logits
+
+
+def _make_crafter(cfg: TrainConfig, families: tuple[str, ...], model: torch.nn.Module, size: int,
+                  device: str | torch.device) -> Crafter | None:
+    if not families:
+        return None
+    return Crafter(model, families, budget_dataset(cfg.data), size, cfg.adv_steps, strategy=cfg.adv_strategy,
+                   attack=cfg.adv_attack, trades=cfg.trades > 0, device=device)
+
+
 def _init_weights(model: torch.nn.Module, cfg: TrainConfig) -> None:
     from edgepure.models.loading import resolve_classifier
     from edgepure.training.checkpoint import init_from
@@ -139,6 +177,8 @@ def train_classifier(cfg: TrainConfig, resume: bool = False, log: Any = print,
     Shuffling, augmentation and dropout draw from generators seeded by ``(seed, epoch)``, so a run resumed
     from the checkpoint of epoch e continues exactly as the uninterrupted run would have. ``device`` runs the
     networks there (:func:`edgepure.models.loading.on_device`); data and augmentation stay on the CPU.
+    With ``cfg.adversarial`` each batch also trains on adversarial examples crafted against the model
+    (:mod:`edgepure.training.adversarial`), their draws from the same generators.
     """
     from edgepure.models.loading import on_device
 
@@ -151,6 +191,7 @@ def train_classifier(cfg: TrainConfig, resume: bool = False, log: Any = print,
     if not 0.0 <= cfg.denoise <= 1.0 or not 0.0 < cfg.denoise_low <= cfg.denoise_high:
         raise ConfigError(f"denoise must be in [0, 1] and 0 < denoise_low ≤ denoise_high, got {cfg.denoise}, "
                           f"{cfg.denoise_low}, {cfg.denoise_high}")
+    families = check_adversarial(cfg)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
@@ -166,6 +207,7 @@ def train_classifier(cfg: TrainConfig, resume: bool = False, log: Any = print,
             p.requires_grad_(False)
         prior = on_device(prior, device)
     size = int(getattr(model, "input_size", 32))
+    crafter = _make_crafter(cfg, families, model, size, device)
     train, val, synth = _load_data(cfg, size)
     n_classes = int(getattr(model, "num_classes", 0))
     if n_classes and int(train.labels.max()) >= n_classes:
@@ -190,7 +232,7 @@ def train_classifier(cfg: TrainConfig, resume: bool = False, log: Any = print,
         record = load_checkpoint(out, "last", model, opt)
         if ema_model is not None:
             load_checkpoint(out, "last_ema", ema_model)
-        check_resumable(out, record, cfg)
+        check_resumable(out, record, cfg, RESUME_KEYS + ADV_RESUME_KEYS)
         start_epoch = int(record["epoch"]) + 1
         history = list(record.get("history", []))
         best = float(record.get("best_val_accuracy", -1.0))
@@ -218,7 +260,7 @@ def train_classifier(cfg: TrainConfig, resume: bool = False, log: Any = print,
             xs, ys = torch.cat([x_real, x_syn[pick]]), torch.cat([y_real, y_syn[pick]])  # type: ignore[index]
         order = torch.randperm(len(xs), generator=g)
         model.train()
-        t0, seen, loss_sum, correct = time.time(), 0, 0.0, 0
+        t0, seen, loss_sum, correct, adv_correct = time.time(), 0, 0.0, 0, 0
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step", leave=False)
         for i in bar:
             step = epoch * steps_per_epoch + i
@@ -231,12 +273,7 @@ def train_classifier(cfg: TrainConfig, resume: bool = False, log: Any = print,
             if prior is not None:
                 x = denoise_batch(x, prior, cfg.denoise, cfg.denoise_low, cfg.denoise_high, g)
             y = ys[idx]
-            x, partner, share = cutmix_batch(x, cfg.cutmix, g)
-            logits = net(x)
-            loss = F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing)
-            if partner is not None:
-                loss = (1.0 - share) * loss + share * F.cross_entropy(logits, y[partner],
-                                                                      label_smoothing=cfg.label_smoothing)
+            loss, logits, adv_logits = _batch_loss(net, x, y, cfg, g, crafter)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -245,7 +282,9 @@ def train_classifier(cfg: TrainConfig, resume: bool = False, log: Any = print,
             seen += len(y)
             loss_sum += loss.item() * len(y)
             correct += int((logits.argmax(1) == y).sum())
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}")
+            adv_correct += int((adv_logits.argmax(1) == y).sum()) if adv_logits is not None else 0
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}",
+                            **({"adv_acc": f"{adv_correct / seen:.3f}"} if crafter is not None else {}))
             steps_done += 1
             if cfg.max_steps is not None and steps_done >= cfg.max_steps:
                 break
@@ -255,6 +294,7 @@ def train_classifier(cfg: TrainConfig, resume: bool = False, log: Any = print,
             "epoch": epoch,
             "train_loss": loss_sum / max(seen, 1),
             "train_accuracy": correct / max(seen, 1),
+            **({"train_adv_accuracy": adv_correct / max(seen, 1)} if crafter is not None else {}),
             "val_accuracy": metrics["accuracy"],
             "val_n": metrics["n"],
             "seconds": round(time.time() - t0, 1),

@@ -26,7 +26,9 @@ levels (log-uniform from 0.01 up to it: a purifier's denoised start reads D at a
 
 ``adv_pool`` > 0 takes a share ``adv_pool_share`` of the adversarial inputs from a *pool*: that many training
 images, attacked once before training by the evaluation's own blind attack (APGD-CE of ``edgepure eval robust``, or
-PGD with ``adv_pool_method="pgd"``; ``adv_pool_steps`` steps; the first share patched, the last ``adv_additive`` share noised), cached in ``adv_cache``
+PGD with ``adv_pool_method="pgd"``; ``adv_pool_steps`` steps; each image's highest-loss iterate, or with
+``adv_pool_transfer="first"`` the first that fooled the classifier; the first share patched, the last ``adv_additive``
+share noised), cached in ``adv_cache``
 (default: the run folder) under ``eval robust``'s keys; the other adversarial inputs stay on-the-fly PGD. The
 classifier is frozen, so a pool is exact, not stale. Each pool input is a random pool image, its clean target shifted
 with it; the held-out validation set is attacked by both (the pool's attack on the first half). A pool costs one APGD
@@ -108,8 +110,16 @@ class PriorConfig:
     # the pool's attack(s): "apgd" (APGD-CE, eval robust's), "pgd", or a comma list of METHOD[:STEPS] (every pool image
     # attacked by each; an input takes one of them at random)
     adv_pool_method: str = "apgd"
+    # which iterate the pool's attack keeps: "loss" (the highest-loss one, eval robust's blind default) or "first" (the
+    # first that fooled the classifier, the pools of the shipped guided prior)
+    adv_pool_transfer: str = "loss"
     adv_cache: str | None = None  # folder of the pool's examples (None: the run folder)
     corrupt_warp: float = 0.0  # share of inputs warped by a random smooth flow (target: the unwarped image)
+
+    def __post_init__(self) -> None:
+        from edgepure.attacks.base import check_transfer
+
+        check_transfer(self.adv_pool_transfer, "adv_pool_transfer")
 
     @property
     def restoring(self) -> bool:
@@ -212,10 +222,12 @@ def adversarial_batch(y: torch.Tensor, labels: torch.Tensor, classifier: torch.n
 
 def adversarial_pool(images: torch.Tensor, labels: torch.Tensor, classifier: torch.nn.Module, steps: int,
                      additive: float, cache: Path, seed: int = 0, log: Any = None,
-                     device: str | torch.device = "cpu", method: str = "apgd") -> torch.Tensor:
+                     device: str | torch.device = "cpu", method: str = "apgd", transfer: str = "loss") -> torch.Tensor:
     """Blind APGD-CE examples of ``images`` (uint8 NCHW) in [−1, 1]: the first images patched, the last
     ⌊additive·N⌋ noised (as :func:`adversarial_batch` splits them), each family one cached run of
-    :func:`edgepure.evaluate.robust.blind_examples`."""
+    :func:`edgepure.evaluate.robust.blind_examples`. ``transfer="loss"`` keeps each image's highest-loss iterate (what
+    an attacker sends, and the evaluation's blind threat): a purifier trained on barely-fooling iterates learns to undo
+    the easiest examples only."""
     from edgepure.evaluate.robust import blind_examples
 
     x = images.float() / 255
@@ -224,7 +236,7 @@ def adversarial_pool(images: torch.Tensor, labels: torch.Tensor, classifier: tor
     for fam, idx in zip(ADV_FAMILIES, torch.arange(len(x)).split([len(x) - n_add, n_add])):
         if len(idx):
             out[idx] = blind_examples(classifier, x[idx], labels[idx], fam, steps, seed, cache, log=log, device=device,
-                                      method=method)
+                                      method=method, transfer=transfer)
     return out.clamp(0, 1) * 2 - 1
 
 
@@ -412,10 +424,10 @@ def train_prior(cfg: PriorConfig, resume: bool = False, log: Any = print,
         assert raw_classifier is not None
         pool = (x_train[pool_idx], torch.stack([
             adversarial_pool(x_train[pool_idx], y_train[pool_idx], raw_classifier, steps, cfg.adv_additive, cache, log=log,
-                             device=device, method=method) for method, steps in methods]))
+                             device=device, method=method, transfer=cfg.adv_pool_transfer) for method, steps in methods]))
         # the validation set: the first pool attack (on its first half with adv_pool_share < 1)
         v_attacked = adversarial_pool(x_val, v_labels, raw_classifier, methods[0][1], cfg.adv_additive, cache,
-                                      log=log, device=device, method=methods[0][0])
+                                      log=log, device=device, method=methods[0][0], transfer=cfg.adv_pool_transfer)
         if cfg.adv_pool_share < 1:  # the second half of the validation set attacked as on the fly
             half = len(x_val) // 2
             v_attacked[half:] = adversarial_batch(x_val[half:].float() / 127.5 - 1, v_labels[half:], classifier,
