@@ -12,24 +12,11 @@ from torch import nn
 from typer.testing import CliRunner
 
 from edgepure.attacks import APGD, PGD
-from edgepure.data.base import ImageSet
 from edgepure.evaluate.robust import benchmark
 from edgepure.perturb import create_perturbation
 from edgepure.purifiers import Purifier
 from edgepure.runtime.errors import ConfigError
-
-
-class Templates(nn.Module):
-    """A classifier with known margins: logits = −‖x − template_c‖² / 50 for 3 smooth colour templates."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        g = torch.Generator().manual_seed(0)
-        base = torch.rand(3, 3, 4, 4, generator=g)
-        self.register_buffer("t", F.interpolate(base, size=32, mode="bilinear", align_corners=False))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return -((x[:, None] - self.t[None]) ** 2).flatten(2).sum(2) / 50.0
+from test_attacks import Templates, _batch, _imageset
 
 
 class FlipOnNoise(Purifier):
@@ -58,19 +45,6 @@ class FlipOnNoise(Purifier):
 
     def config(self) -> dict[str, object]:
         return {"threshold": self.threshold}
-
-
-def _batch(n: int = 12) -> tuple[torch.Tensor, torch.Tensor, Templates]:
-    m = Templates()
-    g = torch.Generator().manual_seed(1)
-    y = torch.arange(n) % 3
-    x = (m.t[y] + 0.05 * torch.randn(n, 3, 32, 32, generator=g)).clamp(0, 1)
-    return x, y, m
-
-
-def _imageset(x: torch.Tensor, y: torch.Tensor) -> ImageSet:
-    return ImageSet((x.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8), y.numpy(),
-                    [str(i) for i in range(len(y))], ("a", "b", "c"))
 
 
 def _ce(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
