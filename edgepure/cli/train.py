@@ -12,6 +12,20 @@ from edgepure.cli.common import DeviceOption, echo_json, user_errors
 app = typer.Typer(help="Train classifiers, image priors and purifier networks; learn NAPPure's settings.", no_args_is_help=True)
 
 
+@app.callback()
+@user_errors
+def _launch(ctx: typer.Context) -> None:
+    """Under torchrun only the commands that train with DDP run; the others would train N copies into one folder."""
+    import os
+
+    if os.environ.get("WORLD_SIZE", "1") == "1":  # not under torchrun (or one process): nothing to refuse, no torch
+        return
+    from edgepure.training.distributed import DISTRIBUTED_COMMANDS, refuse_distributed
+
+    if ctx.invoked_subcommand not in DISTRIBUTED_COMMANDS:
+        refuse_distributed(f"edgepure train {ctx.invoked_subcommand}")
+
+
 @app.command("classifier")
 @user_errors
 def classifier(
@@ -19,7 +33,8 @@ def classifier(
     out: Annotated[Path, typer.Option("--out", help="Run folder: checkpoints (safetensors + JSON) go here.")],
     model: Annotated[str, typer.Option(help="Registered classifier architecture.")] = "signnet_s",
     epochs: Annotated[int, typer.Option(help="Number of epochs.")] = 20,
-    batch_size: Annotated[int, typer.Option(help="Batch size.")] = 128,
+    batch_size: Annotated[int, typer.Option(help="Batch size: images per optimiser step (under torchrun the global "
+                                                 "batch, shared by the processes).")] = 128,
     lr: Annotated[float, typer.Option(help="Peak learning rate (SGD, Nesterov, cosine after warm-up).")] = 0.05,
     weight_decay: Annotated[float, typer.Option(help="Weight decay of conv/linear weights.")] = 5e-4,
     seed: Annotated[int, typer.Option(min=0, help="Seed of initialisation, shuffling and augmentation.")] = 0,
@@ -59,9 +74,11 @@ def classifier(
 ) -> None:
     """Train a classifier with validation on a held-out track split; resumable with --resume.
 
-    With --adversarial it also trains on adversarial examples crafted per batch against it (docs/training.md)."""
+    With --adversarial it also trains on adversarial examples crafted per batch against it (docs/training.md).
+    Under torchrun --nproc_per_node N the N processes train one model (PyTorch DDP; docs/training.md)."""
     from edgepure.models.loading import resolve_device
     from edgepure.training.classifier import TrainConfig, train_classifier
+    from edgepure.training.distributed import ranks_from_env
 
     dev = resolve_device(device)
     cfg = TrainConfig(
@@ -73,6 +90,8 @@ def classifier(
         adv_weight=adv_weight, trades=trades,
     )
     record = train_classifier(cfg, resume=resume, log=lambda s: typer.echo(s, err=True), device=dev)
+    if not ranks_from_env().main:
+        return  # under torchrun rank 0 reports
     summary = {"out": str(out), "epochs_done": record["epoch"] + 1, "best_val_accuracy": record["best_val_accuracy"],
                "last": record["history"][-1]}
     if as_json:

@@ -1,4 +1,5 @@
-"""Training a classifier: seeded, resumable (safetensors checkpoints), with progress and validation."""
+"""Training a classifier: seeded, resumable (safetensors checkpoints), with progress and validation; on one
+process, or on several under ``torchrun`` (PyTorch DDP, :mod:`edgepure.training.distributed`)."""
 
 from __future__ import annotations
 
@@ -18,9 +19,11 @@ from edgepure.data.base import ImageSet
 from edgepure.evaluate.clean import evaluate_clean
 from edgepure.models.registry import create_classifier
 from edgepure.runtime.errors import ConfigError
+from edgepure.training import distributed
 from edgepure.training.adversarial import ADV_RESUME_KEYS, Crafter, adversarial_loss, budget_dataset, check_adversarial
 from edgepure.training.augment import AugmentConfig, augment_batch
 from edgepure.training.checkpoint import RESUME_KEYS, check_resumable, load_checkpoint, save_checkpoint
+from edgepure.training.distributed import Ranks
 
 __all__ = ["TrainConfig", "cutmix_batch", "train_classifier"]
 
@@ -79,8 +82,8 @@ def _to_tensor(images: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()
 
 
-def _load_data(cfg: TrainConfig, size: int) -> tuple[ImageSet, ImageSet, ImageSet | None]:
-    common = dict(size=size, val_fraction=cfg.val_fraction, split_seed=cfg.split_seed, progress=True)
+def _load_data(cfg: TrainConfig, size: int, progress: bool = True) -> tuple[ImageSet, ImageSet, ImageSet | None]:
+    common = dict(size=size, val_fraction=cfg.val_fraction, split_seed=cfg.split_seed, progress=progress)
     train = open_dataset(cfg.data, "train", **common)
     val = open_dataset(cfg.data, "val", **common)
     synth = None
@@ -170,6 +173,207 @@ def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> N
         be.copy_(b)
 
 
+def _check_config(cfg: TrainConfig) -> None:
+    if cfg.epochs <= 0 or cfg.batch_size <= 0:
+        raise ConfigError(f"epochs and batch size must be positive, got {cfg.epochs} and {cfg.batch_size}")
+    if not 0.0 <= cfg.cutmix <= 1.0:
+        raise ConfigError(f"cutmix must be a probability in [0, 1], got {cfg.cutmix}")
+    if not 0.0 <= cfg.denoise <= 1.0 or not 0.0 < cfg.denoise_low <= cfg.denoise_high:
+        raise ConfigError(f"denoise must be in [0, 1] and 0 < denoise_low ≤ denoise_high, got {cfg.denoise}, "
+                          f"{cfg.denoise_low}, {cfg.denoise_high}")
+    if cfg.ema > 0 and not cfg.ema < 1:
+        raise ConfigError(f"ema decay must be in (0, 1), got {cfg.ema}")
+
+
+def _new_model(cfg: TrainConfig) -> torch.nn.Module:
+    torch.manual_seed(cfg.seed)  # the same initialisation on every rank
+    model = create_classifier(cfg.model, **cfg.model_kwargs)
+    _init_weights(model, cfg)
+    return model
+
+
+def _load_prior(cfg: TrainConfig, device: torch.device) -> torch.nn.Module | None:
+    """The frozen prior of ``--denoise`` on ``device``; None without it."""
+    from edgepure.models.loading import on_device
+    from edgepure.models.registry import create_prior
+
+    if cfg.denoise <= 0:
+        return None
+    prior = create_prior(cfg.denoise_prior, pretrained=True).eval()
+    for p in prior.parameters():
+        p.requires_grad_(False)
+    return on_device(prior, device)
+
+
+def _make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        (no_decay if p.ndim <= 1 else decay).append(p)
+    return torch.optim.SGD(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr, momentum=0.9, nesterov=True,
+    )
+
+
+def _make_ema(model: torch.nn.Module, cfg: TrainConfig) -> torch.nn.Module | None:
+    if cfg.ema <= 0:
+        return None
+    ema_model = copy.deepcopy(model).eval()
+    for p in ema_model.parameters():
+        p.requires_grad_(False)
+    return ema_model
+
+
+@dataclass
+class _Loop:
+    """What the epoch loop carries besides the data: the networks, the optimiser, the schedule and the ranks."""
+
+    cfg: TrainConfig
+    model: torch.nn.Module  # the module itself: checkpoints, the EMA, attacks and validation use it
+    net: torch.nn.Module  # what the training forward pass goes through (on --device; DDP under torchrun)
+    opt: torch.optim.Optimizer
+    ema_model: torch.nn.Module | None
+    prior: torch.nn.Module | None
+    crafter: Crafter | None
+    aug_cfg: AugmentConfig
+    ranks: Ranks
+    device: torch.device
+    steps_per_epoch: int
+    warmup: int
+    steps_done: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.steps_per_epoch * self.cfg.epochs
+
+    @property
+    def stopped(self) -> bool:
+        return self.cfg.max_steps is not None and self.steps_done >= self.cfg.max_steps
+
+
+def _resume(out: Path, loop: _Loop, log: Any) -> tuple[int, list[dict[str, Any]], float]:
+    """Load the run folder's last checkpoint into ``loop``: ``(first epoch to run, history, best accuracy)``."""
+    cfg, ranks = loop.cfg, loop.ranks
+    record = load_checkpoint(out, "last", loop.model, loop.opt)
+    if loop.ema_model is not None:
+        load_checkpoint(out, "last_ema", loop.ema_model)
+    check_resumable(out, record, cfg, RESUME_KEYS + ADV_RESUME_KEYS)
+    start_epoch = int(record["epoch"]) + 1
+    log(f"resuming from epoch {start_epoch} of {cfg.epochs} ({out})")
+    before = int(record.get("world_size", 1))
+    if before != ranks.world_size:
+        log(f"the checkpoint was trained by {before} process(es), this run has {ranks.world_size}: the same global "
+            "batches and schedule, other per-rank draws (augmentation, attack starts)")
+    return start_epoch, list(record.get("history", [])), float(record.get("best_val_accuracy", -1.0))
+
+
+def _epoch_data(data: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None], cfg: TrainConfig,
+                g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The epoch's images, labels and order (the synthetic draw and the permutation from the shared ``g``)."""
+    x_real, y_real, x_syn, y_syn = data
+    xs, ys = x_real, y_real
+    if x_syn is not None:
+        pick = torch.randperm(len(x_syn), generator=g)[: cfg.synth]
+        xs, ys = torch.cat([x_real, x_syn[pick]]), torch.cat([y_real, y_syn[pick]])  # type: ignore[index]
+    return xs, ys, torch.randperm(len(xs), generator=g)
+
+
+def _batch_inputs(loop: _Loop, xs: torch.Tensor, ys: torch.Tensor, idx: torch.Tensor, g: torch.Generator
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    cfg = loop.cfg
+    x = xs[idx].float() / 255.0
+    if cfg.augment:
+        x = augment_batch(x, loop.aug_cfg, g)
+    if loop.prior is not None:
+        x = denoise_batch(x, loop.prior, cfg.denoise, cfg.denoise_low, cfg.denoise_high, g)
+    return x, ys[idx]
+
+
+def _step(loop: _Loop, step: int, loss: torch.Tensor, weight: float) -> None:
+    """One optimiser step on ``weight`` × ``loss`` (DDP averages the ranks' gradients during ``backward``)."""
+    loop.opt.zero_grad(set_to_none=True)
+    (loss if weight == 1.0 else loss * weight).backward()
+    loop.opt.step()
+    if loop.ema_model is not None:
+        _ema_update(loop.ema_model, loop.model, min(loop.cfg.ema, (1 + step) / (10 + step)))
+
+
+def _train_epoch(loop: _Loop, epoch: int, xs: torch.Tensor, ys: torch.Tensor, order: torch.Tensor,
+                 g: torch.Generator) -> list[float]:
+    """Train one epoch on this rank's share of each global batch of ``order``; returns this rank's
+    ``[images, loss sum, correct, adversarial correct]``."""
+    from tqdm import tqdm
+
+    cfg, ranks = loop.cfg, loop.ranks
+    gr = distributed.rank_generator(g, cfg.seed * 100_003 + epoch, ranks)
+    loop.model.train()
+    seen, loss_sum, correct, adv_correct = 0, 0.0, 0, 0
+    bar = tqdm(range(loop.steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step", leave=False,
+               disable=not ranks.main)
+    for i in bar:
+        step = epoch * loop.steps_per_epoch + i
+        for group in loop.opt.param_groups:
+            group["lr"] = _lr_at(step, loop.total, loop.warmup, cfg.lr)
+        batch = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
+        idx = distributed.shard(batch, ranks)
+        x, y = _batch_inputs(loop, xs, ys, idx, gr)
+        loss, logits, adv_logits = _batch_loss(loop.net, x, y, cfg, gr, loop.crafter)
+        _step(loop, step, loss, distributed.shard_weight(len(idx), len(batch), ranks))
+        seen += len(y)
+        loss_sum += loss.item() * len(y)
+        correct += int((logits.argmax(1) == y).sum())
+        adv_correct += int((adv_logits.argmax(1) == y).sum()) if adv_logits is not None else 0
+        bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}",
+                        **({"adv_acc": f"{adv_correct / seen:.3f}"} if loop.crafter is not None else {}))
+        loop.steps_done += 1
+        if loop.stopped:
+            break
+    return [seen, loss_sum, correct, adv_correct]
+
+
+def _end_epoch(loop: _Loop, epoch: int, sums: list[float], t0: float, val: ImageSet, history: list[dict[str, Any]],
+               best: float, meta: dict[str, Any], log: Any) -> tuple[dict[str, Any], float]:
+    """Validate, record and (rank 0) checkpoint the epoch: ``(record, best validation accuracy so far)``."""
+    from edgepure.models.loading import on_device
+
+    cfg, out = loop.cfg, Path(loop.cfg.out)
+    distributed.sync_buffers([loop.model, loop.ema_model], loop.ranks)
+    seen, loss_sum, correct, adv_correct = distributed.all_sum(sums, loop.ranks, loop.device)
+    shipped = loop.ema_model if loop.ema_model is not None else loop.model
+    metrics = evaluate_clean(on_device(shipped, loop.device), val)
+    entry = {
+        "epoch": epoch,
+        "train_loss": loss_sum / max(seen, 1),
+        "train_accuracy": correct / max(seen, 1),
+        **({"train_adv_accuracy": adv_correct / max(seen, 1)} if loop.crafter is not None else {}),
+        "val_accuracy": metrics["accuracy"],
+        "val_n": metrics["n"],
+        "seconds": round(time.time() - t0, 1),
+    }
+    history.append(entry)
+    record = {
+        "name": cfg.model,
+        "config": asdict(cfg),
+        "model_config": getattr(loop.model, "edgepure_config", {}),
+        "epoch": epoch,
+        "history": history,
+        "best_val_accuracy": max(best, metrics["accuracy"]),
+        **meta,
+        "world_size": loop.ranks.world_size,
+    }
+    improved = metrics["accuracy"] > best
+    best = max(best, metrics["accuracy"])
+    if loop.ranks.main:
+        if improved:
+            save_checkpoint(out, "best", shipped, None, record)
+        if loop.ema_model is not None:
+            save_checkpoint(out, "last_ema", loop.ema_model, None, record)
+        save_checkpoint(out, "last", loop.model, loop.opt, record)
+    log(f"epoch {epoch + 1}/{cfg.epochs}: loss {entry['train_loss']:.4f} train {entry['train_accuracy']:.4f} "
+        f"val {entry['val_accuracy']:.4f} (n={entry['val_n']}) {entry['seconds']}s")
+    return record, best
+
+
 def train_classifier(cfg: TrainConfig, resume: bool = False, log: Any = print,
                      device: str | torch.device = "cpu") -> dict[str, Any]:
     """Train ``cfg.model`` on ``cfg.data``; write ``last``/``best`` checkpoints into ``cfg.out``.
@@ -179,148 +383,48 @@ def train_classifier(cfg: TrainConfig, resume: bool = False, log: Any = print,
     networks there (:func:`edgepure.models.loading.on_device`); data and augmentation stay on the CPU.
     With ``cfg.adversarial`` each batch also trains on adversarial examples crafted against the model
     (:mod:`edgepure.training.adversarial`), their draws from the same generators.
+
+    Started by ``torchrun --nproc_per_node N`` the N processes train one model with DistributedDataParallel,
+    ``cfg.batch_size`` being the global batch (:mod:`edgepure.training.distributed`); rank 0 writes and logs.
     """
-    from edgepure.models.loading import on_device
-
-    from tqdm import tqdm
-
-    if cfg.epochs <= 0 or cfg.batch_size <= 0:
-        raise ConfigError(f"epochs and batch size must be positive, got {cfg.epochs} and {cfg.batch_size}")
-    if not 0.0 <= cfg.cutmix <= 1.0:
-        raise ConfigError(f"cutmix must be a probability in [0, 1], got {cfg.cutmix}")
-    if not 0.0 <= cfg.denoise <= 1.0 or not 0.0 < cfg.denoise_low <= cfg.denoise_high:
-        raise ConfigError(f"denoise must be in [0, 1] and 0 < denoise_low ≤ denoise_high, got {cfg.denoise}, "
-                          f"{cfg.denoise_low}, {cfg.denoise_high}")
+    _check_config(cfg)
     families = check_adversarial(cfg)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.manual_seed(cfg.seed)
-    model = create_classifier(cfg.model, **cfg.model_kwargs)
-    _init_weights(model, cfg)
-    net = on_device(model, device)  # moves the model: before the optimiser and the EMA copy, whose tensors follow it
-    prior = None
-    if cfg.denoise > 0:
-        from edgepure.models.registry import create_prior
+    with distributed.session(device) as (ranks, dev):
+        return _train(cfg, families, resume, distributed.main_only(log, ranks), ranks, dev)
 
-        prior = create_prior(cfg.denoise_prior, pretrained=True).eval()
-        for p in prior.parameters():
-            p.requires_grad_(False)
-        prior = on_device(prior, device)
+
+def _train(cfg: TrainConfig, families: tuple[str, ...], resume: bool, log: Any, ranks: Ranks,
+           device: torch.device) -> dict[str, Any]:
+    out = Path(cfg.out)
+    if ranks.main:
+        out.mkdir(parents=True, exist_ok=True)
+    # moved (and under torchrun wrapped) before the optimiser and the EMA copy, whose tensors follow it
+    model, net = distributed.wrap(_new_model(cfg), ranks, device)
+    prior = _load_prior(cfg, device)
     size = int(getattr(model, "input_size", 32))
     crafter = _make_crafter(cfg, families, model, size, device)
-    train, val, synth = _load_data(cfg, size)
+    train, val, synth = _load_data(cfg, size, progress=ranks.main)
     n_classes = int(getattr(model, "num_classes", 0))
     if n_classes and int(train.labels.max()) >= n_classes:
         raise ConfigError(f"the data has labels up to {int(train.labels.max())}, the model has {n_classes} classes")
-
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        (no_decay if p.ndim <= 1 else decay).append(p)
-    opt = torch.optim.SGD(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr, momentum=0.9, nesterov=True,
-    )
-    ema_model = None
-    if cfg.ema > 0:
-        if not 0 < cfg.ema < 1:
-            raise ConfigError(f"ema decay must be in (0, 1), got {cfg.ema}")
-        ema_model = copy.deepcopy(model).eval()
-        for p in ema_model.parameters():
-            p.requires_grad_(False)
-    start_epoch, history, best = 0, [], -1.0
-    if resume:
-        record = load_checkpoint(out, "last", model, opt)
-        if ema_model is not None:
-            load_checkpoint(out, "last_ema", ema_model)
-        check_resumable(out, record, cfg, RESUME_KEYS + ADV_RESUME_KEYS)
-        start_epoch = int(record["epoch"]) + 1
-        history = list(record.get("history", []))
-        best = float(record.get("best_val_accuracy", -1.0))
-        log(f"resuming from epoch {start_epoch} of {cfg.epochs} ({out})")
-
-    x_real = _to_tensor(train.images)
-    y_real = torch.from_numpy(train.labels)
-    x_syn = _to_tensor(synth.images) if synth is not None else None
-    y_syn = torch.from_numpy(synth.labels) if synth is not None else None
-    n_per_epoch = len(x_real) + (cfg.synth if synth is not None else 0)
-    steps_per_epoch = math.ceil(n_per_epoch / cfg.batch_size)
-    total = steps_per_epoch * cfg.epochs
-    warmup = int(cfg.warmup_epochs * steps_per_epoch)
-    aug_cfg = (AugmentConfig(p_occlude=cfg.occlude, occlude_px=(4, cfg.occlude_max), p_stickers=cfg.stickers) if cfg.augment
-               else AugmentConfig.none())
+    data = (_to_tensor(train.images), torch.from_numpy(train.labels),
+            _to_tensor(synth.images) if synth is not None else None,
+            torch.from_numpy(synth.labels) if synth is not None else None)
+    steps = distributed.steps_per_epoch(len(data[0]) + (cfg.synth if synth is not None else 0), cfg.batch_size, ranks)
+    aug_cfg = (AugmentConfig(p_occlude=cfg.occlude, occlude_px=(4, cfg.occlude_max), p_stickers=cfg.stickers)
+               if cfg.augment else AugmentConfig.none())
+    loop = _Loop(cfg, model, net, _make_optimizer(model, cfg), _make_ema(model, cfg), prior, crafter, aug_cfg, ranks,
+                 device, steps, int(cfg.warmup_epochs * steps))
+    start_epoch, history, best = _resume(out, loop, log) if resume else (0, [], -1.0)
+    meta = {"input_size": size, "class_names": list(train.class_names)}
     result: dict[str, Any] = {}
-    steps_done = 0
-
     for epoch in range(start_epoch, cfg.epochs):
         g = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-        torch.manual_seed(cfg.seed * 100_003 + epoch)
-        xs, ys = x_real, y_real
-        if x_syn is not None:
-            pick = torch.randperm(len(x_syn), generator=g)[: cfg.synth]
-            xs, ys = torch.cat([x_real, x_syn[pick]]), torch.cat([y_real, y_syn[pick]])  # type: ignore[index]
-        order = torch.randperm(len(xs), generator=g)
-        model.train()
-        t0, seen, loss_sum, correct, adv_correct = time.time(), 0, 0.0, 0, 0
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step", leave=False)
-        for i in bar:
-            step = epoch * steps_per_epoch + i
-            for group in opt.param_groups:
-                group["lr"] = _lr_at(step, total, warmup, cfg.lr)
-            idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
-            x = xs[idx].float() / 255.0
-            if cfg.augment:
-                x = augment_batch(x, aug_cfg, g)
-            if prior is not None:
-                x = denoise_batch(x, prior, cfg.denoise, cfg.denoise_low, cfg.denoise_high, g)
-            y = ys[idx]
-            loss, logits, adv_logits = _batch_loss(net, x, y, cfg, g, crafter)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if ema_model is not None:
-                _ema_update(ema_model, model, min(cfg.ema, (1 + step) / (10 + step)))
-            seen += len(y)
-            loss_sum += loss.item() * len(y)
-            correct += int((logits.argmax(1) == y).sum())
-            adv_correct += int((adv_logits.argmax(1) == y).sum()) if adv_logits is not None else 0
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}",
-                            **({"adv_acc": f"{adv_correct / seen:.3f}"} if crafter is not None else {}))
-            steps_done += 1
-            if cfg.max_steps is not None and steps_done >= cfg.max_steps:
-                break
-        shipped = ema_model if ema_model is not None else model
-        metrics = evaluate_clean(on_device(shipped, device), val)
-        entry = {
-            "epoch": epoch,
-            "train_loss": loss_sum / max(seen, 1),
-            "train_accuracy": correct / max(seen, 1),
-            **({"train_adv_accuracy": adv_correct / max(seen, 1)} if crafter is not None else {}),
-            "val_accuracy": metrics["accuracy"],
-            "val_n": metrics["n"],
-            "seconds": round(time.time() - t0, 1),
-        }
-        history.append(entry)
-        record = {
-            "name": cfg.model,
-            "config": asdict(cfg),
-            "model_config": getattr(model, "edgepure_config", {}),
-            "epoch": epoch,
-            "history": history,
-            "best_val_accuracy": max(best, metrics["accuracy"]),
-            "input_size": size,
-            "class_names": list(train.class_names),
-        }
-        if metrics["accuracy"] > best:
-            best = metrics["accuracy"]
-            save_checkpoint(out, "best", shipped, None, record)
-        if ema_model is not None:
-            save_checkpoint(out, "last_ema", ema_model, None, record)
-        save_checkpoint(out, "last", model, opt, record)
-        result = record
-        log(
-            f"epoch {epoch + 1}/{cfg.epochs}: loss {entry['train_loss']:.4f} train {entry['train_accuracy']:.4f} "
-            f"val {entry['val_accuracy']:.4f} (n={entry['val_n']}) {entry['seconds']}s"
-        )
-        if cfg.max_steps is not None and steps_done >= cfg.max_steps:
+        torch.manual_seed(distributed.rank_seed(cfg.seed * 100_003 + epoch, ranks))  # dropout: per rank
+        xs, ys, order = _epoch_data(data, cfg, g)
+        t0 = time.time()
+        sums = _train_epoch(loop, epoch, xs, ys, order, g)
+        result, best = _end_epoch(loop, epoch, sums, t0, val, history, best, meta, log)
+        if loop.stopped:
             break
     return result
