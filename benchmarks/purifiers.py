@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from report import ATTACKS, Log, _accuracy, parse_purifier, torch_latency_ms, use_threads
+from report import ATTACKS, Log, _accuracy, parse_purifier, resumed_row, robust_command, torch_latency_ms, use_threads
 
 DEFAULT_PURIFIERS = ",".join([
     "none", "gaussian", "median", "bitdepth", "ncis", "impure",
@@ -38,13 +38,7 @@ DEFAULT_PURIFIERS = ",".join([
 
 def _row_command(a: argparse.Namespace, name: str, kw: dict[str, Any], threat: str, eot: int = 1) -> str:
     n, steps = (a.n, a.steps) if threat == "blind" else (a.adaptive_n, a.adaptive_steps)
-    parts = ["edgepure eval robust", f"--data {a.data}", f"--model {a.classifier}", f"--n {n}", f"--seed {a.seed}",
-             f"--defense {name}"]
-    parts += [f"--defense-arg {k}={v}" for k, v in kw.items()]
-    parts += [f"--threat {threat}", f"--steps {steps}"]
-    if eot > 1:
-        parts.append(f"--eot {eot}")
-    return " ".join(parts) + " --json"
+    return robust_command(a.data, a.classifier, n, a.seed, name, kw, threat, steps, (f"--eot {eot}",) if eot > 1 else ())
 
 
 def measure(a: argparse.Namespace, spec: str, data: Any, data_adaptive: Any, classifier: Any, log: Log) -> dict[str, Any]:
@@ -205,18 +199,9 @@ def main(argv: list[str] | None = None) -> None:
     rows_dir = args.out / "rows"
     rows_dir.mkdir(parents=True, exist_ok=True)
     keep = {k: getattr(args, k) for k in ("data", "classifier", "n", "adaptive_n", "steps", "adaptive_steps", "eot", "seed", "threads")}
-    rows = []
-    for spec in (s for s in args.purifiers.split(",") if s):
-        path = rows_dir / (parse_purifier(spec)[0] + ".json")
-        saved = json.loads(path.read_text()) if path.exists() else None
-        if saved is not None and saved.get("settings_of_run") == keep:
-            log(f"{saved['label']}: done earlier ({path})")
-            rows.append(saved)
-            continue
-        row = measure(args, spec, data, data_adaptive, classifier, log)
-        row["settings_of_run"] = keep
-        path.write_text(json.dumps(row, indent=2) + "\n")
-        rows.append(row)
+    rows = [resumed_row(rows_dir / (parse_purifier(spec)[0] + ".json"), keep,
+                        lambda spec=spec: measure(args, spec, data, data_adaptive, classifier, log), log)
+            for spec in args.purifiers.split(",") if spec]
     m = describe_machine()
     report = {"settings": keep, "rows": rows, "n": len(data), "adaptive_n": len(data_adaptive),
               "machine": f"{m['cpu']} ({m['logical_cpus']} logical CPUs)",

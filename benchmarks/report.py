@@ -118,6 +118,42 @@ def graph_mflops(directory: Path) -> float:
     return 2 * count_macs(onnx.load(str(directory / models[role]["file"])))["macs"] / 1e6
 
 
+def export_fp32(purifier: Any, name: str, classifier: Any, out: Path, sample: Any, class_names: Any) -> Path:
+    """The FP32 model directory ``out`` of ``purifier`` (registered as ``name``; None: the classifier alone) →
+    ``classifier``, its input shape taken from ``sample`` (N×C×H×W floats)."""
+    from edgepure.export.pipeline import export_pipeline
+
+    info = {"name": name, "config": purifier.config()} if purifier is not None else None
+    export_pipeline(purifier, classifier, out, sample, class_names=class_names,
+                    classifier_info={"name": classifier.edgepure_name}, purifier_info=info, overwrite=True)
+    return out
+
+
+def robust_command(data: Any, model: Any, n: int, seed: int, name: str, kw: dict[str, Any], threat: str, steps: int,
+                   extra: tuple[str, ...] = ()) -> str:
+    """The ``edgepure eval robust`` command that measures one defense under one threat (``--json``)."""
+    parts = ["edgepure eval robust", f"--data {data}", f"--model {model}", f"--n {n}", f"--seed {seed}",
+             f"--defense {name}"]
+    parts += [f"--defense-arg {k}={v}" for k, v in kw.items()]
+    parts += [f"--threat {threat}", f"--steps {steps}", *extra]
+    return " ".join(parts) + " --json"
+
+
+def resumed_row(path: Path, keep: dict[str, Any], measure: Callable[[], dict[str, Any]],
+                log: Callable[[str], None]) -> dict[str, Any]:
+    """A table row kept in ``path``: read back when it was measured with the run settings ``keep``, else measured
+    and written (so an interrupted run picks up after its last finished row)."""
+    saved = json.loads(path.read_text()) if path.exists() else None
+    if saved is not None and saved.get("settings_of_run") == keep:
+        log(f"{saved.get('key', saved.get('label'))}: done earlier ({path})")
+        return saved
+    row = measure()
+    row["settings_of_run"] = keep
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(row, indent=2) + "\n")
+    return row
+
+
 def _accuracy(result: dict[str, Any], threat: str) -> dict[str, float]:
     row = {"clean": result["clean_accuracy"]}
     row.update({a: r[threat] for a, r in result["robust_accuracy"].items()})
@@ -157,15 +193,11 @@ class Bench:
 
     def export(self, purifier: Any, name: str, label: str) -> Path:
         """The FP32 model directory of ``purifier`` (one export per purifier setting in a run)."""
-        from edgepure.export.pipeline import export_pipeline
-
         info = {"name": name, "config": purifier.config()} if purifier is not None else None
         key = json.dumps(info, sort_keys=True, default=str)
         if key not in self.exported:
-            out = self.models / f"{label}-fp32"
-            export_pipeline(purifier, self.classifier, out, self.data.as_float_nchw()[:8], class_names=self.names,
-                            classifier_info={"name": self.classifier.edgepure_name}, purifier_info=info, overwrite=True)
-            self.exported[key] = out
+            self.exported[key] = export_fp32(purifier, name, self.classifier, self.models / f"{label}-fp32",
+                                             self.data.as_float_nchw()[:8], self.names)
         return self.exported[key]
 
     def calibrate(self, fp32: Path, label: str) -> Path:

@@ -187,3 +187,105 @@ def test_soak_script_rewrites_its_table_between_the_markers(model_dirs: dict[str
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "soak.py"), "--model", str(model_dirs["plain"]),
                         "--frames", "10", "--docs", str(page)], capture_output=True, text=True, timeout=300)
     assert r.returncode != 0 and "no soak markers" in r.stderr
+
+
+# benchmarks/robustness.py: the worst-case table of docs/robustness.md, in its smoke settings (the shipped
+# signnet_s stands in for the adversarially trained classifier, so that its rows are measured too)
+@pytest.fixture(scope="module")
+def robustness(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    out = tmp_path_factory.mktemp("robustness")
+    argv = [sys.executable, str(ROOT / "benchmarks" / "robustness.py"), "--smoke", "--at-classifier", "signnet_s",
+            "--cache", str(out / "cache"), "--md", str(out / "robustness.md")]
+    r = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=out,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return {"out": out, "argv": argv, "report": json.loads((out / "robustness.json").read_text()),
+            "md": (out / "robustness.md").read_text()}
+
+
+def _cells(line: str) -> list[str]:
+    return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
+def test_robustness_table_has_the_rows_and_columns_asked_and_the_json_numbers(robustness: dict[str, Any]) -> None:
+    from robustness import FAMILIES
+
+    rep, lines = robustness["report"], robustness["md"].splitlines()
+    pct = lambda v: f"{100 * v:.1f}"  # noqa: E731
+    assert [r["key"] for r in rep["rows"]] == ["none", "none+at", "median", "median+at", "hetero_diffusion"]
+    header = next(s for s in lines if s.startswith("| defense |"))
+    assert _cells(header) == ["defense", "classifier", "clean", "conv", "patch", "flow", "additive", "all",
+                              "mean of four, worst", "… by majority of R", "R", "ORT CPU ms / crop"]
+    for r in rep["rows"]:
+        line = next(s for s in lines if s.startswith(f"| {r['defense']} | {r['classifier_label']} |"))
+        cells = _cells(line)
+        assert cells[2] == pct(r["clean"])
+        for i, family in enumerate(("conv", "patch", "flow", "additive", "all")):
+            adaptive = "–" if r["adaptive"] is None else pct(r["adaptive"][family])
+            assert cells[3 + i] == f"{pct(r['blind'][family])} / {adaptive} / **{pct(r['worst'][family])}**"
+            parts = [r["blind"][family]] + ([] if r["adaptive"] is None else [r["adaptive"][family]])
+            assert r["worst"][family] <= min(parts) + 1e-9  # the per-image worst is never above a part
+        assert r["mean_worst"] == pytest.approx(sum(r["worst"][f] for f in FAMILIES) / 4)
+        assert cells[8] == f"**{pct(r['mean_worst'])}**" and cells[9] == pct(r["mean_worst_majority"])
+        assert cells[10] == str(r["resubmit"]) and cells[11] == f"{r['latency_ms']:.2f}" and r["latency_ms"] > 0
+    rows = {r["key"]: r for r in rep["rows"]}
+    assert rows["hetero_diffusion"]["resubmit"] == 5 and rows["median"]["resubmit"] == 1  # R draws where it is random
+    assert rows["none"]["adaptive"] is None and rows["median"]["adaptive"] is not None
+    assert rows["none+at"]["classifier"] == "signnet_s" and rows["none"]["classifier"] == "signnet_s_cutmix"
+    assert {r["classifier_label"] for r in rep["rows"]} == {"signnet_s_cutmix (standard)", "signnet_s (AT)"}
+    md = robustness["md"]
+    assert f"`{rep['command']}`" in md and rep["date"] in md and "--smoke" in rep["command"]
+    assert f"n = {rep['n']}" in md and f"seed {rep['settings']['seed']}" in md
+    assert f"±{rep['sampling_error_points']:.1f}" in md and "per image the worst of blind and adaptive" in md
+    assert all(c in md for r in rep["rows"] for c in r["commands"])
+
+
+def test_robustness_rows_resume_and_a_subset_is_rendered_alone(robustness: dict[str, Any]) -> None:
+    out = robustness["out"]
+    assert sorted(p.stem for p in (out / "cache" / "rows").glob("*.json")) == sorted(
+        r["key"] for r in robustness["report"]["rows"])
+    argv = [*robustness["argv"][:-1], str(out / "subset.md"), "--rows", "median+at"]
+    r = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=out,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "median+at: done earlier" in r.stderr
+    sub = json.loads((out / "subset.json").read_text())
+    assert sub["rows"] == [next(x for x in robustness["report"]["rows"] if x["key"] == "median+at")]
+    # a row measured again without its latency: the accuracies come back from the cache, the latency prints "—"
+    argv = [*robustness["argv"][:-1], str(out / "nolat.md"), "--rows", "median", "--no-latency", "median"]
+    r = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=out,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    (row,) = json.loads((out / "nolat.json").read_text())["rows"]
+    old = next(x for x in robustness["report"]["rows"] if x["key"] == "median")
+    assert row["latency_ms"] is None and row["worst"] == old["worst"] and row["adaptive"] == old["adaptive"]
+    line = next(s for s in (out / "nolat.md").read_text().splitlines() if s.startswith("| median |"))
+    assert _cells(line)[-1] == "—"
+    # a row is kept for the classifier's weights, not its name: a checkpoint trained further is measured again
+    kept = {k: json.loads((out / "cache" / "rows" / f"{k}.json").read_text()) for k in ("none", "none+at")}
+    assert kept["none"]["settings_of_run"]["weights"] != kept["none+at"]["settings_of_run"]["weights"]
+    kept["none"]["settings_of_run"]["weights"] = "an earlier checkpoint"
+    (out / "cache" / "rows" / "none.json").write_text(json.dumps(kept["none"]))
+    argv = [*robustness["argv"][:-1], str(out / "again.md"), "--rows", "none"]
+    r = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=out,
+                       timeout=300)
+    assert r.returncode == 0 and "none: done earlier" not in r.stderr and "none: blind" in r.stderr, r.stderr[-3000:]
+    bad = subprocess.run([*robustness["argv"], "--rows", "median,bilateral"], capture_output=True, text=True,
+                         cwd=out, timeout=300)
+    assert bad.returncode != 0 and "bilateral" in bad.stderr and "hetero_diffusion+at" in bad.stderr
+
+
+def test_robustness_marks_the_rows_of_an_untrained_at_classifier(robustness: dict[str, Any]) -> None:
+    from robustness import at_classifier, not_trained_row, render
+
+    assert at_classifier(None, shipped=["signnet_s", "signnet_s_at"]) == "signnet_s_at"
+    assert at_classifier(None, shipped=["signnet_s"]) is None
+    assert at_classifier("runs/at/best.safetensors", shipped=[]) == "runs/at/best.safetensors"
+    rep = json.loads(json.dumps(robustness["report"]))
+    rep["rows"] = [r if not r["key"].endswith("+at") else not_trained_row(r["key"], "signnet_s_at")
+                   for r in rep["rows"]]
+    lines = render(rep).splitlines()
+    for defense in ("no defense", "median"):
+        line = next(s for s in lines if s.startswith(f"| {defense} | signnet_s_at (AT) |"))
+        assert _cells(line)[2] == "not yet trained" and set(_cells(line)[3:]) == {"–"}
+    assert next(s for s in lines if s.startswith("| median | signnet_s_cutmix (standard) |"))
