@@ -149,12 +149,12 @@ def robust(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object instead of the table.")] = False,
 ) -> None:
     """Clean and robust accuracy per attack and threat model (APGD-CE over each perturbation family)."""
-    from edgepure.data import dataset_kind, open_dataset
+    from edgepure.data import open_dataset
     from edgepure.evaluate.report import format_table, write_report
     from edgepure.evaluate.robust import benchmark
     from edgepure.models.loading import resolve_classifier, resolve_device
     from edgepure.models.registry import DEFAULT_CLASSIFIER
-    from edgepure.perturb import PERTURBATIONS
+    from edgepure.perturb import PERTURBATIONS, budget_dataset
 
     dev = resolve_device(device)
     attacks = _csv_list(attack, PERTURBATIONS, "attack")
@@ -193,7 +193,7 @@ def robust(
         surrogate = surrogate_of(purifier, **parse_settings(surrogate_arg, "--surrogate-arg"))  # type: ignore[arg-type]
     ds = open_dataset(data, split.value, n=n, seed=seed, size=int(getattr(net, "input_size", 32)), progress=True)
     _check_classes(net, ds)
-    budgets = "cifar10" if dataset_kind(data) == "cifar10" else "gtsrb"
+    budgets = budget_dataset(data)
     result = benchmark(
         net, ds, purifier, attacks, threats, method=method.value, steps=steps, eot=eot,  # type: ignore[arg-type]
         restarts=restarts, seed=seed, batch_size=batch_size, dataset=budgets, progress=True,

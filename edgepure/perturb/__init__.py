@@ -17,7 +17,7 @@ from edgepure.runtime.errors import ConfigError
 
 __all__ = [
     "Additive", "Composite", "ConvBlur", "Flow", "Occlusion", "PERTURBATIONS", "Params", "Perturbation", "SoftMask",
-    "create_perturbation", "default_budgets",
+    "budget_dataset", "create_perturbation", "default_budgets",
 ]
 
 PERTURBATIONS = ("conv", "patch", "flow", "additive", "all")
@@ -37,6 +37,14 @@ _DEFAULTS: dict[str, dict[str, dict[str, Any]]] = {
     },
 }
 _CLASSES = {"conv": ConvBlur, "patch": Occlusion, "flow": Flow, "additive": Additive}
+
+
+def budget_dataset(data: str) -> str:
+    """The data set whose budgets apply to ``--data`` (a path or ``synth``): CIFAR-10's for a CIFAR-10 tree, else
+    GTSRB's. Evaluation and adversarial training both use it, so that they mean the same threat."""
+    from edgepure.data import dataset_kind
+
+    return "cifar10" if dataset_kind(data) == "cifar10" else "gtsrb"
 
 
 def default_budgets(dataset: str = "gtsrb") -> dict[str, dict[str, Any]]:

@@ -2,9 +2,9 @@
 
 Per batch the model being trained is attacked with the library's own attacks (PGD, or APGD-CE as ``edgepure eval
 robust`` runs it) over each chosen perturbation family's parameters, at the budgets ``eval robust`` uses for the
-data set (:func:`budget_dataset`), so training and evaluation mean the same threat. While the examples are crafted
-the model is in eval mode (BatchNorm normalises with, and does not update, its running statistics, as at test time)
-and its weights are frozen (the attack needs input gradients only). Then it trains on the clean and the adversarial
+data set (:func:`edgepure.perturb.budget_dataset`), so training and evaluation mean the same threat. While the
+examples are crafted the model is in eval mode (BatchNorm normalises with, and does not update, its running
+statistics, as at test time) and its weights are frozen (the attack needs input gradients only). Then it trains on the clean and the adversarial
 images in one forward pass.
 
 Several families (Tramèr & Boneh, NeurIPS 2019, "Adversarial training and robustness for multiple perturbations"):
@@ -30,10 +30,10 @@ import torch
 import torch.nn.functional as F
 
 from edgepure.attacks import APGD, PGD
-from edgepure.perturb import PERTURBATIONS, Params, create_perturbation
+from edgepure.perturb import PERTURBATIONS, Params, budget_dataset, create_perturbation
 from edgepure.runtime.errors import ConfigError
 
-__all__ = ["ADV_RESUME_KEYS", "ATTACKS", "Crafter", "STRATEGIES", "adversarial_loss", "budget_dataset",
+__all__ = ["ADV_RESUME_KEYS", "ATTACKS", "Crafter", "STRATEGIES", "adversarial_loss",
            "check_adversarial", "draw_families", "parse_families", "pick_worst"]
 
 STRATEGIES = ("random", "max")
@@ -80,13 +80,6 @@ def check_adversarial(cfg: Any) -> tuple[str, ...]:
     if cfg.adv_weight is not None and not 0.0 <= cfg.adv_weight <= 1.0:
         raise ConfigError(f"--adv-weight must be in [0, 1], got {cfg.adv_weight}")
     return families
-
-
-def budget_dataset(data: str) -> str:
-    """The data set whose perturbation budgets apply to ``--data``: the rule of ``edgepure eval robust``."""
-    from edgepure.data import dataset_kind
-
-    return "cifar10" if dataset_kind(data) == "cifar10" else "gtsrb"
 
 
 def draw_families(n: int, k: int, g: torch.Generator) -> torch.Tensor:

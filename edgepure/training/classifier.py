@@ -20,7 +20,8 @@ from edgepure.evaluate.clean import evaluate_clean
 from edgepure.models.registry import create_classifier
 from edgepure.runtime.errors import ConfigError
 from edgepure.training import distributed
-from edgepure.training.adversarial import ADV_RESUME_KEYS, Crafter, adversarial_loss, budget_dataset, check_adversarial
+from edgepure.perturb import budget_dataset
+from edgepure.training.adversarial import ADV_RESUME_KEYS, Crafter, adversarial_loss, check_adversarial
 from edgepure.training.augment import AugmentConfig, augment_batch
 from edgepure.training.checkpoint import RESUME_KEYS, check_resumable, load_checkpoint, save_checkpoint
 from edgepure.training.distributed import Ranks
