@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from edgepure.attacks import APGD, PGD
-from edgepure.perturb import PERTURBATIONS, Params, budget_dataset, create_perturbation
+from edgepure.perturb import PERTURBATIONS, Params, create_perturbation
 from edgepure.runtime.errors import ConfigError
 
 __all__ = ["ADV_RESUME_KEYS", "ATTACKS", "Crafter", "STRATEGIES", "adversarial_loss",
