@@ -76,8 +76,7 @@ def check_structure(manifest: dict[str, Any], path: Path) -> None:
     names = manifest.get("class_names")
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
         raise ModelError(f"{path}: 'class_names' must be a list of strings, found {_kind(names)}")
-    if not isinstance(manifest.get("preprocessing"), dict):
-        raise ModelError(f"{path}: 'preprocessing' must be an object, found {_kind(manifest.get('preprocessing'))}")
+    _preprocessing(manifest.get("preprocessing"), path)
     for key in ("purifier", "classifier", "calibration"):
         if manifest.get(key) is not None and not isinstance(manifest[key], dict):
             raise ModelError(f"{path}: '{key}' must be an object or null, found {_kind(manifest[key])}")
@@ -87,6 +86,17 @@ def check_structure(manifest: dict[str, Any], path: Path) -> None:
     if not isinstance(manifest.get("precision", "fp32"), str):
         raise ModelError(f"{path}: 'precision' must be a string, found {_kind(manifest['precision'])}")
     _engines(manifest.get("engines"), path)
+
+
+def _preprocessing(pre: Any, path: Path) -> None:
+    if not isinstance(pre, dict):
+        raise ModelError(f"{path}: 'preprocessing' must be an object, found {_kind(pre)}")
+    if "input" in pre and not isinstance(pre["input"], str):
+        raise ModelError(f"{path}: preprocessing 'input' must be a string, found {_kind(pre['input'])}")
+    size = pre.get("size")
+    if size is not None and not (isinstance(size, list) and len(size) == 2 and all(
+            isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in size)):
+        raise ModelError(f"{path}: preprocessing 'size' must be [height, width] in pixels, found {str(size)[:60]}")
 
 
 def _engines(engines: Any, path: Path) -> None:

@@ -165,6 +165,8 @@ def _edit(d: Path, change: Any) -> Path:
     (lambda m: m["models"]["classifier"].__setitem__("inputs", [{"name": "image"}]), "\\['inputs'\\]\\[0\\]"),
     (lambda m: m.__setitem__("class_names", "stop"), "'class_names' must be a list"),
     (lambda m: m.__setitem__("engines", []), "'engines' must be an object"),
+    (lambda m: m["preprocessing"].__setitem__("size", True), "'size' must be \\[height, width\\]"),
+    (lambda m: m["preprocessing"].__setitem__("input", 3), "'input' must be a string"),
     (lambda m: m["models"].__setitem__("detector", m["models"]["classifier"]), "unknown graph role 'detector'"),
 ])
 def test_a_malformed_manifest_is_one_clear_error(tmp_path: Path, change: Any, message: str) -> None:
@@ -226,7 +228,7 @@ def valid_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
                                                                "pipeline": _graph(seed=1)})
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_fuzzed_manifests_load_or_fail_with_a_model_error(valid_dir: Path, data: Any) -> None:
     """Whatever JSON (or bytes) stands in manifest.json, loading ends in a manifest or a ModelError; a loaded one
@@ -248,7 +250,7 @@ def test_fuzzed_manifests_load_or_fail_with_a_model_error(valid_dir: Path, data:
             pass
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=100, deadline=None, derandomize=True)
 @given(body=_json | st.builds(lambda v: {"schema": 1, "variants": v}, _json),
        raw=st.one_of(st.none(), st.binary(max_size=32)))
 def test_fuzzed_variant_indexes_list_or_fail_with_a_model_error(body: Any, raw: Optional[bytes]) -> None:
