@@ -136,17 +136,7 @@ def calibrate_directory(directory: str | Path, out: str | Path, images: np.ndarr
                 new_models["pipeline"] = _entry(models["pipeline"], q_pipe, {"from": ["purifier", "classifier"]},
                                                 images)
         if trt_cache:
-            from onnxruntime.quantization import CalibrationMethod
-
-            from edgepure.calibration.trtcache import ort_ranges, write_calibration_cache
-
-            role = "pipeline" if "pipeline" in models else "classifier"
-            ranges = ort_ranges(src / models[role]["file"], FeedReader(images, models[role]["inputs"], seed),
-                                CalibrationMethod.Entropy if method == "entropy" else CalibrationMethod.MinMax, work)
-            count = write_calibration_cache(ranges, tmp / f"{role}.calibration.cache", trt_version)
-            record["trt_calibration_cache"] = {"file": f"{role}.calibration.cache", "for": models[role]["file"],
-                                               "tensors": count, "tensorrt": trt_version}
-            shutil.copyfile(src / models[role]["file"], tmp / f"{role}.fp32.onnx")
+            record["trt_calibration_cache"] = _trt_cache(src, tmp, work, models, images, method, trt_version, seed)
         shutil.rmtree(work)
         if eval_images is not None:
             record["report"] = _report(src, tmp, models, new_models, eval_images, eval_labels, seed)
@@ -160,6 +150,22 @@ def calibrate_directory(directory: str | Path, out: str | Path, images: np.ndarr
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return new
+
+
+def _trt_cache(src: Path, tmp: Path, work: Path, models: dict[str, Any], images: np.ndarray, method: str,
+               trt_version: str, seed: int) -> dict[str, Any]:
+    """TensorRT's implicit-INT8 calibration cache of the FP32 graph (with that graph beside it); its record."""
+    from onnxruntime.quantization import CalibrationMethod
+
+    from edgepure.calibration.trtcache import ort_ranges, write_calibration_cache
+
+    role = "pipeline" if "pipeline" in models else "classifier"
+    ranges = ort_ranges(src / models[role]["file"], FeedReader(images, models[role]["inputs"], seed),
+                        CalibrationMethod.Entropy if method == "entropy" else CalibrationMethod.MinMax, work)
+    count = write_calibration_cache(ranges, tmp / f"{role}.calibration.cache", trt_version)
+    shutil.copyfile(src / models[role]["file"], tmp / f"{role}.fp32.onnx")
+    return {"file": f"{role}.calibration.cache", "for": models[role]["file"], "tensors": count,
+            "tensorrt": trt_version}
 
 
 def _report(src: Path, tmp: Path, models: dict[str, Any], new_models: dict[str, Any], images: np.ndarray,

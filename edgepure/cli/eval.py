@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -91,6 +91,46 @@ def _csv_list(value: str, allowed: tuple[str, ...], what: str) -> list[str]:
     return items
 
 
+def _defended(model: Optional[str], defense: str, kind: Optional[str], defense_arg: Optional[list[str]],
+              surrogate_arg: Optional[list[str]]) -> tuple[Any, Any, Any, Any]:
+    """The classifier, purifier, ONNX scorer (for an exported --model) and surrogate that the options name."""
+    from edgepure.models.loading import resolve_classifier
+
+    scorer = None
+    settings = parse_settings(defense_arg or [], "--defense-arg")
+    if kind is not None:
+        settings["kind"] = kind
+    if settings and defense == "none":
+        from edgepure.runtime.errors import ConfigError
+
+        raise ConfigError(f"purifier settings {sorted(settings)} given without --defense")
+    purifier: object = None
+    if defense != "none":
+        from edgepure.purifiers import create_purifier
+
+        purifier = create_purifier(defense, **settings)
+    if model is not None and (Path(model) / "manifest.json").is_file():
+        from edgepure.evaluate.exported import OnnxScorer, load_twin
+        from edgepure.runtime.errors import ConfigError
+        from edgepure.runtime.manifest import load_manifest
+
+        if defense != "none":
+            raise ConfigError(f"--defense {defense}: an exported model directory carries its own purifier")
+        net, purifier = load_twin(load_manifest(model))
+        scorer = OnnxScorer(model, purifier)  # type: ignore[arg-type]
+    else:
+        net = resolve_classifier(model)
+    surrogate = None
+    if surrogate_arg:
+        from edgepure.evaluate.robust import surrogate_of
+        from edgepure.runtime.errors import ConfigError
+
+        if purifier is None:
+            raise ConfigError("--surrogate-arg given without a defense (--defense or an exported --model)")
+        surrogate = surrogate_of(purifier, **parse_settings(surrogate_arg, "--surrogate-arg"))  # type: ignore[arg-type]
+    return net, purifier, scorer, surrogate
+
+
 @app.command("robust")
 @user_errors
 def robust(
@@ -150,47 +190,15 @@ def robust(
 ) -> None:
     """Clean and robust accuracy per attack and threat model (APGD-CE over each perturbation family)."""
     from edgepure.data import open_dataset
-    from edgepure.evaluate.report import format_table, write_report
     from edgepure.evaluate.robust import benchmark
-    from edgepure.models.loading import resolve_classifier, resolve_device
+    from edgepure.models.loading import resolve_device
     from edgepure.models.registry import DEFAULT_CLASSIFIER
     from edgepure.perturb import PERTURBATIONS, budget_dataset
 
     dev = resolve_device(device)
     attacks = _csv_list(attack, PERTURBATIONS, "attack")
     threats = _csv_list(threat, ("blind", "adaptive", "bpda", "worst"), "threat")
-    scorer = None
-    settings = parse_settings(defense_arg or [], "--defense-arg")
-    if kind is not None:
-        settings["kind"] = kind
-    if settings and defense == "none":
-        from edgepure.runtime.errors import ConfigError
-
-        raise ConfigError(f"purifier settings {sorted(settings)} given without --defense")
-    purifier: object = None
-    if defense != "none":
-        from edgepure.purifiers import create_purifier
-
-        purifier = create_purifier(defense, **settings)
-    if model is not None and (Path(model) / "manifest.json").is_file():
-        from edgepure.evaluate.exported import OnnxScorer, load_twin
-        from edgepure.runtime.errors import ConfigError
-        from edgepure.runtime.manifest import load_manifest
-
-        if defense != "none":
-            raise ConfigError(f"--defense {defense}: an exported model directory carries its own purifier")
-        net, purifier = load_twin(load_manifest(model))
-        scorer = OnnxScorer(model, purifier)  # type: ignore[arg-type]
-    else:
-        net = resolve_classifier(model)
-    surrogate = None
-    if surrogate_arg:
-        from edgepure.evaluate.robust import surrogate_of
-        from edgepure.runtime.errors import ConfigError
-
-        if purifier is None:
-            raise ConfigError("--surrogate-arg given without a defense (--defense or an exported --model)")
-        surrogate = surrogate_of(purifier, **parse_settings(surrogate_arg, "--surrogate-arg"))  # type: ignore[arg-type]
+    net, purifier, scorer, surrogate = _defended(model, defense, kind, defense_arg, surrogate_arg)
     ds = open_dataset(data, split.value, n=n, seed=seed, size=int(getattr(net, "input_size", 32)), progress=True)
     _check_classes(net, ds)
     budgets = budget_dataset(data)
@@ -204,6 +212,13 @@ def robust(
     if scorer is not None:
         result["scored_by"] = f"onnxruntime: {Path(model) / scorer.entry['file']}"  # type: ignore[arg-type]
     result.update(data=data, split=split.value, model=model or DEFAULT_CLASSIFIER, device=str(dev))
+    _show(result, out, as_json)
+
+
+def _show(result: dict[str, Any], out: Optional[Path], as_json: bool) -> None:
+    """Write the report files (``--out``) and print the result as JSON or as the table."""
+    from edgepure.evaluate.report import format_table, write_report
+
     if out is not None:
         for p in write_report(result, out):
             typer.echo(f"wrote {p}", err=True)
