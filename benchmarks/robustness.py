@@ -244,6 +244,9 @@ def render(report: dict[str, Any]) -> str:
     if missing:
         lines += ["", f"The adversarially trained classifier `{missing[0]['classifier']}` is {NOT_TRAINED}: its rows "
                   "are measured once it ships (or with `--at-classifier CHECKPOINT`)."]
+    if report.get("not_run"):
+        lines += ["", f"Not measured in this run: {', '.join(report['not_run'])} (`--rows` selects them; the same "
+                  "`--cache` keeps the rows above)."]
     lines += ["", "Each row's commands (the script calls the same function, with the shared `--cache`):", "", "```"]
     lines += [c for r in rows for c in (r.get("commands") or [])]
     return "\n".join(lines + ["```"]) + "\n"
@@ -308,7 +311,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     m = describe_machine()
     report = {"settings": {**keep, "cache": str(args.cache), "classifier": table.specs["std"],
                            "at_classifier": args.at_classifier},
-              "rows": rows, "n": len(table.data), "sampling_error_points": sampling_error_points(len(table.data)),
+              "rows": rows, "not_run": [k for k in row_plan() if k not in keys], "n": len(table.data),
+              "sampling_error_points": sampling_error_points(len(table.data)),
               "machine": f"{m['cpu']} ({m['logical_cpus']} logical CPUs)",
               "data": "synthetic renders" if args.smoke else f"GTSRB track-validation split ({args.data})",
               "command": " ".join(["python", "benchmarks/robustness.py", *(argv if argv is not None else sys.argv[1:])]),
