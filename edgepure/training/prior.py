@@ -64,7 +64,7 @@ from edgepure.models.loading import frozen, resolve_classifier, resolve_prior
 from edgepure.models.registry import create_prior
 from edgepure.runtime.errors import ConfigError
 from edgepure.training.checkpoint import init_from
-from edgepure.training.classifier import _to_tensor
+from edgepure.training.common import random_shift, to_tensor
 from edgepure.training.impure import feature_loss
 from edgepure.training.loop import fit
 
@@ -255,19 +255,6 @@ def sample_sigmas(n: int, cfg: PriorConfig, g: torch.Generator) -> torch.Tensor:
     return torch.where(pick, focus, broad)
 
 
-def _shift(x: torch.Tensor, px: int, g: torch.Generator) -> torch.Tensor:
-    if px <= 0:
-        return x
-    n, _, h, w = x.shape
-    xp = torch.nn.functional.pad(x, (px, px, px, px), mode="reflect")
-    dy = torch.randint(0, 2 * px + 1, (n,), generator=g)
-    dx = torch.randint(0, 2 * px + 1, (n,), generator=g)
-    rows = (dy[:, None] + torch.arange(h)[None]).view(n, 1, h, 1).expand(n, x.shape[1], h, w + 2 * px)
-    x = xp.gather(2, rows)
-    cols = (dx[:, None] + torch.arange(w)[None]).view(n, 1, 1, w).expand(n, x.shape[1], h, w)
-    return x.gather(3, cols)
-
-
 def edm_loss(model: torch.nn.Module, y: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor,
              observed: torch.Tensor | None = None, weight_sigma: torch.Tensor | None = None) -> torch.Tensor:
     """EDM's weighted denoising loss of ``model`` at ``y`` (the target); the noise is added to ``observed``
@@ -404,9 +391,9 @@ def train_prior(cfg: PriorConfig, resume: bool = False, log: Any = print,
     common = dict(size=size, val_fraction=cfg.val_fraction, split_seed=cfg.split_seed, progress=True)
     train = open_dataset(cfg.data, "train", **common)
     val = open_dataset(cfg.data, "val", **common)
-    x_train, y_train = _to_tensor(train.images), torch.from_numpy(train.labels).long()
+    x_train, y_train = to_tensor(train.images), torch.from_numpy(train.labels).long()
     pick = torch.randperm(len(val.images), generator=torch.Generator().manual_seed(0))[: cfg.val_n]
-    x_val = _to_tensor(val.images)[pick]
+    x_val = to_tensor(val.images)[pick]
     classifier, v_attacked, v_labels = None, None, None
     raw_classifier: torch.nn.Module | None = None  # the module itself: blind_examples keys its cache by its weights
     if cfg.adversarial > 0 or cfg.feature_weight > 0:
@@ -437,7 +424,7 @@ def train_prior(cfg: PriorConfig, resume: bool = False, log: Any = print,
                                        torch.Generator().manual_seed(4321), cfg.adv_additive)
 
     def loss_fn(idx: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        y = _shift(x_train[idx].float() / 127.5 - 1, cfg.shift, g)
+        y = random_shift(x_train[idx].float() / 127.5 - 1, cfg.shift, g)
         sigma = sample_sigmas(len(y), cfg, g)
         observed, weight_sigma = None, None
         if cfg.restoring:
@@ -458,7 +445,7 @@ def train_prior(cfg: PriorConfig, resume: bool = False, log: Any = print,
                     # which attack's example: drawn only with several (one attack keeps the random stream as it was)
                     a = torch.randint(0, len(pool[1]), (len(j),), generator=g) if len(pool[1]) > 1 else torch.zeros_like(j)
                     pair = torch.cat([pool[0][j].float() / 127.5 - 1, pool[1][a, j]], 1)
-                    pair = _shift(pair, cfg.shift, g)
+                    pair = random_shift(pair, cfg.shift, g)
                     y[from_pool], observed[from_pool] = pair[:, : y.shape[1]], pair[:, y.shape[1] :]
                 fly = adv & ~from_pool
                 if bool(fly.any()):
