@@ -32,7 +32,7 @@ share noised), cached in ``adv_cache``
 (default: the run folder) under ``eval robust``'s keys; the other adversarial inputs stay on-the-fly PGD. The
 classifier is frozen, so a pool is exact, not stale. Each pool input is a random pool image, its clean target shifted
 with it; the held-out validation set is attacked by both (the pool's attack on the first half). A pool costs one APGD
-run up front (about 0.08 s per image with 20 steps on 2 CPU cores). Why both attacks: a prior trained on one attack's
+run up front (its cost per image: docs/nappure.md, stage 4). Why both attacks: a prior trained on one attack's
 examples learns that attack's patterns — trained on PGD-4 alone it restores PGD examples far better than APGD ones,
 trained on APGD alone the reverse (docs/nappure.md).
 
@@ -255,17 +255,12 @@ def sample_sigmas(n: int, cfg: PriorConfig, g: torch.Generator) -> torch.Tensor:
     return torch.where(pick, focus, broad)
 
 
-def edm_loss(model: torch.nn.Module, y: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor,
-             observed: torch.Tensor | None = None, weight_sigma: torch.Tensor | None = None) -> torch.Tensor:
-    """EDM's weighted denoising loss of ``model`` at ``y`` (the target); the noise is added to ``observed``
-    (default ``y``; a corrupted copy for a restoration prior). ``weight_sigma`` (default ``sigma``) sets EDM's
-    weight λ(σ) = (σ² + σd²)/(σ·σd)², which evens out the σ² scale of a denoising error."""
-    return _edm_loss_and_output(model, y, sigma, noise, observed, weight_sigma)[0]
-
-
 def _edm_loss_and_output(model: torch.nn.Module, y: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor,
                          observed: torch.Tensor | None, weight_sigma: torch.Tensor | None
                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """EDM's weighted denoising loss of ``model`` at ``y`` (the target) and its output; the noise is added to
+    ``observed`` (None: ``y``; a corrupted copy for a restoration prior). ``weight_sigma`` (None: ``sigma``) sets EDM's
+    weight λ(σ) = (σ² + σd²)/(σ·σd)², which evens out the σ² scale of a denoising error."""
     sd = float(getattr(model, "sigma_data", 0.5))
     ws = sigma if weight_sigma is None else weight_sigma
     weight = (ws**2 + sd**2) / (ws * sd) ** 2
