@@ -5,6 +5,12 @@ safetensors + JSON, exact resumption, and a step limit for smoke runs.
 A trainer gives the model, its config (``epochs``, ``batch_size``, ``lr``, ``warmup_steps``, ``seed``,
 ``ema``, ``grad_clip``, ``max_steps``), the number of training samples, ``loss_fn(index, generator)`` for one
 batch and ``validate(model) -> metrics``; the loop does the rest.
+
+The classifier keeps a loop of its own (:mod:`edgepure.training.classifier`): SGD with weight-decay groups, warm-up
+in epochs, a synthetic share drawn anew each epoch, DDP under torchrun (per-rank shards weighted into the global
+batch, per-rank draws, summed metrics, rank 0 alone writing) and training accuracies per step. Each would be a hook
+here that no other trainer uses; both loops take their schedule, EMA and resumption from
+:mod:`edgepure.training.common` and :func:`edgepure.training.checkpoint.load_last`.
 """
 
 from __future__ import annotations
