@@ -306,7 +306,7 @@ def remeasure_latency(report: dict[str, Any], models: Path, threads: int, iters:
     report["latency_pass"] = time.strftime("%Y-%m-%d %H:%M")
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", help="GTSRB folder or zip (the track-validation split is scored)")
     ap.add_argument("--smoke", action="store_true", help="synthetic signs and tiny settings: checks the script, not the numbers")
@@ -334,36 +334,43 @@ def main(argv: Optional[list[str]] = None) -> None:
     ap.add_argument("--from-json", type=Path, help="re-render the Markdown and figures of a finished run's report.json")
     ap.add_argument("--retime", action="store_true",
                     help="with --from-json: time every row again in one pass (its model directories must be in --out)")
-    args = ap.parse_args(argv)
-    if args.from_json:
-        from report_render import write_report
+    return ap
 
-        report = json.loads(args.from_json.read_text())
-        report["settings"].setdefault("classifier", "signnet_s")  # reports from before --classifier used signnet_s
-        report["note"] = args.note or report.get("note", "")
-        if args.retime:
-            use_threads(args.threads)
-            remeasure_latency(report, args.out / "models", args.threads, args.latency_iters, args.latency_iters_torch, Log())
-        args.from_json.write_text(json.dumps(report, indent=2) + "\n")
-        for path in write_report(report, args.md, args.figures):
-            print(f"wrote {path}", file=sys.stderr)
-        return
-    if args.smoke:
-        args.n, args.adaptive_n, args.steps, args.adaptive_steps = min(args.n, 8), min(args.adaptive_n, 4), 2, 2
-        args.calib_n, args.purifier_n, args.reference_n = 8, 2, min(args.reference_n, 2)
-        args.reference_steps = args.reference_steps or 3
-        args.latency_iters, args.latency_iters_torch = 5, 2
-        if args.purifiers == DEFAULT_PURIFIERS:
-            args.purifiers = "none,median,nappure:kind=additive:steps=1"
-            args.sweep_ort_max = 1
-        if args.sweep_steps == "1,2,4,8,16":
-            args.sweep_steps = "1"
-        if args.sweep_kind == "distortion":
-            args.sweep_kind = "additive"  # the same purifier as above: one export serves both
-    elif not args.data:
-        ap.error("--data is required (or --smoke)")
-    args.sweep_steps = [int(k) for k in args.sweep_steps.split(",") if k]
-    use_threads(args.threads)
+
+def _rerender(args: argparse.Namespace) -> None:
+    """``--from-json``: the Markdown and figures of a finished run again (with ``--retime``, its latencies measured
+    again first)."""
+    from report_render import write_report
+
+    report = json.loads(args.from_json.read_text())
+    report["settings"].setdefault("classifier", "signnet_s")  # reports from before --classifier used signnet_s
+    report["note"] = args.note or report.get("note", "")
+    if args.retime:
+        use_threads(args.threads)
+        remeasure_latency(report, args.out / "models", args.threads, args.latency_iters, args.latency_iters_torch, Log())
+    args.from_json.write_text(json.dumps(report, indent=2) + "\n")
+    for path in write_report(report, args.md, args.figures):
+        print(f"wrote {path}", file=sys.stderr)
+
+
+def _smoke(args: argparse.Namespace) -> None:
+    """``--smoke``: tiny settings that check the script, not the numbers (the purifiers and the sweep only where they
+    were left at their defaults)."""
+    args.n, args.adaptive_n, args.steps, args.adaptive_steps = min(args.n, 8), min(args.adaptive_n, 4), 2, 2
+    args.calib_n, args.purifier_n, args.reference_n = 8, 2, min(args.reference_n, 2)
+    args.reference_steps = args.reference_steps or 3
+    args.latency_iters, args.latency_iters_torch = 5, 2
+    if args.purifiers == DEFAULT_PURIFIERS:
+        args.purifiers = "none,median,nappure:kind=additive:steps=1"
+        args.sweep_ort_max = 1
+    if args.sweep_steps == "1,2,4,8,16":
+        args.sweep_steps = "1"
+    if args.sweep_kind == "distortion":
+        args.sweep_kind = "additive"  # the same purifier as above: one export serves both
+
+
+def _measure(args: argparse.Namespace, argv: Optional[list[str]]) -> None:
+    """Measure every row and the sweep, then write report.json, the Markdown and the figures."""
     from report_render import write_report
 
     from edgepure.runtime.machine import describe_machine, matmul_peak_gflops
@@ -387,6 +394,21 @@ def main(argv: Optional[list[str]] = None) -> None:
     (args.out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     for path in write_report(report, args.md, args.figures):
         log(f"wrote {path}")
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    ap = _parser()
+    args = ap.parse_args(argv)
+    if args.from_json:
+        _rerender(args)
+        return
+    if args.smoke:
+        _smoke(args)
+    elif not args.data:
+        ap.error("--data is required (or --smoke)")
+    args.sweep_steps = [int(k) for k in args.sweep_steps.split(",") if k]
+    use_threads(args.threads)
+    _measure(args, argv)
 
 
 if __name__ == "__main__":

@@ -453,6 +453,36 @@ def test_on_device_moves_arguments_and_results_and_keeps_gradients() -> None:
     assert list(wrapped.state_dict()) == ["inner." + k for k in net.state_dict()]
 
 
+def test_the_shared_schedule_warms_up_then_decays_and_the_ema_ramps_up() -> None:
+    from edgepure.training.common import ema_copy, ema_update, lr_at
+
+    assert lr_at(0, 100, 10, 1.0) == pytest.approx(0.1) and lr_at(9, 100, 10, 1.0) == pytest.approx(1.0)
+    assert lr_at(55, 100, 10, 1.0) == pytest.approx(0.5) and lr_at(100, 100, 10, 1.0) == pytest.approx(0.0)
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.BatchNorm1d(2))
+    assert ema_copy(model, 0.0) is None
+    ema = ema_copy(model, 0.99)
+    assert ema is not None and not ema.training and not any(p.requires_grad for p in ema.parameters())
+    before = ema[0].weight.clone()
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+        model[1].running_mean.fill_(3.0)
+    ema_update(ema, model, 0.99, step=0)  # the first step's decay is 1/10, not 0.99: the initialisation fades fast
+    assert torch.allclose(ema[0].weight, 0.1 * before + 0.9 * model[0].weight)
+    assert torch.equal(ema[1].running_mean, model[1].running_mean)  # buffers are copied, not averaged
+
+
+def test_training_modules_import_no_private_helper_of_another_module() -> None:
+    import ast
+
+    import edgepure.training
+
+    for path in sorted(Path(edgepure.training.__file__).parent.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("edgepure"):
+                private = [a.name for a in node.names if a.name.startswith("_")]
+                assert not private, f"{path.name} imports {private} from {node.module}"
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_training_on_cuda_runs_and_saves_cpu_loadable_checkpoints(gtsrb_dir: Path, tmp_path: Path) -> None:
     from edgepure.models.registry import create_prior, load_weights_file

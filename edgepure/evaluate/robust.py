@@ -96,15 +96,14 @@ def _pipeline_digest(classifier: nn.Module, purifier: Optional[nn.Module], devic
     return h.hexdigest()
 
 
-def _examples(x_all: torch.Tensor, fresh: dict[int, torch.Tensor],
-              predict: Callable[[torch.Tensor, int], tuple[np.ndarray, torch.Tensor]], batch_size: int, k: int,
-              chosen: Optional[np.ndarray]) -> np.ndarray:
+def _examples(setup: _Setup, fresh: dict[int, torch.Tensor], k: int, chosen: Optional[np.ndarray]) -> np.ndarray:
     """The figure's clean / attacked / purified panels of ``k`` images: the first images the threat attacked (all of
     them when it attacked every image), then, if it attacked fewer than ``k``, the first of those it left out. Each
     purified panel is the reading its batch was scored with (same batch, same noise)."""
+    x_all, batch_size = setup.x_all, setup.batch_size
     order = np.arange(len(x_all)) if chosen is None else np.concatenate([np.flatnonzero(chosen), np.flatnonzero(~chosen)])
     at = [(int(i), int(i) - int(i) % batch_size) for i in order[:k]]  # (image, start of its batch)
-    purified = {s: predict(fresh[s], s)[1] for s in {s for _, s in at}}
+    purified = {s: setup.scoring.predict(fresh[s], setup.seed + s)[1] for s in {s for _, s in at}}
     panels = [(x_all[i], fresh[s][i - s], purified[s][i - s]) for i, s in at]
     return np.stack([np.stack([p[m].numpy() for p in panels]) for m in range(3)])
 
@@ -281,80 +280,96 @@ def _threat_key(setup: _Setup, name: str, budget: dict[str, Any], threat: Threat
     return adversarial_key(setup.classifier, setup.x_all, setup.y_all, spec, seen)
 
 
-def _attack_threat(setup: _Setup, name: str, perturbation: Any, budget: dict[str, Any], threat: Threat,
-                   chosen_all: Optional[np.ndarray]) -> tuple[np.ndarray, np.ndarray, dict[int, torch.Tensor]]:
-    """Attack every image (or those of ``chosen_all``) under ``threat`` and score the examples: per image read right on
-    every draw, by the majority of the draws, and the examples per batch offset."""
-    b, shape = setup.batch_size, tuple(setup.x_all.shape)
-    key = _threat_key(setup, name, budget, threat, chosen_all)
-    cached = setup.cache.load(threat.value, key, shape) if key else None
+class _AttackRun:
+    """One attack family under one threat: attacks every image (or those of ``chosen``) batch by batch — each batch kept
+    as it is done, so an interrupted run resumes after it, and batches another process of the same run holds waited
+    for (processes given the same cache folder split the work) — then scores the examples."""
 
-    def attack_images(s: int, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def __init__(self, setup: _Setup, name: str, perturbation: Any, budget: dict[str, Any], threat: Threat,
+                 chosen: Optional[np.ndarray]) -> None:
+        self.setup, self.name, self.perturbation, self.threat, self.chosen = setup, name, perturbation, threat, chosen
+        self.key = _threat_key(setup, name, budget, threat, chosen)
+        self.fresh: dict[int, torch.Tensor] = {}  # the examples per batch offset
+
+    def attack_images(self, s: int, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        setup, threat = self.setup, self.threat
         target = attack_target(threat, setup.attacked, setup.classifier, seed=setup.seed + s)
-        atk = ATTACK_METHODS[setup.method](target, perturbation, steps=setup.steps, eot=setup.threat_eot(threat),
+        atk = ATTACK_METHODS[setup.method](target, self.perturbation, steps=setup.steps, eot=setup.threat_eot(threat),
                                            restarts=setup.restarts, seed=setup.seed + s, transfer=setup.transfer(threat))
         return atk(x.to(setup.dev), y.to(setup.dev)).detach().cpu()
 
-    def attack_batch(s: int) -> torch.Tensor:
-        x, y = setup.x_all[s : s + b], setup.y_all[s : s + b]
-        if chosen_all is None:
-            return attack_images(s, x, y)
-        chosen = torch.from_numpy(chosen_all[s : s + b])
+    def attack_batch(self, s: int) -> torch.Tensor:
+        b = self.setup.batch_size
+        x, y = self.setup.x_all[s : s + b], self.setup.y_all[s : s + b]
+        if self.chosen is None:
+            return self.attack_images(s, x, y)
+        chosen = torch.from_numpy(self.chosen[s : s + b])
         x_adv = x.clone()  # the images left out stay as they are
         if chosen.any():
-            x_adv[chosen] = attack_images(s, x[chosen], y[chosen])
+            x_adv[chosen] = self.attack_images(s, x[chosen], y[chosen])
         return x_adv
 
-    def waiting(s: int) -> None:
-        if setup.bar is not None:
-            setup.bar.set_postfix(attack=name, threat=threat.value, waiting=f"batch {s} (another process)")
+    def waiting(self, s: int) -> None:
+        if self.setup.bar is not None:
+            self.setup.bar.set_postfix(attack=self.name, threat=self.threat.value, waiting=f"batch {s} (another process)")
 
-    def tick() -> None:
-        if setup.bar is not None:
-            setup.bar.set_postfix(attack=name, threat=threat.value)
-            setup.bar.update(1)
+    def tick(self) -> None:
+        if self.setup.bar is not None:
+            self.setup.bar.set_postfix(attack=self.name, threat=self.threat.value)
+            self.setup.bar.update(1)
 
-    # each batch as it is done is kept (an interrupted run resumes after it); batches another process of the same run
-    # holds are waited for (processes given the same cache folder split the work)
-    batches = ((s, cached[s : s + b]) for s in setup.starts()) if cached is not None else shared_batches(
-        setup.cache, threat.value, key, shape, b, attack_batch, on_wait=waiting)
-    fresh: dict[int, torch.Tensor] = {}
-
-    def kept(items: Iterator[tuple[int, torch.Tensor]]) -> Iterator[tuple[int, torch.Tensor]]:
+    def kept(self, items: Iterator[tuple[int, torch.Tensor]]) -> Iterator[tuple[int, torch.Tensor]]:
         for s, x_adv in items:
-            fresh[s] = x_adv
+            self.fresh[s] = x_adv
             yield s, x_adv
 
-    every, major = setup.scoring.verdicts(kept(batches), setup.y_all.numpy(), shape[0], tick, waiting)
-    if key and cached is None:
-        setup.cache.save(threat.value, key, torch.cat([fresh[s] for s in setup.starts()]))
-        setup.cache.drop_parts(threat.value, key)
-    return every, major, fresh
+    def run(self) -> tuple[np.ndarray, np.ndarray]:
+        """Attack and score: per image read right on every draw, and by the majority of the draws."""
+        setup, key, kind = self.setup, self.key, self.threat.value
+        b, shape = setup.batch_size, tuple(setup.x_all.shape)
+        cached = setup.cache.load(kind, key, shape) if key else None
+        batches = ((s, cached[s : s + b]) for s in setup.starts()) if cached is not None else shared_batches(
+            setup.cache, kind, key, shape, b, self.attack_batch, on_wait=self.waiting)
+        every, major = setup.scoring.verdicts(self.kept(batches), setup.y_all.numpy(), shape[0], self.tick, self.waiting)
+        if key and cached is None:
+            setup.cache.save(kind, key, torch.cat([self.fresh[s] for s in setup.starts()]))
+            setup.cache.drop_parts(kind, key)
+        return every, major
 
 
-def _attack_row(setup: _Setup, name: str, budget: dict[str, Any], threats: Sequence[Threat],
-                clean: tuple[np.ndarray, np.ndarray], cascade: bool, skip_misread: bool,
-                keep_examples: int) -> dict[str, Any]:
+@dataclass
+class _Plan:
+    """What a :func:`benchmark` run asks of every attack: the threats in order, the columns shown, and which images
+    the adaptive threats attack."""
+
+    threats: list[Threat]
+    columns: list[str]
+    cascade: bool
+    skip_misread: bool
+    keep_examples: int
+
+
+def _attack_row(setup: _Setup, plan: _Plan, name: str, budget: dict[str, Any],
+                clean: tuple[np.ndarray, np.ndarray]) -> dict[str, Any]:
     """One attack under every threat: its figures (every draw, majority), per-image masks and examples."""
     perturbation = create_perturbation(name, setup.dataset, image_size=setup.x_all.shape[-1], **budget).to(setup.dev)
     clean_every, clean_major = clean
     every_all, major_all = clean_every.copy(), clean_major.copy()  # the survivors so far
     row: dict[str, Any] = {"every": {}, "majority": {}, "masks": {}, "masks_majority": {}, "examples": {}}
-    for threat in threats:
+    for threat in plan.threats:
         chosen: Optional[np.ndarray] = None  # the images an adaptive threat attacks (None: every image)
-        if threat is not Threat.blind and (cascade or skip_misread):
+        if threat is not Threat.blind and (plan.cascade or plan.skip_misread):
             # the survivors so far, or those read right clean, by the majority rule: a superset of those read right on
             # every draw, so that both figures count only attacked images
-            chosen = major_all.copy() if cascade else clean_major.copy()
-        every, major, fresh = _attack_threat(setup, name, perturbation, budget, threat, chosen)
-        if keep_examples:
-            row["examples"][threat.value] = _examples(
-                setup.x_all, fresh, lambda x, s: setup.scoring.predict(x, setup.seed + s), setup.batch_size,
-                keep_examples, chosen)
+            chosen = major_all.copy() if plan.cascade else clean_major.copy()
+        run = _AttackRun(setup, name, perturbation, budget, threat, chosen)
+        every, major = run.run()
+        if plan.keep_examples:
+            row["examples"][threat.value] = _examples(setup, run.fresh, plan.keep_examples, chosen)
         if chosen is not None:  # the images left unattacked count as not robust, as they count anyway
             every &= chosen
             major &= chosen
-            if cascade:  # the column counts the images that survived the threats before it too
+            if plan.cascade:  # the column counts the images that survived the threats before it too
                 every &= every_all
                 major &= major_all
         row["every"][threat.value] = float((every & clean_every).mean())
@@ -412,31 +427,15 @@ def _defense_modules(defense: str | Purifier | None, surrogate: str | Purifier |
     return purifier, stand_in
 
 
-def benchmark(
-    classifier: nn.Module,
-    data: ImageSet,
-    defense: str | Purifier | None = None,
-    attacks: Sequence[str] = PERTURBATIONS,
-    threats: Sequence[str] = ("blind", "adaptive"),
-    method: str = "apgd",
-    steps: int = 100,
-    eot: Optional[int] = None,
-    restarts: int = 1,
-    seed: int = 0,
-    batch_size: int = 128,
-    dataset: str = "gtsrb",
-    budgets: Optional[dict[str, dict[str, Any]]] = None,
-    progress: bool = False,
-    keep_examples: int = 0,
-    scorer: Optional[Callable[[torch.Tensor, int], np.ndarray]] = None,
-    cache_dir: Optional[str | Path] = None,
-    device: str | torch.device = "cpu",
-    surrogate: str | Purifier | None = None,
-    skip_misread: bool = False,
-    cascade: bool = False,
-    blind_transfer: str = "loss",
-    resubmit: Optional[int] = None,
-) -> dict[str, Any]:
+def benchmark(classifier: nn.Module, data: ImageSet, defense: str | Purifier | None = None,
+              attacks: Sequence[str] = PERTURBATIONS, threats: Sequence[str] = ("blind", "adaptive"),
+              method: str = "apgd", steps: int = 100, eot: Optional[int] = None, restarts: int = 1, seed: int = 0,
+              batch_size: int = 128, dataset: str = "gtsrb", budgets: Optional[dict[str, dict[str, Any]]] = None,
+              progress: bool = False, keep_examples: int = 0,
+              scorer: Optional[Callable[[torch.Tensor, int], np.ndarray]] = None,
+              cache_dir: Optional[str | Path] = None, device: str | torch.device = "cpu",
+              surrogate: str | Purifier | None = None, skip_misread: bool = False, cascade: bool = False,
+              blind_transfer: str = "loss", resubmit: Optional[int] = None) -> dict[str, Any]:
     """Evaluate ``classifier`` behind ``defense`` (a registered purifier name, a Purifier, or None) on
     ``data`` under each attack family and threat model. Returns a dict of plain numbers.
 
@@ -484,7 +483,7 @@ def benchmark(
     threat_list, columns, worst = _plan_threats(threats, purifier)
     if purifier is None:
         threat_list = [Threat.blind]  # without a defense every threat is the same attack
-    cascade = cascade or worst
+    plan = _Plan(threat_list, columns, cascade or worst, skip_misread, keep_examples)
     attacked = stand_in if stand_in is not None else purifier  # what the adaptive threats differentiate
     cache = AdvCache(Path(cache_dir) if cache_dir is not None else None)
     draws = default_resubmit(purifier, resubmit)
@@ -492,27 +491,11 @@ def benchmark(
                    seed, batch_size, method, steps, restarts, dataset, default_eot(attacked, eot), blind_transfer, cache,
                    _Scoring(classifier, purifier, dev, seed, draws, scorer, keep_examples, cache))
     t0 = time.perf_counter()
-    clean = setup.scoring.verdicts(((s, setup.x_all[s : s + batch_size]) for s in setup.starts()), data.labels, len(data))
-    with torch.no_grad():
-        bare_pred = np.concatenate([classifier(setup.x_all[s : s + batch_size].to(dev)).argmax(1).cpu().numpy()
-                                    for s in setup.starts()])
-    if progress:
-        from tqdm import tqdm
-
-        setup.bar = tqdm(total=len(attacks) * len(threat_list) * len(setup.starts()), desc="attacks", unit="batch",
-                         leave=False)
-    rows: dict[str, dict[str, Any]] = {}
-    seconds: dict[str, float] = {}
-    for name in attacks:
-        ta = time.perf_counter()
-        rows[name] = _attack_row(setup, name, (budgets or {}).get(name, {}), threat_list, clean, cascade, skip_misread,
-                                 keep_examples)
-        seconds[name] = round(time.perf_counter() - ta, 2)
-    if setup.bar is not None:
-        setup.bar.close()
+    clean, bare_pred = _clean_verdicts(setup, data)
+    rows, seconds = _attack_rows(setup, plan, attacks, budgets or {}, clean, progress)
     elapsed = time.perf_counter() - t0
-    result = _result(setup, data, purifier, rows, clean, bare_pred, threat_list, columns, eot is None,
-                     {"budget_overrides": budgets or {}, "skip_misread": skip_misread, "cascade": cascade})
+    result = _result(setup, data, purifier, rows, clean, bare_pred, plan, eot is None,
+                     {"budget_overrides": budgets or {}, "skip_misread": skip_misread, "cascade": plan.cascade})
     result.update(seconds=round(elapsed, 2), seconds_per_attack=seconds,
                   images_per_second=round(len(data) * len(attacks) * len(threat_list) / elapsed, 2) if elapsed > 0 else None)
     if stand_in is not None:
@@ -522,11 +505,42 @@ def benchmark(
     return result
 
 
+def _clean_verdicts(setup: _Setup, data: ImageSet) -> tuple[tuple[np.ndarray, np.ndarray], np.ndarray]:
+    """The defended pipeline's verdicts on the clean images (every draw, majority) and the bare classifier's
+    predictions."""
+    b = setup.batch_size
+    clean = setup.scoring.verdicts(((s, setup.x_all[s : s + b]) for s in setup.starts()), data.labels, len(data))
+    with torch.no_grad():
+        bare_pred = np.concatenate([setup.classifier(setup.x_all[s : s + b].to(setup.dev)).argmax(1).cpu().numpy()
+                                    for s in setup.starts()])
+    return clean, bare_pred
+
+
+def _attack_rows(setup: _Setup, plan: _Plan, attacks: Sequence[str], budgets: dict[str, dict[str, Any]],
+                 clean: tuple[np.ndarray, np.ndarray], progress: bool
+                 ) -> tuple[dict[str, dict[str, Any]], dict[str, float]]:
+    """Every attack's row, and the seconds each took (with ``progress``, one bar over every batch of every threat)."""
+    if progress:
+        from tqdm import tqdm
+
+        setup.bar = tqdm(total=len(attacks) * len(plan.threats) * len(setup.starts()), desc="attacks", unit="batch",
+                         leave=False)
+    rows: dict[str, dict[str, Any]] = {}
+    seconds: dict[str, float] = {}
+    for name in attacks:
+        ta = time.perf_counter()
+        rows[name] = _attack_row(setup, plan, name, budgets.get(name, {}), clean)
+        seconds[name] = round(time.perf_counter() - ta, 2)
+    if setup.bar is not None:
+        setup.bar.close()
+    return rows, seconds
+
+
 def _result(setup: _Setup, data: ImageSet, purifier: Optional[Purifier], rows: dict[str, dict[str, Any]],
-            clean: tuple[np.ndarray, np.ndarray], bare_pred: np.ndarray, threats: Sequence[Threat],
-            columns: list[str], eot_default: bool, attack: dict[str, Any]) -> dict[str, Any]:
+            clean: tuple[np.ndarray, np.ndarray], bare_pred: np.ndarray, plan: _Plan, eot_default: bool,
+            attack: dict[str, Any]) -> dict[str, Any]:
     """The plain numbers of a :func:`benchmark` run."""
-    shown = [t.value for t in threats] + ["worst"]
+    shown = [t.value for t in plan.threats] + ["worst"]
 
     def average(which: str) -> dict[str, float]:
         return {c: float(np.mean([row[which][c] for row in rows.values()])) for c in shown} if rows else {}
@@ -542,8 +556,8 @@ def _result(setup: _Setup, data: ImageSet, purifier: Optional[Purifier], rows: d
         "robust_accuracy_majority": {name: row["majority"] for name, row in rows.items()},
         "average": average("every"),
         "average_majority": average("majority"),
-        "threats": [t.value for t in threats],
-        "columns": columns,
+        "threats": [t.value for t in plan.threats],
+        "columns": plan.columns,
         "resubmit": setup.scoring.draws,
         "attack": {"method": setup.method, "steps": setup.steps, "eot": setup.eot[1], "eot_blind": setup.eot[0],
                    "eot_default": eot_default, "restarts": setup.restarts, "seed": setup.seed,

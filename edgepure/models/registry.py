@@ -35,7 +35,7 @@ __all__ = [
     "shipped_weights",
 ]
 
-DEFAULT_CLASSIFIER = "signnet_s_cutmix"  # signnet_s fine-tuned with CutMix; every table before it used signnet_s
+DEFAULT_CLASSIFIER = "signnet_s_cutmix"  # signnet_s fine-tuned with CutMix; why it is the default: its model card
 DEFAULT_PRIOR = "edm_unet_s"
 
 

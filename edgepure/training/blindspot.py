@@ -20,9 +20,8 @@ import torch
 from edgepure.data import open_dataset
 from edgepure.models.registry import create_prior
 from edgepure.runtime.errors import ConfigError
-from edgepure.training.classifier import _to_tensor
+from edgepure.training.common import random_shift, to_tensor
 from edgepure.training.loop import fit
-from edgepure.training.prior import _shift
 
 __all__ = ["BlindSpotConfig", "train_blindspot", "validate_blindspot"]
 
@@ -90,12 +89,12 @@ def train_blindspot(cfg: BlindSpotConfig, resume: bool = False, log: Any = print
     model = create_prior(cfg.model, **cfg.model_kwargs)
     size = int(getattr(model, "input_size", 32))
     common = dict(size=size, val_fraction=cfg.val_fraction, split_seed=cfg.split_seed, progress=True)
-    x_train = _to_tensor(open_dataset(cfg.data, "train", **common).images)
-    val = _to_tensor(open_dataset(cfg.data, "val", **common).images)
+    x_train = to_tensor(open_dataset(cfg.data, "train", **common).images)
+    val = to_tensor(open_dataset(cfg.data, "val", **common).images)
     x_val = val[torch.randperm(len(val), generator=torch.Generator().manual_seed(0))[: cfg.val_n]]
 
     def loss_fn(idx: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        noisy = add_symmetric_noise(_shift(x_train[idx].float() / 255, cfg.shift, g), cfg.noise_max, g)
+        noisy = add_symmetric_noise(random_shift(x_train[idx].float() / 255, cfg.shift, g), cfg.noise_max, g)
         return (model(noisy) - noisy).square().mean()
 
     return fit(model, cfg, len(x_train), loss_fn, lambda m: validate_blindspot(m, x_val), out, score="mse@16",

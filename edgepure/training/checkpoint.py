@@ -19,7 +19,7 @@ from torch import nn
 from edgepure.runtime.errors import ConfigError, ModelError
 from edgepure.runtime.manifest import make_public
 
-__all__ = ["check_resumable", "init_from", "load_checkpoint", "save_checkpoint", "write_json_atomic"]
+__all__ = ["check_resumable", "init_from", "load_checkpoint", "load_last", "save_checkpoint", "write_json_atomic"]
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
@@ -103,6 +103,17 @@ def check_resumable(directory: Path, record: dict[str, Any], cfg: Any, keys: tup
         if key in saved and saved[key] != getattr(cfg, key):
             raise ModelError(f"{directory}: checkpoint was trained with {key}={saved[key]!r}, "
                              f"asked to resume with {getattr(cfg, key)!r}")
+
+
+def load_last(directory: Path, model: nn.Module, optimizer: torch.optim.Optimizer, ema: nn.Module | None,
+              cfg: Any, keys: tuple[str, ...] = RESUME_KEYS) -> dict[str, Any]:
+    """Load a run's ``last`` checkpoint into ``model`` and ``optimizer`` and its ``last_ema`` into ``ema``, refusing a
+    run with other settings (``keys``); returns the checkpoint's record."""
+    record = load_checkpoint(directory, "last", model, optimizer)
+    if ema is not None:
+        load_checkpoint(directory, "last_ema", ema)
+    check_resumable(directory, record, cfg, keys)
+    return record
 
 
 def init_from(model: nn.Module, src: nn.Module, spec: str, arch: str) -> None:

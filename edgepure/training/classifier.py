@@ -3,14 +3,12 @@ process, or on several under ``torchrun`` (PyTorch DDP, :mod:`edgepure.training.
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -23,7 +21,8 @@ from edgepure.training import distributed
 from edgepure.perturb import budget_dataset
 from edgepure.training.adversarial import ADV_RESUME_KEYS, Crafter, adversarial_loss, check_adversarial
 from edgepure.training.augment import AugmentConfig, augment_batch
-from edgepure.training.checkpoint import RESUME_KEYS, check_resumable, load_checkpoint, save_checkpoint
+from edgepure.training.checkpoint import RESUME_KEYS, load_last, save_checkpoint
+from edgepure.training.common import ema_copy, ema_update, lr_at, to_tensor
 from edgepure.training.distributed import Ranks
 
 __all__ = ["TrainConfig", "cutmix_batch", "train_classifier"]
@@ -70,17 +69,6 @@ class TrainConfig:
     adv_attack: str = "pgd"
     adv_weight: float | None = None
     trades: float = 0.0
-
-
-def _lr_at(step: int, total: int, warmup: int, base: float) -> float:
-    if step < warmup:
-        return base * (step + 1) / warmup
-    t = (step - warmup) / max(1, total - warmup)
-    return base * 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
-
-
-def _to_tensor(images: np.ndarray) -> torch.Tensor:
-    return torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()
 
 
 def _load_data(cfg: TrainConfig, size: int, progress: bool = True) -> tuple[ImageSet, ImageSet, ImageSet | None]:
@@ -166,14 +154,6 @@ def _init_weights(model: torch.nn.Module, cfg: TrainConfig) -> None:
         init_from(model, resolve_classifier(cfg.init), cfg.init, cfg.model)
 
 
-@torch.no_grad()
-def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    for pe, p in zip(ema.parameters(), model.parameters()):
-        pe.mul_(decay).add_(p.detach(), alpha=1.0 - decay)
-    for be, b in zip(ema.buffers(), model.buffers()):
-        be.copy_(b)
-
-
 def _check_config(cfg: TrainConfig) -> None:
     if cfg.epochs <= 0 or cfg.batch_size <= 0:
         raise ConfigError(f"epochs and batch size must be positive, got {cfg.epochs} and {cfg.batch_size}")
@@ -216,15 +196,6 @@ def _make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.Opt
     )
 
 
-def _make_ema(model: torch.nn.Module, cfg: TrainConfig) -> torch.nn.Module | None:
-    if cfg.ema <= 0:
-        return None
-    ema_model = copy.deepcopy(model).eval()
-    for p in ema_model.parameters():
-        p.requires_grad_(False)
-    return ema_model
-
-
 @dataclass
 class _Loop:
     """What the epoch loop carries besides the data: the networks, the optimiser, the schedule and the ranks."""
@@ -255,10 +226,7 @@ class _Loop:
 def _resume(out: Path, loop: _Loop, log: Any) -> tuple[int, list[dict[str, Any]], float]:
     """Load the run folder's last checkpoint into ``loop``: ``(first epoch to run, history, best accuracy)``."""
     cfg, ranks = loop.cfg, loop.ranks
-    record = load_checkpoint(out, "last", loop.model, loop.opt)
-    if loop.ema_model is not None:
-        load_checkpoint(out, "last_ema", loop.ema_model)
-    check_resumable(out, record, cfg, RESUME_KEYS + ADV_RESUME_KEYS)
+    record = load_last(out, loop.model, loop.opt, loop.ema_model, cfg, RESUME_KEYS + ADV_RESUME_KEYS)
     start_epoch = int(record["epoch"]) + 1
     log(f"resuming from epoch {start_epoch} of {cfg.epochs} ({out})")
     before = int(record.get("world_size", 1))
@@ -296,7 +264,7 @@ def _step(loop: _Loop, step: int, loss: torch.Tensor, weight: float) -> None:
     (loss if weight == 1.0 else loss * weight).backward()
     loop.opt.step()
     if loop.ema_model is not None:
-        _ema_update(loop.ema_model, loop.model, min(loop.cfg.ema, (1 + step) / (10 + step)))
+        ema_update(loop.ema_model, loop.model, loop.cfg.ema, step)
 
 
 def _train_epoch(loop: _Loop, epoch: int, xs: torch.Tensor, ys: torch.Tensor, order: torch.Tensor,
@@ -314,7 +282,7 @@ def _train_epoch(loop: _Loop, epoch: int, xs: torch.Tensor, ys: torch.Tensor, or
     for i in bar:
         step = epoch * loop.steps_per_epoch + i
         for group in loop.opt.param_groups:
-            group["lr"] = _lr_at(step, loop.total, loop.warmup, cfg.lr)
+            group["lr"] = lr_at(step, loop.total, loop.warmup, cfg.lr)
         batch = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
         idx = distributed.shard(batch, ranks)
         x, y = _batch_inputs(loop, xs, ys, idx, gr)
@@ -408,13 +376,13 @@ def _train(cfg: TrainConfig, families: tuple[str, ...], resume: bool, log: Any, 
     n_classes = int(getattr(model, "num_classes", 0))
     if n_classes and int(train.labels.max()) >= n_classes:
         raise ConfigError(f"the data has labels up to {int(train.labels.max())}, the model has {n_classes} classes")
-    data = (_to_tensor(train.images), torch.from_numpy(train.labels),
-            _to_tensor(synth.images) if synth is not None else None,
+    data = (to_tensor(train.images), torch.from_numpy(train.labels),
+            to_tensor(synth.images) if synth is not None else None,
             torch.from_numpy(synth.labels) if synth is not None else None)
     steps = distributed.steps_per_epoch(len(data[0]) + (cfg.synth if synth is not None else 0), cfg.batch_size, ranks)
     aug_cfg = (AugmentConfig(p_occlude=cfg.occlude, occlude_px=(4, cfg.occlude_max), p_stickers=cfg.stickers)
                if cfg.augment else AugmentConfig.none())
-    loop = _Loop(cfg, model, net, _make_optimizer(model, cfg), _make_ema(model, cfg), prior, crafter, aug_cfg, ranks,
+    loop = _Loop(cfg, model, net, _make_optimizer(model, cfg), ema_copy(model, cfg.ema), prior, crafter, aug_cfg, ranks,
                  device, steps, int(cfg.warmup_epochs * steps))
     start_epoch, history, best = _resume(out, loop, log) if resume else (0, [], -1.0)
     meta = {"input_size": size, "class_names": list(train.class_names)}

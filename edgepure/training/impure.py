@@ -24,7 +24,7 @@ import torch
 from edgepure.data import open_dataset
 from edgepure.models.registry import create_prior
 from edgepure.runtime.errors import ConfigError
-from edgepure.training.classifier import _to_tensor
+from edgepure.training.common import to_tensor
 from edgepure.training.loop import fit
 
 __all__ = ["ImpureConfig", "feature_loss", "perturb_batch", "train_impure"]
@@ -127,9 +127,9 @@ def train_impure(cfg: ImpureConfig, resume: bool = False, log: Any = print,
     common = dict(size=size, val_fraction=cfg.val_fraction, split_seed=cfg.split_seed, progress=True)
     train = open_dataset(cfg.data, "train", **common)
     val = open_dataset(cfg.data, "val", **common).sample(cfg.val_n, 0)
-    x_train, y_train = _to_tensor(train.images), torch.from_numpy(train.labels)
+    x_train, y_train = to_tensor(train.images), torch.from_numpy(train.labels)
     gv = torch.Generator().manual_seed(4321)
-    v_clean, v_labels = _to_tensor(val.images).float() / 255, torch.from_numpy(val.labels)
+    v_clean, v_labels = to_tensor(val.images).float() / 255, torch.from_numpy(val.labels)
     v_pert = perturb_batch(v_clean, v_labels, classifier, gv)
     v_noise = torch.randn(v_clean.shape, generator=gv)
 

@@ -5,11 +5,16 @@ safetensors + JSON, exact resumption, and a step limit for smoke runs.
 A trainer gives the model, its config (``epochs``, ``batch_size``, ``lr``, ``warmup_steps``, ``seed``,
 ``ema``, ``grad_clip``, ``max_steps``), the number of training samples, ``loss_fn(index, generator)`` for one
 batch and ``validate(model) -> metrics``; the loop does the rest.
+
+The classifier keeps a loop of its own (:mod:`edgepure.training.classifier`): SGD with weight-decay groups, warm-up
+in epochs, a synthetic share drawn anew each epoch, DDP under torchrun (per-rank shards weighted into the global
+batch, per-rank draws, summed metrics, rank 0 alone writing) and training accuracies per step. Each would be a hook
+here that no other trainer uses; both loops take their schedule, EMA and resumption from
+:mod:`edgepure.training.common` and :func:`edgepure.training.checkpoint.load_last`.
 """
 
 from __future__ import annotations
 
-import copy
 import math
 import time
 from dataclasses import asdict
@@ -18,8 +23,8 @@ from typing import Any, Callable
 
 import torch
 
-from edgepure.training.checkpoint import check_resumable, load_checkpoint, save_checkpoint
-from edgepure.training.classifier import _ema_update, _lr_at
+from edgepure.training.checkpoint import load_last, save_checkpoint
+from edgepure.training.common import ema_copy, ema_update, lr_at
 
 __all__ = ["fit"]
 
@@ -33,17 +38,11 @@ def fit(model: torch.nn.Module, cfg: Any, n_train: int, loss_fn: Callable[[torch
     from tqdm import tqdm
 
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.9, 0.99))
-    ema_model = copy.deepcopy(model).eval() if cfg.ema > 0 else None
-    if ema_model is not None:
-        for p in ema_model.parameters():
-            p.requires_grad_(False)
+    ema_model = ema_copy(model, cfg.ema)
     sign = 1.0 if minimize else -1.0
     start_epoch, history, best = 0, [], math.inf
     if resume:
-        saved = load_checkpoint(out, "last", model, opt)
-        if ema_model is not None:
-            load_checkpoint(out, "last_ema", ema_model)
-        check_resumable(out, saved, cfg)
+        saved = load_last(out, model, opt, ema_model, cfg)
         start_epoch, history = int(saved["epoch"]) + 1, list(saved.get("history", []))
         best = sign * float(saved.get(best_key, sign * math.inf))
         log(f"resuming from epoch {start_epoch} of {cfg.epochs} ({out})")
@@ -59,7 +58,7 @@ def fit(model: torch.nn.Module, cfg: Any, n_train: int, loss_fn: Callable[[torch
         for i in bar:
             step = epoch * steps_per_epoch + i
             for group in opt.param_groups:
-                group["lr"] = _lr_at(step, total, cfg.warmup_steps, cfg.lr)
+                group["lr"] = lr_at(step, total, cfg.warmup_steps, cfg.lr)
             idx = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
             loss = loss_fn(idx, g)
             opt.zero_grad(set_to_none=True)
@@ -68,7 +67,7 @@ def fit(model: torch.nn.Module, cfg: Any, n_train: int, loss_fn: Callable[[torch
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
             if ema_model is not None:
-                _ema_update(ema_model, model, min(cfg.ema, (1 + step) / (10 + step)))
+                ema_update(ema_model, model, cfg.ema, step)
             seen += len(idx)
             loss_sum += loss.item() * len(idx)
             bar.set_postfix(loss=f"{loss_sum / seen:.{digits - 1}f}")

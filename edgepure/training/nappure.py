@@ -111,6 +111,100 @@ def _adversarial(classifier: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, 
             for a in cfg.attacks}
 
 
+def _check_config(cfg: NAPPureTuneConfig) -> None:
+    from edgepure.purifiers.nappure import KINDS
+
+    if cfg.steps < 1 or cfg.iters < 1 or cfg.batch_size < 1 or cfg.n < 1:
+        raise ConfigError(f"steps, iters, batch size and n must be ≥ 1, got {cfg.steps}, {cfg.iters}, {cfg.batch_size}, {cfg.n}")
+    if cfg.kind not in KINDS:
+        raise ConfigError(f"nappure: unknown kind {cfg.kind!r} (expected one of {', '.join(KINDS)})")
+    if not cfg.max_scale > 1:
+        raise ConfigError(f"max_scale must be > 1, got {cfg.max_scale}")
+
+
+class _Tuner:
+    """The state of a tuning run: the images and their examples, the purifier and classifier on ``dev``, the learned
+    logarithms and their Adam on the CPU, and what the run folder keeps."""
+
+    def __init__(self, cfg: NAPPureTuneConfig, x_all: torch.Tensor, y_all: torch.Tensor, adv: dict[str, torch.Tensor],
+                 classifier: torch.nn.Module, pur: Any, dev: torch.device) -> None:
+        self.cfg, self.x_all, self.y_all, self.adv, self.classifier, self.pur, self.dev = (
+            cfg, x_all, y_all, adv, classifier, pur, dev)
+        self.start = _start(pur, x_all)
+        self.logs = {k: v.clone().requires_grad_(True) for k, v in self.start.items()}
+        self.opt = torch.optim.Adam(list(self.logs.values()), lr=cfg.lr)
+        self.sources = ["clean", *cfg.attacks]
+        self.history: list[dict[str, Any]] = []
+
+    def resume(self, state_path: Path) -> int:
+        """Load the run's state (refusing other settings); returns the first iteration to run."""
+        st = json.loads(state_path.read_text())
+        now = json.loads(json.dumps(asdict(self.cfg)))
+        diff = sorted(k for k in now if k not in ("iters", "cache", "snapshot_every") and st["config"].get(k) != now[k])
+        if diff:
+            raise ConfigError(f"{state_path}: the run was started with other settings: "
+                              + ", ".join(f"{k} {st['config'].get(k)!r} (now {now[k]!r})" for k in diff))
+        with torch.no_grad():
+            for k, v in st["logs"].items():
+                self.logs[k].copy_(torch.tensor(v, dtype=torch.float64))
+        for k, p in self.logs.items():
+            self.opt.state[p] = {"step": torch.tensor(float(st["adam_step"])),
+                                 "exp_avg": torch.tensor(st["adam_m"][k], dtype=torch.float64),
+                                 "exp_avg_sq": torch.tensor(st["adam_v"][k], dtype=torch.float64)}
+        self.history = st["history"]
+        return int(st["iter"])
+
+    def step(self, it: int) -> dict[str, Any]:
+        """Iteration ``it``: one Adam step on a batch of every source; returns its record."""
+        cfg, pur, logs = self.cfg, self.pur, self.logs
+        t0 = time.perf_counter()
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + it)
+        idx = torch.randperm(len(self.x_all), generator=g)[: cfg.batch_size]
+        xb = torch.cat([self.x_all[idx]] + [self.adv[a][idx] for a in cfg.attacks])
+        yb = self.y_all[idx].repeat(len(self.sources))
+        noise = pur.sample_noise(xb, g)
+        self.opt.zero_grad()
+        # one source at a time, gradients accumulated: the same gradient as the whole batch at once, in a fifth of
+        # the memory (the graph through K steps and their second derivatives is large per image)
+        parts, loss = [], torch.zeros(())
+        for s in range(0, len(xb), cfg.batch_size):
+            pur.hyper = {k: v.exp().float().to(self.dev) for k, v in logs.items()}  # the gradient flows back to the CPU
+            part = self.classifier(pur(xb[s : s + cfg.batch_size].to(self.dev),
+                                       noise[s : s + cfg.batch_size].to(self.dev))).cpu()
+            part_loss = torch.nn.functional.cross_entropy(part, yb[s : s + cfg.batch_size], reduction="sum") / len(xb)
+            part_loss.backward()
+            parts.append(part.detach())
+            loss = loss + part_loss.detach()
+        logits = torch.cat(parts)
+        for v in logs.values():  # a value that never reaches the output (θ's last step) gets a zero gradient
+            if v.grad is None:
+                v.grad = torch.zeros_like(v)
+        self.opt.step()
+        bound = math.log(cfg.max_scale)
+        with torch.no_grad():
+            for k, v in logs.items():
+                v.copy_(torch.maximum(torch.minimum(v, self.start[k] + bound), self.start[k] - bound))
+        pur.hyper = None
+        ok = (logits.argmax(1) == yb).float().view(len(self.sources), -1).mean(1)
+        return {"iter": it + 1, "loss": round(float(loss.detach()), 4), "seconds": round(time.perf_counter() - t0, 1),
+                "accuracy": {s: round(float(a), 3) for s, a in zip(self.sources, ok)}}
+
+    def save(self, out: Path, it: int) -> None:
+        """``state.json`` and ``settings.json`` after iteration ``it`` (and every ``snapshot_every``-th settings)."""
+        cfg, logs, opt = self.cfg, self.logs, self.opt
+        st = {"config": asdict(cfg), "iter": it + 1, "history": self.history,
+              "logs": {k: v.detach().tolist() for k, v in logs.items()},
+              "adam_step": int(opt.state[logs["lam2"]]["step"]),
+              "adam_m": {k: opt.state[v]["exp_avg"].tolist() for k, v in logs.items()},
+              "adam_v": {k: opt.state[v]["exp_avg_sq"].tolist() for k, v in logs.items()}}
+        write_json_atomic(out / "state.json", st)
+        doc = {"kind": cfg.kind, "steps": cfg.steps, "prior": self.pur.config()["prior"], "iter": it + 1,
+               "settings": learned_settings(self.pur, logs)}
+        write_json_atomic(out / "settings.json", doc)
+        if cfg.snapshot_every > 0 and (it + 1) % cfg.snapshot_every == 0:
+            write_json_atomic(out / f"settings-{it + 1:04d}.json", doc)
+
+
 def tune_nappure(cfg: NAPPureTuneConfig, resume: bool = False, log: Callable[[str], None] = print,
                  device: str | torch.device = "cpu") -> dict[str, Any]:
     """Learn the hyper-parameters of NAPPure ``cfg.kind`` at K = ``cfg.steps``; see the module docstring.
@@ -122,14 +216,7 @@ def tune_nappure(cfg: NAPPureTuneConfig, resume: bool = False, log: Callable[[st
     from edgepure.data import open_dataset
     from edgepure.models.loading import frozen, resolve_classifier
 
-    if cfg.steps < 1 or cfg.iters < 1 or cfg.batch_size < 1 or cfg.n < 1:
-        raise ConfigError(f"steps, iters, batch size and n must be ≥ 1, got {cfg.steps}, {cfg.iters}, {cfg.batch_size}, {cfg.n}")
-    from edgepure.purifiers.nappure import KINDS
-
-    if cfg.kind not in KINDS:
-        raise ConfigError(f"nappure: unknown kind {cfg.kind!r} (expected one of {', '.join(KINDS)})")
-    if not cfg.max_scale > 1:
-        raise ConfigError(f"max_scale must be > 1, got {cfg.max_scale}")
+    _check_config(cfg)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     state_path = out / "state.json"
@@ -143,70 +230,11 @@ def tune_nappure(cfg: NAPPureTuneConfig, resume: bool = False, log: Callable[[st
     dev = torch.device(device)
     adv = _adversarial(classifier, x_all, y_all, cfg, Path(cfg.cache) if cfg.cache else out, log, dev)
     classifier.to(dev)
-    pur = _purifier(cfg).to(dev)
-    start = _start(pur, x_all)
-    logs = {k: v.clone().requires_grad_(True) for k, v in start.items()}
-    opt = torch.optim.Adam(list(logs.values()), lr=cfg.lr)
-    history: list[dict[str, Any]] = []
-    first = 0
-    if resume and state_path.exists():
-        st = json.loads(state_path.read_text())
-        now = json.loads(json.dumps(asdict(cfg)))
-        diff = sorted(k for k in now if k not in ("iters", "cache", "snapshot_every") and st["config"].get(k) != now[k])
-        if diff:
-            raise ConfigError(f"{state_path}: the run was started with other settings: "
-                              + ", ".join(f"{k} {st['config'].get(k)!r} (now {now[k]!r})" for k in diff))
-        with torch.no_grad():
-            for k, v in st["logs"].items():
-                logs[k].copy_(torch.tensor(v, dtype=torch.float64))
-        for k, p in logs.items():
-            opt.state[p] = {"step": torch.tensor(float(st["adam_step"])),
-                            "exp_avg": torch.tensor(st["adam_m"][k], dtype=torch.float64),
-                            "exp_avg_sq": torch.tensor(st["adam_v"][k], dtype=torch.float64)}
-        history, first = st["history"], st["iter"]
-    bound = math.log(cfg.max_scale)
-    sources = ["clean", *cfg.attacks]
+    tuner = _Tuner(cfg, x_all, y_all, adv, classifier, _purifier(cfg).to(dev), dev)
+    first = tuner.resume(state_path) if resume and state_path.exists() else 0
     for it in range(first, cfg.iters):
-        t0 = time.perf_counter()
-        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + it)
-        idx = torch.randperm(len(x_all), generator=g)[: cfg.batch_size]
-        xb = torch.cat([x_all[idx]] + [adv[a][idx] for a in cfg.attacks])
-        yb = y_all[idx].repeat(len(sources))
-        noise = pur.sample_noise(xb, g)
-        opt.zero_grad()
-        # one source at a time, gradients accumulated: the same gradient as the whole batch at once, in a fifth of
-        # the memory (the graph through K steps and their second derivatives is ~150 MB per image at K 8)
-        logits, loss = [], torch.zeros(())
-        for s in range(0, len(xb), cfg.batch_size):
-            pur.hyper = {k: v.exp().float().to(dev) for k, v in logs.items()}  # the gradient flows back to the CPU
-            part = classifier(pur(xb[s : s + cfg.batch_size].to(dev), noise[s : s + cfg.batch_size].to(dev))).cpu()
-            part_loss = torch.nn.functional.cross_entropy(part, yb[s : s + cfg.batch_size], reduction="sum") / len(xb)
-            part_loss.backward()
-            logits.append(part.detach())
-            loss = loss + part_loss.detach()
-        logits = torch.cat(logits)
-        for v in logs.values():  # a value that never reaches the output (θ's last step) gets a zero gradient
-            if v.grad is None:
-                v.grad = torch.zeros_like(v)
-        opt.step()
-        with torch.no_grad():
-            for k, v in logs.items():
-                v.copy_(torch.maximum(torch.minimum(v, start[k] + bound), start[k] - bound))
-        pur.hyper = None
-        ok = (logits.argmax(1) == yb).float().view(len(sources), -1).mean(1)
-        rec = {"iter": it + 1, "loss": round(float(loss.detach()), 4), "seconds": round(time.perf_counter() - t0, 1),
-               "accuracy": {s: round(float(a), 3) for s, a in zip(sources, ok)}}
-        history.append(rec)
+        rec = tuner.step(it)
+        tuner.history.append(rec)
         log(json.dumps(rec))
-        st = {"config": asdict(cfg), "iter": it + 1, "history": history,
-              "logs": {k: v.detach().tolist() for k, v in logs.items()},
-              "adam_step": int(opt.state[logs["lam2"]]["step"]),
-              "adam_m": {k: opt.state[v]["exp_avg"].tolist() for k, v in logs.items()},
-              "adam_v": {k: opt.state[v]["exp_avg_sq"].tolist() for k, v in logs.items()}}
-        write_json_atomic(state_path, st)
-        doc = {"kind": cfg.kind, "steps": cfg.steps, "prior": pur.config()["prior"], "iter": it + 1,
-               "settings": learned_settings(pur, logs)}
-        write_json_atomic(out / "settings.json", doc)
-        if cfg.snapshot_every > 0 and (it + 1) % cfg.snapshot_every == 0:
-            write_json_atomic(out / f"settings-{it + 1:04d}.json", doc)
+        tuner.save(out, it)
     return json.loads((out / "settings.json").read_text())

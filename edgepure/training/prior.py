@@ -32,7 +32,7 @@ share noised), cached in ``adv_cache``
 (default: the run folder) under ``eval robust``'s keys; the other adversarial inputs stay on-the-fly PGD. The
 classifier is frozen, so a pool is exact, not stale. Each pool input is a random pool image, its clean target shifted
 with it; the held-out validation set is attacked by both (the pool's attack on the first half). A pool costs one APGD
-run up front (about 0.08 s per image with 20 steps on 2 CPU cores). Why both attacks: a prior trained on one attack's
+run up front (its cost per image: docs/nappure.md, stage 4). Why both attacks: a prior trained on one attack's
 examples learns that attack's patterns — trained on PGD-4 alone it restores PGD examples far better than APGD ones,
 trained on APGD alone the reverse (docs/nappure.md).
 
@@ -64,7 +64,7 @@ from edgepure.models.loading import frozen, resolve_classifier, resolve_prior
 from edgepure.models.registry import create_prior
 from edgepure.runtime.errors import ConfigError
 from edgepure.training.checkpoint import init_from
-from edgepure.training.classifier import _to_tensor
+from edgepure.training.common import random_shift, to_tensor
 from edgepure.training.impure import feature_loss
 from edgepure.training.loop import fit
 
@@ -255,30 +255,12 @@ def sample_sigmas(n: int, cfg: PriorConfig, g: torch.Generator) -> torch.Tensor:
     return torch.where(pick, focus, broad)
 
 
-def _shift(x: torch.Tensor, px: int, g: torch.Generator) -> torch.Tensor:
-    if px <= 0:
-        return x
-    n, _, h, w = x.shape
-    xp = torch.nn.functional.pad(x, (px, px, px, px), mode="reflect")
-    dy = torch.randint(0, 2 * px + 1, (n,), generator=g)
-    dx = torch.randint(0, 2 * px + 1, (n,), generator=g)
-    rows = (dy[:, None] + torch.arange(h)[None]).view(n, 1, h, 1).expand(n, x.shape[1], h, w + 2 * px)
-    x = xp.gather(2, rows)
-    cols = (dx[:, None] + torch.arange(w)[None]).view(n, 1, 1, w).expand(n, x.shape[1], h, w)
-    return x.gather(3, cols)
-
-
-def edm_loss(model: torch.nn.Module, y: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor,
-             observed: torch.Tensor | None = None, weight_sigma: torch.Tensor | None = None) -> torch.Tensor:
-    """EDM's weighted denoising loss of ``model`` at ``y`` (the target); the noise is added to ``observed``
-    (default ``y``; a corrupted copy for a restoration prior). ``weight_sigma`` (default ``sigma``) sets EDM's
-    weight λ(σ) = (σ² + σd²)/(σ·σd)², which evens out the σ² scale of a denoising error."""
-    return _edm_loss_and_output(model, y, sigma, noise, observed, weight_sigma)[0]
-
-
 def _edm_loss_and_output(model: torch.nn.Module, y: torch.Tensor, sigma: torch.Tensor, noise: torch.Tensor,
                          observed: torch.Tensor | None, weight_sigma: torch.Tensor | None
                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """EDM's weighted denoising loss of ``model`` at ``y`` (the target) and its output; the noise is added to
+    ``observed`` (None: ``y``; a corrupted copy for a restoration prior). ``weight_sigma`` (None: ``sigma``) sets EDM's
+    weight λ(σ) = (σ² + σd²)/(σ·σd)², which evens out the σ² scale of a denoising error."""
     sd = float(getattr(model, "sigma_data", 0.5))
     ws = sigma if weight_sigma is None else weight_sigma
     weight = (ws**2 + sd**2) / (ws * sd) ** 2
@@ -354,16 +336,9 @@ def validate_prior(model: torch.nn.Module, images: torch.Tensor, sigmas: tuple[f
     return out
 
 
-def train_prior(cfg: PriorConfig, resume: bool = False, log: Any = print,
-                device: str | torch.device = "cpu") -> dict[str, Any]:
-    """Train ``cfg.model`` on the training split of ``cfg.data``; checkpoints go to ``cfg.out``.
-
-    The best checkpoint is the one with the lowest validation error at σ = 0.5 (of the EMA weights
-    when ``ema`` > 0). Resuming from the last checkpoint continues exactly as the uninterrupted run. ``device``
-    runs the prior and the classifier there (:func:`edgepure.models.loading.on_device`); batches, noise and the
-    attacks' draws are made on the CPU.
-    """
-    from edgepure.models.loading import on_device
+def _check_config(cfg: PriorConfig) -> list[tuple[str, int]]:
+    """Refuse settings that make no run (before anything is written); returns the pool's attacks (method, steps)."""
+    from edgepure.evaluate.robust import parse_attack_methods
 
     if cfg.epochs <= 0 or cfg.batch_size <= 0:
         raise ConfigError(f"epochs and batch size must be positive, got {cfg.epochs} and {cfg.batch_size}")
@@ -386,13 +361,150 @@ def train_prior(cfg: PriorConfig, resume: bool = False, log: Any = print,
     if not 0 <= cfg.adv_pool_share <= 1 or cfg.adv_pool_steps < 1:
         raise ConfigError(f"adv_pool_share must be a share in [0, 1] and adv_pool_steps ≥ 1, got {cfg.adv_pool_share} "
                           f"and {cfg.adv_pool_steps}")
-    from edgepure.evaluate.robust import parse_attack_methods
-
     methods = parse_attack_methods(cfg.adv_pool_method, cfg.adv_pool_steps, option="adv_pool_method")
     if cfg.adv_pool > 0 and cfg.adversarial == 0:
         raise ConfigError("adv_pool needs adversarial > 0 (the share of inputs taken from the pool), got 0")
     if not CORRUPT_SIGMA[0] < cfg.adv_sigma_max <= CORRUPT_SIGMA[1]:
         raise ConfigError(f"adv_sigma_max must be in ({CORRUPT_SIGMA[0]:g}, {CORRUPT_SIGMA[1]:g}], got {cfg.adv_sigma_max}")
+    return methods
+
+
+@dataclass
+class _PriorData:
+    """What a prior run trains and validates on: images uint8 NCHW; with adversarial inputs or the feature loss also
+    the classifier (on the run's device), the attacked validation images and the pool, both in [−1, 1]."""
+
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    val_labels: torch.Tensor
+    classifier: torch.nn.Module | None = None
+    val_attacked: torch.Tensor | None = None
+    pool: tuple[torch.Tensor, torch.Tensor] | None = None  # clean images and their examples (one stack per attack)
+
+
+def _load_data(cfg: PriorConfig, size: int) -> _PriorData:
+    """The training split and ``val_n`` held-out images (the same every epoch and every run)."""
+    common = dict(size=size, val_fraction=cfg.val_fraction, split_seed=cfg.split_seed, progress=True)
+    train = open_dataset(cfg.data, "train", **common)
+    val = open_dataset(cfg.data, "val", **common)
+    pick = torch.randperm(len(val.images), generator=torch.Generator().manual_seed(0))[: cfg.val_n]
+    return _PriorData(to_tensor(train.images), torch.from_numpy(train.labels).long(), to_tensor(val.images)[pick],
+                      torch.from_numpy(val.labels).long()[pick])
+
+
+def _add_adversaries(data: _PriorData, cfg: PriorConfig, methods: list[tuple[str, int]], out: Path, log: Any,
+                     device: str | torch.device) -> None:
+    """With adversarial inputs or the feature loss: the classifier, the attacked validation images and the pool."""
+    from edgepure.models.loading import on_device
+
+    if not (cfg.adversarial > 0 or cfg.feature_weight > 0):
+        return
+    raw = frozen(resolve_classifier(cfg.classifier))  # the module itself: blind_examples keys its cache by its weights
+    data.classifier = on_device(raw, device)
+    if cfg.adv_pool > 0:
+        _add_pool(data, raw, cfg, methods, out, log, device)
+    elif cfg.adversarial > 0:
+        data.val_attacked = adversarial_batch(data.x_val.float() / 127.5 - 1, data.val_labels, data.classifier,
+                                              cfg.adv_steps, torch.Generator().manual_seed(4321), cfg.adv_additive)
+
+
+def _add_pool(data: _PriorData, raw_classifier: torch.nn.Module, cfg: PriorConfig, methods: list[tuple[str, int]],
+              out: Path, log: Any, device: str | torch.device) -> None:
+    """The pool (``adv_pool`` training images attacked once by each of ``methods``) and the validation set attacked by
+    the first of them (on its first half with ``adv_pool_share`` < 1, the second half as on the fly)."""
+    x_train, y_train, x_val, v_labels = data.x_train, data.y_train, data.x_val, data.val_labels
+    if cfg.adv_pool > len(x_train):
+        raise ConfigError(f"adv_pool asks for {cfg.adv_pool} images, the training split has {len(x_train)}")
+    cache = Path(cfg.adv_cache) if cfg.adv_cache else out
+    pool_idx = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(cfg.seed))[: cfg.adv_pool]
+    log(f"adversarial pool: blind {', '.join(f'{m.upper()}-{s}' for m, s in methods)} on {cfg.adv_pool} training images, "
+        f"cached in {cache}")
+    data.pool = (x_train[pool_idx], torch.stack([
+        adversarial_pool(x_train[pool_idx], y_train[pool_idx], raw_classifier, steps, cfg.adv_additive, cache, log=log,
+                         device=device, method=method, transfer=cfg.adv_pool_transfer) for method, steps in methods]))
+    data.val_attacked = adversarial_pool(x_val, v_labels, raw_classifier, methods[0][1], cfg.adv_additive, cache,
+                                         log=log, device=device, method=methods[0][0], transfer=cfg.adv_pool_transfer)
+    if cfg.adv_pool_share < 1:
+        half = len(x_val) // 2
+        data.val_attacked[half:] = adversarial_batch(x_val[half:].float() / 127.5 - 1, v_labels[half:], data.classifier,
+                                                     cfg.adv_steps, torch.Generator().manual_seed(4321), cfg.adv_additive)
+
+
+class _PriorLoss:
+    """One batch's loss (``fit``'s ``loss_fn``): EDM's loss on randomly shifted training images; for a restoration prior
+    part of the inputs warped, corrupted or attacked (target clean); with ``feature_weight`` the classifier-feature
+    term. Every draw from the batch's generator, in a fixed order (resumption replays it)."""
+
+    def __init__(self, cfg: PriorConfig, net: torch.nn.Module, data: _PriorData) -> None:
+        self.cfg, self.net, self.data = cfg, net, data
+
+    def __call__(self, idx: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        cfg, classifier = self.cfg, self.data.classifier
+        y = random_shift(self.data.x_train[idx].float() / 127.5 - 1, cfg.shift, g)
+        sigma = sample_sigmas(len(y), cfg, g)
+        observed, weight_sigma = None, None
+        if cfg.restoring:
+            observed, sigma, weight_sigma = self._restoration(y, idx, sigma, g)
+        loss, d = _edm_loss_and_output(self.net, y, sigma, torch.randn(y.shape, generator=g), observed, weight_sigma)
+        near = sigma <= FEATURE_SIGMA_MAX
+        if cfg.feature_weight > 0 and classifier is not None and bool(near.any()):
+            loss = loss + cfg.feature_weight * feature_loss(classifier, _to01(d[near]), _to01(y[near]))
+        return loss
+
+    def _restoration(self, y: torch.Tensor, idx: torch.Tensor, sigma: torch.Tensor, g: torch.Generator
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The inputs under the noise, the noise levels and the levels EDM's weight reads; a pool example replaces its
+        target in ``y`` too (in place)."""
+        cfg = self.cfg
+        observed, picked = y, torch.zeros(len(y), dtype=torch.bool)
+        if cfg.corrupt_warp > 0:  # first the geometry, then stickers / patterns on the warped sign
+            observed, picked = warp_batch(y, cfg.corrupt_warp, g)
+        observed, patched = corrupt_batch(observed, cfg.corrupt, g)
+        picked = picked | patched
+        adv = torch.zeros(len(y), dtype=torch.bool)
+        if self.data.classifier is not None and cfg.adversarial > 0:
+            adv = torch.rand(len(y), generator=g) < cfg.adversarial
+            self._attack(y, observed, idx, adv, g)
+            picked = picked | adv
+        sigma = torch.where(picked, corrupted_sigmas(len(y), g), sigma)
+        if cfg.adv_sigma_max != CORRUPT_SIGMA[1]:
+            sigma = torch.where(adv, corrupted_sigmas(len(y), g, cfg.adv_sigma_max), sigma)
+        # a restoration error does not shrink with σ: EDM's weight, ∝ 1/σ² at low σ, is held at λ(0.1)
+        return observed, sigma, torch.where(picked, sigma.clamp_min(RESTORE_WEIGHT_SIGMA), sigma)
+
+    def _attack(self, y: torch.Tensor, observed: torch.Tensor, idx: torch.Tensor, adv: torch.Tensor,
+                g: torch.Generator) -> None:
+        """The inputs ``adv`` picks become adversarial examples (in place): a share from the pool, the rest PGD."""
+        cfg, pool = self.cfg, self.data.pool
+        from_pool = torch.zeros_like(adv)
+        if pool is not None:
+            from_pool = adv & (torch.rand(len(y), generator=g) < cfg.adv_pool_share)
+        if pool is not None and bool(from_pool.any()):
+            # a random pool image and its clean target, shifted together
+            j = torch.randint(0, len(pool[0]), (int(from_pool.sum()),), generator=g)
+            # which attack's example: drawn only with several (one attack keeps the random stream as it was)
+            a = torch.randint(0, len(pool[1]), (len(j),), generator=g) if len(pool[1]) > 1 else torch.zeros_like(j)
+            pair = random_shift(torch.cat([pool[0][j].float() / 127.5 - 1, pool[1][a, j]], 1), cfg.shift, g)
+            y[from_pool], observed[from_pool] = pair[:, : y.shape[1]], pair[:, y.shape[1] :]
+        fly = adv & ~from_pool
+        if bool(fly.any()):
+            observed[fly] = adversarial_batch(y[fly], self.data.y_train[idx][fly], self.data.classifier, cfg.adv_steps,
+                                              g, cfg.adv_additive)
+
+
+def train_prior(cfg: PriorConfig, resume: bool = False, log: Any = print,
+                device: str | torch.device = "cpu") -> dict[str, Any]:
+    """Train ``cfg.model`` on the training split of ``cfg.data``; checkpoints go to ``cfg.out``.
+
+    The best checkpoint is the one with the lowest validation error at σ = 0.5 (of the EMA weights
+    when ``ema`` > 0). Resuming from the last checkpoint continues exactly as the uninterrupted run. ``device``
+    runs the prior and the classifier there (:func:`edgepure.models.loading.on_device`); batches, noise and the
+    attacks' draws are made on the CPU.
+    """
+    from edgepure.models.loading import on_device
+
+    methods = _check_config(cfg)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(cfg.seed)
@@ -401,84 +513,13 @@ def train_prior(cfg: PriorConfig, resume: bool = False, log: Any = print,
         init_from(model, resolve_prior(cfg.init), cfg.init, cfg.model)
     net = on_device(model, device)  # moves the model: before fit builds the optimiser and the EMA copy
     size = int(getattr(model, "input_size", 32))
-    common = dict(size=size, val_fraction=cfg.val_fraction, split_seed=cfg.split_seed, progress=True)
-    train = open_dataset(cfg.data, "train", **common)
-    val = open_dataset(cfg.data, "val", **common)
-    x_train, y_train = _to_tensor(train.images), torch.from_numpy(train.labels).long()
-    pick = torch.randperm(len(val.images), generator=torch.Generator().manual_seed(0))[: cfg.val_n]
-    x_val = _to_tensor(val.images)[pick]
-    classifier, v_attacked, v_labels = None, None, None
-    raw_classifier: torch.nn.Module | None = None  # the module itself: blind_examples keys its cache by its weights
-    if cfg.adversarial > 0 or cfg.feature_weight > 0:
-        raw_classifier = frozen(resolve_classifier(cfg.classifier))
-        classifier = on_device(raw_classifier, device)
-        v_labels = torch.from_numpy(val.labels).long()[pick]
-    pool: tuple[torch.Tensor, torch.Tensor] | None = None  # clean images (uint8) and their examples (per attack) in [−1, 1]
-    if classifier is not None and cfg.adv_pool > 0:
-        if cfg.adv_pool > len(x_train):
-            raise ConfigError(f"adv_pool asks for {cfg.adv_pool} images, the training split has {len(x_train)}")
-        cache = Path(cfg.adv_cache) if cfg.adv_cache else out
-        pool_idx = torch.randperm(len(x_train), generator=torch.Generator().manual_seed(cfg.seed))[: cfg.adv_pool]
-        log(f"adversarial pool: blind {', '.join(f'{m.upper()}-{s}' for m, s in methods)} on {cfg.adv_pool} training images, "
-            f"cached in {cache}")
-        assert raw_classifier is not None
-        pool = (x_train[pool_idx], torch.stack([
-            adversarial_pool(x_train[pool_idx], y_train[pool_idx], raw_classifier, steps, cfg.adv_additive, cache, log=log,
-                             device=device, method=method, transfer=cfg.adv_pool_transfer) for method, steps in methods]))
-        # the validation set: the first pool attack (on its first half with adv_pool_share < 1)
-        v_attacked = adversarial_pool(x_val, v_labels, raw_classifier, methods[0][1], cfg.adv_additive, cache,
-                                      log=log, device=device, method=methods[0][0], transfer=cfg.adv_pool_transfer)
-        if cfg.adv_pool_share < 1:  # the second half of the validation set attacked as on the fly
-            half = len(x_val) // 2
-            v_attacked[half:] = adversarial_batch(x_val[half:].float() / 127.5 - 1, v_labels[half:], classifier,
-                                                  cfg.adv_steps, torch.Generator().manual_seed(4321), cfg.adv_additive)
-    elif classifier is not None and cfg.adversarial > 0:
-        v_attacked = adversarial_batch(x_val.float() / 127.5 - 1, v_labels, classifier, cfg.adv_steps,
-                                       torch.Generator().manual_seed(4321), cfg.adv_additive)
+    data = _load_data(cfg, size)
+    _add_adversaries(data, cfg, methods, out, log, device)
 
-    def loss_fn(idx: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        y = _shift(x_train[idx].float() / 127.5 - 1, cfg.shift, g)
-        sigma = sample_sigmas(len(y), cfg, g)
-        observed, weight_sigma = None, None
-        if cfg.restoring:
-            observed, picked = y, torch.zeros(len(y), dtype=torch.bool)
-            if cfg.corrupt_warp > 0:  # first the geometry, then stickers / patterns on the warped sign
-                observed, picked = warp_batch(y, cfg.corrupt_warp, g)
-            observed, patched = corrupt_batch(observed, cfg.corrupt, g)
-            picked = picked | patched
-            adv = torch.zeros(len(y), dtype=torch.bool)
-            if classifier is not None and cfg.adversarial > 0:
-                adv = torch.rand(len(y), generator=g) < cfg.adversarial
-                from_pool = torch.zeros_like(adv)
-                if pool is not None:
-                    from_pool = adv & (torch.rand(len(y), generator=g) < cfg.adv_pool_share)
-                if pool is not None and bool(from_pool.any()):
-                    # a random pool image and its clean target, shifted together
-                    j = torch.randint(0, len(pool[0]), (int(from_pool.sum()),), generator=g)
-                    # which attack's example: drawn only with several (one attack keeps the random stream as it was)
-                    a = torch.randint(0, len(pool[1]), (len(j),), generator=g) if len(pool[1]) > 1 else torch.zeros_like(j)
-                    pair = torch.cat([pool[0][j].float() / 127.5 - 1, pool[1][a, j]], 1)
-                    pair = _shift(pair, cfg.shift, g)
-                    y[from_pool], observed[from_pool] = pair[:, : y.shape[1]], pair[:, y.shape[1] :]
-                fly = adv & ~from_pool
-                if bool(fly.any()):
-                    observed[fly] = adversarial_batch(y[fly], y_train[idx][fly], classifier, cfg.adv_steps, g,
-                                                      cfg.adv_additive)
-                picked = picked | adv
-            sigma = torch.where(picked, corrupted_sigmas(len(y), g), sigma)
-            if cfg.adv_sigma_max != CORRUPT_SIGMA[1]:
-                sigma = torch.where(adv, corrupted_sigmas(len(y), g, cfg.adv_sigma_max), sigma)
-            # a restoration error does not shrink with σ: EDM's weight, ∝ 1/σ² at low σ, is held at λ(0.1)
-            weight_sigma = torch.where(picked, sigma.clamp_min(RESTORE_WEIGHT_SIGMA), sigma)
-        loss, d = _edm_loss_and_output(net, y, sigma, torch.randn(y.shape, generator=g), observed, weight_sigma)
-        near = sigma <= FEATURE_SIGMA_MAX
-        if cfg.feature_weight > 0 and classifier is not None and bool(near.any()):
-            loss = loss + cfg.feature_weight * feature_loss(classifier, _to01(d[near]), _to01(y[near]))
-        return loss
+    def validate(m: torch.nn.Module) -> dict[str, float]:
+        return validate_prior(on_device(m, device), data.x_val, corrupt=cfg.corrupt > 0, attacked=data.val_attacked,
+                              classifier=data.classifier, labels=data.val_labels, warp=cfg.corrupt_warp > 0)
 
-    return fit(model, cfg, len(x_train), loss_fn,
-               lambda m: validate_prior(on_device(m, device), x_val, corrupt=cfg.corrupt > 0, attacked=v_attacked,
-                                        classifier=classifier, labels=v_labels, warp=cfg.corrupt_warp > 0), out,
-               score="mix" if cfg.restoring else "mse@0.5",
-               minimize=True, best_key="best_val_mse", record={"kind": "prior", "input_size": size, "dataset": "gtsrb"},
-               resume=resume, log=log)
+    return fit(model, cfg, len(data.x_train), _PriorLoss(cfg, net, data), validate, out,
+               score="mix" if cfg.restoring else "mse@0.5", minimize=True, best_key="best_val_mse",
+               record={"kind": "prior", "input_size": size, "dataset": "gtsrb"}, resume=resume, log=log)
