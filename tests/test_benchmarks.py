@@ -197,7 +197,7 @@ def robustness(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     argv = [sys.executable, str(ROOT / "benchmarks" / "robustness.py"), "--smoke", "--at-classifier", "signnet_s",
             "--cache", str(out / "cache"), "--md", str(out / "robustness.md")]
     r = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=out,
-                       timeout=600)
+                       timeout=1500)
     assert r.returncode == 0, r.stderr[-3000:]
     return {"out": out, "argv": argv, "report": json.loads((out / "robustness.json").read_text()),
             "md": (out / "robustness.md").read_text()}
