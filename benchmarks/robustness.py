@@ -252,6 +252,48 @@ def render(report: dict[str, Any]) -> str:
     return "\n".join(lines + ["```"]) + "\n"
 
 
+README_BEGIN = "<!-- robustness table: written by benchmarks/robustness.py --readme; do not edit by hand -->"
+README_END = "<!-- end of robustness table -->"
+
+
+def readme_block(report: dict[str, Any], page: str) -> str:
+    """The README's short form of the table: clean, the worst-case mean and latency per measured row."""
+    rows = [r for r in report["rows"] if not r.get("missing")]
+    lines = [README_BEGIN,
+             f"Per image the worst of a blind and an adaptive attack (the figure to read; definitions in [{page}]({page})), "
+             f"GTSRB validation tracks, n = {report['n']} (±{1.96 * report['sampling_error_points']:.0f} points at "
+             f"95 %), `{report['command']}`:", "",
+             "| defense | classifier | clean % | conv / patch / flow / additive, worst % | mean of four % | ORT CPU ms / crop |",
+             "|---|---|---:|---|---:|---:|"]
+    for r in rows:
+        fams = " / ".join(_pct(r["worst"][f]) for f in FAMILIES)
+        ms = "—" if r["latency_ms"] is None else f"{r['latency_ms']:.2f}"
+        lines.append(f"| {r['defense']} | {r['classifier_label']} | {_pct(r['clean'])} | {fams} | "
+                     f"**{_pct(r['mean_worst'])}** | {ms} |")
+    if report.get("not_run"):
+        lines += ["", f"Not measured yet: {', '.join(report['not_run'])}."]
+    return "\n".join(lines + [README_END])
+
+
+def _readme_markers(readme: Path) -> tuple[str, int, int]:
+    """The README's text and where its block begins and ends; a README without both markers is refused (checked
+    before any row is measured), never appended to."""
+    try:
+        text = readme.read_text()
+    except OSError as exc:
+        sys.exit(f"--readme {readme}: cannot read it ({exc.strerror})")
+    begin, end = text.find(README_BEGIN), text.find(README_END)
+    if begin < 0 or end < begin:
+        sys.exit(f"--readme {readme}: expected the markers {README_BEGIN!r} … {README_END!r} in it")
+    return text, begin, end
+
+
+def replace_readme_block(readme: Path, block: str) -> None:
+    """Put ``block`` between the README's markers, in place of what was there."""
+    text, begin, end = _readme_markers(readme)
+    readme.write_text(text[:begin] + block + text[end + len(README_END):])
+
+
 def _parse(argv: Optional[list[str]]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", help="GTSRB folder or zip (the track-validation split is scored)")
@@ -275,12 +317,16 @@ def _parse(argv: Optional[list[str]]) -> argparse.Namespace:
     ap.add_argument("--cache", type=Path, default=Path("runs/robustness"),
                     help="adversarial examples, readings, exported models and finished rows: a rerun resumes")
     ap.add_argument("--md", type=Path, default=Path("docs/robustness.md"), help="the page (the JSON goes beside it)")
+    ap.add_argument("--readme", type=Path, default=None,
+                    help="also rewrite the short table between the markers of this README (e.g. README.md)")
     args = ap.parse_args(argv)
     if args.smoke:
         args.data, args.n, args.steps, args.adaptive_steps, args.latency_iters = "synth", 6, 2, 2, 3
         args.rows = args.rows or SMOKE_ROWS
     elif not args.data:
         ap.error("--data is required (or --smoke)")
+    if args.readme is not None:
+        _readme_markers(args.readme)
     if args.no_latency is not None:
         args.no_latency = list(row_plan()) if args.no_latency == "*" else select_rows(args.no_latency, row_plan(),
                                                                                          "--no-latency")
@@ -320,6 +366,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     args.md.parent.mkdir(parents=True, exist_ok=True)
     args.md.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
     args.md.write_text(render(report))
+    if args.readme is not None:
+        replace_readme_block(args.readme, readme_block(report, args.md.as_posix()))
     print(args.md.read_text())
     log(f"wrote {args.md} and {args.md.with_suffix('.json')}")
 

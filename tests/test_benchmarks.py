@@ -193,14 +193,17 @@ def test_soak_script_rewrites_its_table_between_the_markers(model_dirs: dict[str
 # signnet_s stands in for the adversarially trained classifier, so that its rows are measured too)
 @pytest.fixture(scope="module")
 def robustness(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    from robustness import README_BEGIN, README_END
+
     out = tmp_path_factory.mktemp("robustness")
+    (out / "README.md").write_text(f"# top\n\n{README_BEGIN}\nold table\n{README_END}\n\n## after\n")
     argv = [sys.executable, str(ROOT / "benchmarks" / "robustness.py"), "--smoke", "--at-classifier", "signnet_s",
-            "--cache", str(out / "cache"), "--md", str(out / "robustness.md")]
+            "--cache", str(out / "cache"), "--readme", str(out / "README.md"), "--md", str(out / "robustness.md")]
     r = subprocess.run(argv, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, cwd=out,
                        timeout=1500)
     assert r.returncode == 0, r.stderr[-3000:]
     return {"out": out, "argv": argv, "report": json.loads((out / "robustness.json").read_text()),
-            "md": (out / "robustness.md").read_text()}
+            "md": (out / "robustness.md").read_text(), "readme": (out / "README.md").read_text()}
 
 
 def _cells(line: str) -> list[str]:
@@ -292,3 +295,25 @@ def test_robustness_marks_the_rows_of_an_untrained_at_classifier(robustness: dic
         line = next(s for s in lines if s.startswith(f"| {defense} | signnet_s_at (AT) |"))
         assert _cells(line)[2] == "not yet trained" and set(_cells(line)[3:]) == {"–"}
     assert next(s for s in lines if s.startswith("| median | signnet_s_cutmix (standard) |"))
+
+
+def test_robustness_rewrites_the_readme_block_and_only_it(robustness: dict[str, Any]) -> None:
+    from robustness import FAMILIES
+
+    readme, rep = robustness["readme"], robustness["report"]
+    assert readme.startswith("# top\n\n") and readme.endswith("\n\n## after\n") and "old table" not in readme
+    pct = lambda v: f"{100 * v:.1f}"  # noqa: E731
+    for r in rep["rows"]:
+        fams = " / ".join(pct(r["worst"][f]) for f in FAMILIES)
+        assert f"| {r['defense']} | {r['classifier_label']} | {pct(r['clean'])} | {fams} | **{pct(r['mean_worst'])}** |" \
+            in readme
+    assert "Not measured yet: " + ", ".join(rep["not_run"]) in readme
+
+
+def test_robustness_refuses_a_readme_without_markers_before_measuring(tmp_path: Path) -> None:
+    (tmp_path / "README.md").write_text("# a README without the markers\n")
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "robustness.py"), "--smoke", "--cache",
+                        str(tmp_path / "cache"), "--md", str(tmp_path / "r.md"), "--readme", str(tmp_path / "README.md")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and "expected the markers" in r.stderr
+    assert not (tmp_path / "cache").exists() and (tmp_path / "README.md").read_text() == "# a README without the markers\n"
