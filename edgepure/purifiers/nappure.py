@@ -40,6 +40,7 @@ from edgepure.models.registry import DEFAULT_PRIOR, list_priors
 from edgepure.perturb import Additive, Composite, ConvBlur, Flow, Params, Perturbation, SoftMask
 from edgepure.purifiers.base import Purifier, check_steps, voted_calls
 from edgepure.purifiers.registry import register_purifier
+from edgepure.purifiers.unroll import Unrolled
 from edgepure.runtime.errors import ConfigError
 
 __all__ = ["KINDS", "NAPPure", "NAPPureConfig", "load_tuned", "paper_config", "shipped_tuned"]
@@ -208,6 +209,37 @@ def _lookup(table: Dict[str, float], key: str, what: str) -> float:
     raise ConfigError(f"nappure: no {what} for parameter {key!r} (given for {', '.join(table)})")
 
 
+@dataclass
+class StepContext:
+    """What every step of one purification shares: the observation y_adv (in [−1, 1]), θ's fixed entries (the
+    occlusion's content), the learned θ keys (``learn``, in θ's order ``keys``) and how a step differentiates."""
+
+    y_adv: torch.Tensor
+    fixed: Dict[str, torch.Tensor]
+    learn: list[str]
+    keys: list[str]
+    create_graph: bool
+    eps2: float
+    soft2: Optional[float]
+    lam2: float | torch.Tensor
+
+    def full_theta(self, learned: Params) -> Params:
+        """θ with its fixed entries, in the family's order."""
+        return {k: (learned[k] if k in learned else self.fixed[k]) for k in self.keys}
+
+
+@dataclass
+class StepState:
+    """What one step hands the next: the image y, θ's learned entries and both Adam moments of each."""
+
+    y: torch.Tensor
+    theta: Params
+    m_y: torch.Tensor
+    v_y: torch.Tensor
+    m_t: Params
+    v_t: Params
+
+
 class NAPPure(Purifier):
     """NAPPure with a given prior ``D`` and configuration; see the module docstring."""
 
@@ -342,24 +374,36 @@ class NAPPure(Purifier):
     def purify(self, x: torch.Tensor, noise: Optional[torch.Tensor] = None, track: bool = False
                ) -> tuple[torch.Tensor, Params, list[float]]:
         """Purified images, the final θ and (with ``track``) the mean loss before each step and at the end."""
-        cfg = self.cfg
-        k_steps = cfg.steps
-        n, c, h, w = x.shape
         if noise is None:
             noise = torch.randn(self.noise_shape(x), dtype=x.dtype, device=x.device)  # type: ignore[arg-type]
-        expected = (n, k_steps, c * h * w + 1)
+        ctx, state = self.start(x, noise)
+        lr_x = self.step_sizes("x")
+        lr_th = {k: self.step_sizes(self.step_group(k)) for k in ctx.learn}
+        history: list[float] = []
+        with torch.enable_grad():
+            for t in range(1, self.cfg.steps + 1):
+                bc1, bc2 = self.bias_corrections(t)
+                state = self.step(ctx, state, noise[:, t - 1], lr_x[t - 1], {k: v[t - 1] for k, v in lr_th.items()},
+                                  bc1, bc2, history if track else None)
+        theta = ctx.full_theta(state.theta)
+        if track:
+            with torch.no_grad():
+                history.append(float(self._final_loss(state.y, ctx.y_adv, theta, noise)))
+        return self.finish(ctx, state), {k: v.detach() for k, v in theta.items()}, history
+
+    # -- the three pieces of a purification: start, one step (K times), finish; the exporter composes the K-step
+    # graph from one exported step (edgepure.export.compose, through ``unrolled``) ----------------------------
+    def start(self, x: torch.Tensor, noise: torch.Tensor) -> tuple[StepContext, StepState]:
+        """The optional denoising jump (step 1's noise image), θ's start and zeroed Adam moments."""
+        cfg = self.cfg
+        n, c, h, w = x.shape
+        expected = (n, cfg.steps, c * h * w + 1)
         if tuple(noise.shape) != expected:
             raise ConfigError(f"nappure: noise must have shape {expected}, got {tuple(noise.shape)}")
         # an adaptive attack differentiates through us, and so does the learning of the step sizes
         learning = torch.is_grad_enabled() and self._hyper_grad()
         create_graph = learning or (torch.is_grad_enabled() and x.requires_grad)
         eps_b = LEARN_BACKWARD_EPS if learning and self.backward_eps is None else self.backward_eps
-        soft2 = eps_b**2 if create_graph and eps_b is not None else None
-        b1, b2 = cfg.betas
-        # Adam's ε as a floor under the second moment, √max(v̂, ε²): the step stays differentiable where a
-        # gradient is exactly 0 (√ has an infinite slope at 0), and the floor survives export (the ONNX
-        # exporter drops an Add of a constant ≤ 1e-8 as if it were zero)
-        eps2 = cfg.adam_eps**2
         y_adv = x * 2 - 1
         y = y_adv
         theta = self.family.identity(x)
@@ -374,60 +418,81 @@ class NAPPure(Purifier):
         if "content" in theta or any(k.endswith(".content") for k in theta):
             theta = {k: (x if k in fixed else v) for k, v in theta.items()}  # the observation, in the graph
         learn = [k for k in theta if k not in fixed]
-        lr_x = self.step_sizes("x")
-        lr_th = {k: self.step_sizes(self.step_group(k)) for k in learn}
-        lam2 = self.lambda2()
-        m_y = v_y = torch.zeros_like(y)
-        m_t = {k: torch.zeros_like(theta[k]) for k in learn}
-        v_t = {k: torch.zeros_like(theta[k]) for k in learn}
-        history: list[float] = []
-        with torch.enable_grad():
-            for t in range(1, k_steps + 1):
-                step_noise = noise[:, t - 1, : c * h * w].reshape(n, c, h, w)
-                z = noise[:, t - 1, c * h * w]
-                bc1, bc2 = 1 - b1**t, 1 - b2**t
-                # x step
-                # the x step's gradient is the partial one, θ held fixed (and the θ step's, y held fixed): without a
-                # graph that is detach; with one (adaptive attacks, learned step sizes) a fresh node per variable, so
-                # the paths through the earlier steps (θ depends on the earlier y, y on θ) stay out of the step
-                if not create_graph:
-                    y = y.detach().requires_grad_(True)
-                    theta = {k: (v.detach() if k in learn else v) for k, v in theta.items()}
-                else:
-                    y = y.clone()
-                    if not y.requires_grad:
-                        y.requires_grad_(True)
-                loss_x = self._prior_term(y, step_noise, z) + lam2 * self._likelihood(y, y_adv, theta)
-                if track:
-                    history.append(float((loss_x + self._phi(theta)).mean().detach()))
-                (g,) = torch.autograd.grad(loss_x.sum(), y, create_graph=create_graph)
-                m_y = b1 * m_y + (1 - b1) * g
-                v_y = b2 * v_y + (1 - b2) * g * g
-                y = (y - lr_x[t - 1] * _adam_direction(m_y / bc1, v_y / bc2, eps2, soft2)).clamp(-1.0, 1.0)
-                # θ step, at the updated image
-                if not create_graph:
-                    y = y.detach()
-                    theta = {k: (v.detach().requires_grad_(True) if k in learn else v) for k, v in theta.items()}
-                else:
-                    theta = {k: (v.clone() if k in learn else v) for k, v in theta.items()}
-                    for k in learn:
-                        if not theta[k].requires_grad:
-                            theta[k].requires_grad_(True)
-                loss_t = self._phi(theta) + lam2 * self._likelihood(y, y_adv, theta)
-                grads = torch.autograd.grad(loss_t.sum(), [theta[k] for k in learn], create_graph=create_graph)
-                new = dict(theta)
-                for k, gk in zip(learn, grads):
-                    m_t[k] = b1 * m_t[k] + (1 - b1) * gk
-                    v_t[k] = b2 * v_t[k] + (1 - b2) * gk * gk
-                    new[k] = theta[k] - lr_th[k][t - 1] * _adam_direction(m_t[k] / bc1, v_t[k] / bc2, eps2, soft2)
-                theta = self._constrain(new)
-        if track:
-            with torch.no_grad():
-                history.append(float(self._final_loss(y, y_adv, theta, noise)))
-        out = ((y + 1) * 0.5).clamp(0.0, 1.0)
+        # Adam's ε as a floor under the second moment, √max(v̂, ε²): the step stays differentiable where a
+        # gradient is exactly 0 (√ has an infinite slope at 0), and the floor survives export (the ONNX
+        # exporter drops an Add of a constant ≤ 1e-8 as if it were zero)
+        ctx = StepContext(y_adv=y_adv, fixed={k: v for k, v in theta.items() if k not in learn}, learn=learn,
+                          keys=list(theta),
+                          create_graph=create_graph, eps2=cfg.adam_eps**2,
+                          soft2=eps_b**2 if create_graph and eps_b is not None else None, lam2=self.lambda2())
+        state = StepState(y=y, theta={k: theta[k] for k in learn}, m_y=torch.zeros_like(y), v_y=torch.zeros_like(y),
+                          m_t={k: torch.zeros_like(theta[k]) for k in learn},
+                          v_t={k: torch.zeros_like(theta[k]) for k in learn})
+        return ctx, state
+
+    def bias_corrections(self, t: int) -> tuple[float, float]:
+        """Adam's bias corrections 1 − β₁ᵗ and 1 − β₂ᵗ of step ``t`` (from 1)."""
+        b1, b2 = self.cfg.betas
+        return 1 - b1**t, 1 - b2**t
+
+    def step(self, ctx: StepContext, state: StepState, noise_t: torch.Tensor, lr_x: Any, lr_th: Dict[str, Any],
+             bc1: Any, bc2: Any, history: Optional[list[float]] = None) -> StepState:
+        """One step: the x step, then the θ step at the updated image. ``noise_t``: this step's (N, 3·H·W + 1)
+        noise; ``lr_x``, ``lr_th`` (by θ key), ``bc1``, ``bc2``: its step sizes and bias corrections (floats or
+        tensors). With ``history``, the mean loss before the step is appended."""
+        b1, b2 = self.cfg.betas
+        learn, create_graph = ctx.learn, ctx.create_graph
+        n, c, h, w = state.y.shape
+        step_noise, z = noise_t[:, : c * h * w].reshape(n, c, h, w), noise_t[:, c * h * w]
+        y = state.y
+        theta = ctx.full_theta(state.theta)
+        # the x step's gradient is the partial one, θ held fixed (and the θ step's, y held fixed): without a
+        # graph that is detach; with one (adaptive attacks, learned step sizes) a fresh node per variable, so
+        # the paths through the earlier steps (θ depends on the earlier y, y on θ) stay out of the step
         if not create_graph:
-            out = out.detach()
-        return out, {k: v.detach() for k, v in theta.items()}, history
+            y = y.detach().requires_grad_(True)
+            theta = {k: (v.detach() if k in learn else v) for k, v in theta.items()}
+        else:
+            y = y.clone()
+            if not y.requires_grad:
+                y.requires_grad_(True)
+        loss_x = self._prior_term(y, step_noise, z) + ctx.lam2 * self._likelihood(y, ctx.y_adv, theta)
+        if history is not None:
+            history.append(float((loss_x + self._phi(theta)).mean().detach()))
+        (g,) = torch.autograd.grad(loss_x.sum(), y, create_graph=create_graph)
+        m_y = b1 * state.m_y + (1 - b1) * g
+        v_y = b2 * state.v_y + (1 - b2) * g * g
+        y = (y - lr_x * _adam_direction(m_y / bc1, v_y / bc2, ctx.eps2, ctx.soft2)).clamp(-1.0, 1.0)
+        # θ step, at the updated image
+        if not create_graph:
+            y = y.detach()
+            theta = {k: (v.detach().requires_grad_(True) if k in learn else v) for k, v in theta.items()}
+        else:
+            theta = {k: (v.clone() if k in learn else v) for k, v in theta.items()}
+            for k in learn:
+                if not theta[k].requires_grad:
+                    theta[k].requires_grad_(True)
+        loss_t = self._phi(theta) + ctx.lam2 * self._likelihood(y, ctx.y_adv, theta)
+        grads = torch.autograd.grad(loss_t.sum(), [theta[k] for k in learn], create_graph=create_graph)
+        new, m_t, v_t = dict(theta), dict(state.m_t), dict(state.v_t)
+        for k, gk in zip(learn, grads):
+            m_t[k] = b1 * m_t[k] + (1 - b1) * gk
+            v_t[k] = b2 * v_t[k] + (1 - b2) * gk * gk
+            new[k] = theta[k] - lr_th[k] * _adam_direction(m_t[k] / bc1, v_t[k] / bc2, ctx.eps2, ctx.soft2)
+        new = self._constrain(new)
+        return StepState(y=y, theta={k: new[k] for k in learn}, m_y=m_y, v_y=v_y, m_t=m_t, v_t=v_t)
+
+    def finish(self, ctx: StepContext, state: StepState) -> torch.Tensor:
+        """The purified image in [0, 1] (detached unless a gradient flows through the purification)."""
+        out = ((state.y + 1) * 0.5).clamp(0.0, 1.0)
+        return out if ctx.create_graph else out.detach()
+
+    def unrolled(self, x: torch.Tensor) -> Unrolled:
+        """The start, one step and the finish as modules on flat tensors, and each step's constants, from which
+        ``edgepure.export.compose`` builds the K-step graph (see :class:`Unrolled`)."""
+        from edgepure.purifiers.unroll import nappure_parts
+
+        return nappure_parts(self, x)
 
     def _fit_theta(self, theta: Params, y: torch.Tensor, y_adv: torch.Tensor) -> Params:
         """θ at its conditional optimum given the image estimate ``y`` where that has a closed form — additive:
