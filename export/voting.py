@@ -79,14 +79,22 @@ class Voting(_Pipeline):
         shape = super().noise_shape(x)
         return None if shape is None else (self.votes, *shape)
 
+    def repeat(self, image: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The R·N images and noise draws the purifier sees (draw-major)."""
+        r, n = self.votes, image.shape[0]
+        xr = image.unsqueeze(0).expand(r, *image.shape).reshape(r * n, *image.shape[1:])
+        return xr, noise.reshape(r * n, *noise.shape[2:])
+
+    def vote(self, logits: torch.Tensor) -> torch.Tensor:
+        """The R·N classifications → N vote logits."""
+        return vote_logits(logits, self.votes)
+
     def forward(self, image: torch.Tensor, noise: Optional[torch.Tensor] = None) -> torch.Tensor:  # type: ignore[override]
         if noise is None:
             noise = self.sample_noise(image)
         assert noise is not None
-        r, n = self.votes, image.shape[0]
-        xr = image.unsqueeze(0).expand(r, *image.shape).reshape(r * n, *image.shape[1:])
-        purified = self.purifier(xr, noise.reshape(r * n, *noise.shape[2:]))
-        return vote_logits(self.classifier(purified), r)
+        xr, nr = self.repeat(image, noise)
+        return self.vote(self.classifier(self.purifier(xr, nr)))
 
 
 def pipeline_module(purifier: nn.Module, classifier: nn.Module) -> nn.Module:

@@ -1,0 +1,240 @@
+"""Graph-level unrolling: a K-step purifier's ONNX graph composed from ONE exported step.
+
+A purifier that unrolls K gradient steps (NAPPure, COUP) offers ``unrolled(x)``
+(:class:`edgepure.purifiers.unroll.Unrolled`): its start, one step and its finish as modules on flat tensors,
+and each step's constants. Each piece is traced (make_fx + ``decompositions``) and exported once; the K-step
+graph is then built in ONNX — the step's nodes repeated with the prefix ``step{t}/``, wired from one step's
+state outputs to the next step's state inputs, its weights shared (one initialiser each, whatever K), step t's
+constants an initialiser ``step{t}/consts`` and its noise ``Gather(noise, t − 1, axis=1)``. Tracing and
+exporting K steps took minutes to tens of minutes; the composition itself takes well under a second.
+
+:func:`compose_module` recognises the wrappers the export pipeline puts around a purifier (float16,
+noise drawn in the graph, purify → classify and R-vote pipelines) and composes those too; for a module with no
+unrolled purifier inside it returns None (export it whole).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any, Callable, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from edgepure.export.errors import ExportError
+from edgepure.export.graph import to_onnx
+from edgepure.export.voting import FusedPipeline, Voting
+from edgepure.export.wrappers import GraphNoise, HalfPrecision
+
+__all__ = ["compose_module", "compose_steps"]
+
+Progress = Callable[[str], None]
+
+
+class _Cast(nn.Module):
+    """``inner`` on inputs cast to ``dtype`` (the float16 copy of a piece); with ``out_float`` a float32 output."""
+
+    def __init__(self, inner: nn.Module, dtype: torch.dtype, out_float: bool = False) -> None:
+        super().__init__()
+        self.inner, self.dtype, self.out_float = inner, dtype, out_float
+
+    def forward(self, *args: torch.Tensor) -> Any:  # type: ignore[override]
+        out = self.inner(*(a.to(self.dtype) for a in args))
+        return out.float() if self.out_float else out
+
+
+def _tensor_key(t: Any) -> tuple[Any, ...]:
+    from onnx import numpy_helper
+
+    a = numpy_helper.to_array(t)
+    return (t.data_type, tuple(t.dims), hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest())
+
+
+class _Builder:
+    """Collects nodes and initialisers; initialisers with equal contents are stored once."""
+
+    def __init__(self) -> None:
+        self.nodes: list[Any] = []
+        self.inits: dict[str, Any] = {}
+        self._by_key: dict[tuple[Any, ...], str] = {}
+
+    def initializer(self, tensor: Any, name: str) -> str:
+        key = _tensor_key(tensor)
+        if key not in self._by_key:
+            t = type(tensor)()
+            t.CopyFrom(tensor)
+            t.name = name
+            self.inits[name] = t
+            self._by_key[key] = name
+        return self._by_key[key]
+
+    def constant(self, array: np.ndarray, name: str) -> str:
+        from onnx import numpy_helper
+
+        return self.initializer(numpy_helper.from_array(array, name), name)
+
+    def add(self, model: Any, prefix: str, inputs: dict[str, str], shared: str) -> dict[str, str]:
+        """Copy ``model``'s nodes with values renamed ``prefix + name``; its graph inputs read ``inputs[name]``,
+        its initialisers are stored once under ``shared + name`` (shared by every copy). Returns its outputs'
+        new names."""
+        from onnx import AttributeProto
+
+        graph = model.graph
+        if model.functions:
+            raise ExportError(f"the exported {shared.rstrip('/')} graph has local functions, which the composer "
+                              "does not copy")
+        names: dict[str, str] = {"": ""}
+        for i in graph.input:
+            if i.name not in inputs:
+                raise ExportError(f"the exported {shared.rstrip('/')} graph has an unexpected input {i.name!r}")
+            names[i.name] = inputs[i.name]
+        for t in graph.initializer:
+            names[t.name] = self.initializer(t, shared + t.name)
+        for node in graph.node:
+            if any(a.type in (AttributeProto.GRAPH, AttributeProto.GRAPHS) for a in node.attribute):
+                raise ExportError(f"{node.op_type} with a sub-graph in the exported step: the composer copies flat "
+                                  "graphs only")
+            new = type(node)()
+            new.CopyFrom(node)
+            new.name = prefix + node.name if node.name else ""
+            for o in node.output:
+                names[o] = prefix + o if o else ""
+            new.input[:] = [names[i] for i in node.input]
+            new.output[:] = [names[o] for o in node.output]
+            self.nodes.append(new)
+        return {o.name: names[o.name] for o in graph.output}
+
+
+def _export_pieces(u: Any, x: torch.Tensor, noise: torch.Tensor, dtype: torch.dtype, say: Progress
+                   ) -> tuple[Any, Any, Any]:
+    ctx = [f"context{i}" for i in range(u.n_context)]
+    state = [f"state{i}" for i in range(u.n_state)]
+    start = _Cast(u.start, dtype)
+    say("exporting the start")
+    m_start = to_onnx(start, [x, noise], ["image", "noise"], ctx + state, trace_autograd=True)
+    with torch.no_grad():
+        first = [t.detach() for t in start(x, noise)]
+    say(f"exporting one step (of {u.steps})")
+    m_step = to_onnx(_Cast(u.step, dtype), [*first, noise[:, 0], u.constants[0]], ctx + state + ["noise_t", "consts"],
+                     [f"next{i}" for i in range(u.n_state)], trace_autograd=True)
+    say("exporting the finish")
+    m_finish = to_onnx(_Cast(u.finish, dtype, out_float=True), first, ctx + state, ["purified"], trace_autograd=True)
+    return m_start, m_step, m_finish
+
+
+def compose_steps(u: Any, x: torch.Tensor, noise: torch.Tensor, dtype: torch.dtype = torch.float32,
+                  progress: Optional[Progress] = None) -> Any:
+    """The K-step purifier graph ``(image, noise) → purified`` of ``u`` (an ``Unrolled``) for inputs like ``x``
+    and ``noise`` (float32), computing in ``dtype``."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    say = progress or (lambda m: None)
+    m_start, m_step, m_finish = _export_pieces(u, x, noise, dtype, say)
+    say(f"composing {u.steps} steps")
+    b = _Builder()
+    outs = b.add(m_start, "start/", {"image": "image", "noise": "noise"}, "start/")
+    ctx = [outs[f"context{i}"] for i in range(u.n_context)]
+    state = [outs[f"state{i}"] for i in range(u.n_state)]
+    for t in range(1, u.steps + 1):
+        p = f"step{t}/"
+        index = b.constant(np.array(t - 1, dtype=np.int64), p + "index")
+        b.nodes.append(helper.make_node("Gather", ["noise", index], [p + "noise"], name=p + "noise", axis=1))
+        consts = b.constant(u.constants[t - 1].numpy().astype(np.float32), p + "consts")
+        feeds = {f"context{i}": v for i, v in enumerate(ctx)} | {f"state{i}": v for i, v in enumerate(state)}
+        outs = b.add(m_step, p, feeds | {"noise_t": p + "noise", "consts": consts}, "step/")
+        state = [outs[f"next{i}"] for i in range(u.n_state)]
+    feeds = {f"context{i}": v for i, v in enumerate(ctx)} | {f"state{i}": v for i, v in enumerate(state)}
+    outs = b.add(m_finish, "finish/", feeds, "finish/")
+    b.nodes.append(helper.make_node("Identity", [outs["purified"]], ["purified"], name="purified"))
+    inputs = [helper.make_tensor_value_info("image", TensorProto.FLOAT, list(x.shape)),
+              helper.make_tensor_value_info("noise", TensorProto.FLOAT, list(noise.shape))]
+    output = helper.make_tensor_value_info("purified", TensorProto.FLOAT, list(x.shape))
+    graph = helper.make_graph(b.nodes, "purifier", inputs, [output], list(b.inits.values()))
+    model = helper.make_model(graph, opset_imports=list(m_step.opset_import), ir_version=m_step.ir_version,
+                              producer_name="edgepure.export.compose")
+    onnx.checker.check_model(model)
+    return model
+
+
+def _noise_in_graph(model: Any) -> Any:
+    """``model`` with its ``noise`` input drawn inside the graph (RandomNormal, fresh on every run)."""
+    from onnx import TensorProto, helper
+
+    inp = next(i for i in model.graph.input if i.name == "noise")
+    shape = [d.dim_value for d in inp.type.tensor_type.shape.dim]
+    model.graph.input.remove(inp)
+    draw = helper.make_node("RandomNormal", [], ["noise"], name="noise", shape=shape, dtype=TensorProto.FLOAT)
+    model.graph.node.insert(0, draw)
+    return model
+
+
+class _VoteInputs(nn.Module):
+    def __init__(self, pipe: Voting) -> None:
+        super().__init__()
+        self.pipe = pipe
+
+    def forward(self, image: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
+        return self.pipe.repeat(image, noise)
+
+
+class _Classify(nn.Module):
+    """The pipeline after its purifier: classify (and, voting, count the votes)."""
+
+    def __init__(self, pipe: nn.Module) -> None:
+        super().__init__()
+        self.pipe = pipe
+
+    def forward(self, purified: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        if isinstance(self.pipe, Voting):
+            return self.pipe.vote(self.pipe.classifier(purified))
+        return self.pipe.classifier(purified)  # type: ignore[operator,no-any-return]
+
+
+def _unwrap(module: nn.Module) -> tuple[torch.dtype, Optional[nn.Module], Optional[nn.Module], bool]:
+    """(compute dtype, the pipeline around the purifier or None, the purifier, noise drawn in the graph)."""
+    dtype, graph_noise, pipe = torch.float32, False, None
+    if isinstance(module, HalfPrecision):
+        dtype, module = torch.float16, module.inner
+    if isinstance(module, GraphNoise):
+        graph_noise, module = True, module.inner
+    if isinstance(module, (FusedPipeline, Voting)):
+        pipe, module = module, module.purifier
+    return dtype, pipe, module, graph_noise
+
+
+def compose_module(module: nn.Module, example: Sequence[torch.Tensor], progress: Optional[Progress] = None) -> Any:
+    """``module`` (a purifier, or a pipeline the export builds around one) as an ONNX model with its purifier's
+    steps composed from one exported step; None when no purifier inside offers ``unrolled``."""
+    from edgepure.calibration.merge import merge_graphs
+
+    dtype, pipe, purifier, graph_noise = _unwrap(module)
+    if not callable(getattr(purifier, "unrolled", None)):
+        return None
+    image = example[0]
+    if graph_noise:
+        shape = (pipe if pipe is not None else purifier).noise_shape(image)  # type: ignore[operator]
+        noise = torch.randn(shape, dtype=torch.float32)
+    else:
+        noise = example[1]
+    x, nz = image, noise
+    pre = None
+    if isinstance(pipe, Voting):
+        pre = to_onnx(_Cast(_VoteInputs(pipe), torch.float32), [image, noise], ["image", "noise"],
+                      ["image_r", "noise_r"])
+        x, nz = pipe.repeat(image.to(dtype), noise.to(dtype))
+        x, nz = x.float(), nz.float()
+    model = compose_steps(purifier.unrolled(x.to(dtype)), x, nz, dtype, progress)  # type: ignore[operator]
+    if pre is not None:
+        from onnx import compose
+
+        model = compose.merge_models(pre, compose.add_prefix(model, "purifier/"),
+                                     io_map=[("image_r", "purifier/image"), ("noise_r", "purifier/noise")])
+    if pipe is not None:
+        if progress is not None:
+            progress("exporting the classifier")
+        # the purified images' shape is the input's: the classifier is exported on the input itself
+        post = to_onnx(_Cast(_Classify(pipe), dtype, out_float=True), [x], ["purified"], ["logits"])
+        model = merge_graphs(model, post)
+    return _noise_in_graph(model) if graph_noise else model
