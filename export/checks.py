@@ -74,6 +74,7 @@ def parity(
     if min_top1 is not None:
         report["top1_agreement"] = agree / max(total, 1)
         report["min_top1"] = min_top1
-    if report["max_abs_diff"] > atol or (min_top1 is not None and report["top1_agreement"] < min_top1):
+    # NaN compares false with any tolerance: a graph (or a reference) that gives NaN or inf is a miss
+    if not report["max_abs_diff"] <= atol or (min_top1 is not None and report["top1_agreement"] < min_top1):
         raise ParityError(f"ONNX Runtime does not match PyTorch: {report}")
     return report

@@ -16,6 +16,8 @@ unrolled purifier inside it returns None (export it whole).
 from __future__ import annotations
 
 import hashlib
+from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
@@ -27,7 +29,7 @@ from edgepure.export.graph import to_onnx
 from edgepure.export.voting import FusedPipeline, Voting
 from edgepure.export.wrappers import GraphNoise, HalfPrecision
 
-__all__ = ["compose_module", "compose_steps"]
+__all__ = ["Pieces", "assemble", "compose_module", "compose_steps", "export_pieces"]
 
 Progress = Callable[[str], None]
 
@@ -106,56 +108,106 @@ class _Builder:
         return {o.name: names[o.name] for o in graph.output}
 
 
-def _export_pieces(u: Any, x: torch.Tensor, noise: torch.Tensor, dtype: torch.dtype, say: Progress
-                   ) -> tuple[Any, Any, Any]:
+@dataclass
+class Pieces:
+    """The start, step and finish of an ``Unrolled`` as ONNX models (none depends on K)."""
+
+    start: Any
+    step: Any
+    finish: Any
+    n_context: int
+    n_state: int
+
+
+def export_pieces(u: Any, x: torch.Tensor, noise_1: torch.Tensor, dtype: torch.dtype = torch.float32,
+                  progress: Optional[Progress] = None) -> Pieces:
+    """Trace and export ``u``'s start, step and finish once each, for inputs like ``x`` and step 1's noise
+    ``noise_1`` (float32), computing in ``dtype``."""
+    say = progress or (lambda m: None)
     ctx = [f"context{i}" for i in range(u.n_context)]
     state = [f"state{i}" for i in range(u.n_state)]
     start = _Cast(u.start, dtype)
     say("exporting the start")
-    m_start = to_onnx(start, [x, noise], ["image", "noise"], ctx + state, trace_autograd=True)
+    m_start = to_onnx(start, [x, noise_1], ["image", "noise_1"], ctx + state, trace_autograd=True)
     with torch.no_grad():
-        first = [t.detach() for t in start(x, noise)]
+        first = [t.detach() for t in start(x, noise_1)]
     say(f"exporting one step (of {u.steps})")
-    m_step = to_onnx(_Cast(u.step, dtype), [*first, noise[:, 0], u.constants[0]], ctx + state + ["noise_t", "consts"],
+    m_step = to_onnx(_Cast(u.step, dtype), [*first, noise_1, u.constants[0]], ctx + state + ["noise_t", "consts"],
                      [f"next{i}" for i in range(u.n_state)], trace_autograd=True)
     say("exporting the finish")
     m_finish = to_onnx(_Cast(u.finish, dtype, out_float=True), first, ctx + state, ["purified"], trace_autograd=True)
-    return m_start, m_step, m_finish
+    return Pieces(m_start, m_step, m_finish, u.n_context, u.n_state)
 
 
-def compose_steps(u: Any, x: torch.Tensor, noise: torch.Tensor, dtype: torch.dtype = torch.float32,
-                  progress: Optional[Progress] = None) -> Any:
-    """The K-step purifier graph ``(image, noise) → purified`` of ``u`` (an ``Unrolled``) for inputs like ``x``
-    and ``noise`` (float32), computing in ``dtype``."""
+def assemble(pieces: Pieces, constants: Sequence[torch.Tensor], image_shape: Sequence[int],
+             noise_shape: Sequence[int]) -> Any:
+    """The K-step graph ``(image, noise) → purified``, K = ``len(constants)``: the start on noise[:, 0], the step
+    K times (step t on noise[:, t − 1] and ``constants[t − 1]``), the finish."""
     import onnx
     from onnx import TensorProto, helper
 
-    say = progress or (lambda m: None)
-    m_start, m_step, m_finish = _export_pieces(u, x, noise, dtype, say)
-    say(f"composing {u.steps} steps")
     b = _Builder()
-    outs = b.add(m_start, "start/", {"image": "image", "noise": "noise"}, "start/")
-    ctx = [outs[f"context{i}"] for i in range(u.n_context)]
-    state = [outs[f"state{i}"] for i in range(u.n_state)]
-    for t in range(1, u.steps + 1):
+    first = b.constant(np.array(0, dtype=np.int64), "start/index")
+    b.nodes.append(helper.make_node("Gather", ["noise", first], ["start/noise"], name="start/noise", axis=1))
+    outs = b.add(pieces.start, "start/", {"image": "image", "noise_1": "start/noise"}, "start/")
+    ctx = {f"context{i}": outs[f"context{i}"] for i in range(pieces.n_context)}
+    state = [outs[f"state{i}"] for i in range(pieces.n_state)]
+    for t in range(1, len(constants) + 1):
         p = f"step{t}/"
         index = b.constant(np.array(t - 1, dtype=np.int64), p + "index")
         b.nodes.append(helper.make_node("Gather", ["noise", index], [p + "noise"], name=p + "noise", axis=1))
-        consts = b.constant(u.constants[t - 1].numpy().astype(np.float32), p + "consts")
-        feeds = {f"context{i}": v for i, v in enumerate(ctx)} | {f"state{i}": v for i, v in enumerate(state)}
-        outs = b.add(m_step, p, feeds | {"noise_t": p + "noise", "consts": consts}, "step/")
-        state = [outs[f"next{i}"] for i in range(u.n_state)]
-    feeds = {f"context{i}": v for i, v in enumerate(ctx)} | {f"state{i}": v for i, v in enumerate(state)}
-    outs = b.add(m_finish, "finish/", feeds, "finish/")
+        consts = b.constant(constants[t - 1].numpy().astype(np.float32), p + "consts")
+        feeds = ctx | {f"state{i}": v for i, v in enumerate(state)} | {"noise_t": p + "noise", "consts": consts}
+        outs = b.add(pieces.step, p, feeds, "step/")
+        state = [outs[f"next{i}"] for i in range(pieces.n_state)]
+    outs = b.add(pieces.finish, "finish/", ctx | {f"state{i}": v for i, v in enumerate(state)}, "finish/")
     b.nodes.append(helper.make_node("Identity", [outs["purified"]], ["purified"], name="purified"))
-    inputs = [helper.make_tensor_value_info("image", TensorProto.FLOAT, list(x.shape)),
-              helper.make_tensor_value_info("noise", TensorProto.FLOAT, list(noise.shape))]
-    output = helper.make_tensor_value_info("purified", TensorProto.FLOAT, list(x.shape))
+    inputs = [helper.make_tensor_value_info("image", TensorProto.FLOAT, list(image_shape)),
+              helper.make_tensor_value_info("noise", TensorProto.FLOAT, list(noise_shape))]
+    output = helper.make_tensor_value_info("purified", TensorProto.FLOAT, list(image_shape))
     graph = helper.make_graph(b.nodes, "purifier", inputs, [output], list(b.inits.values()))
-    model = helper.make_model(graph, opset_imports=list(m_step.opset_import), ir_version=m_step.ir_version,
+    model = helper.make_model(graph, opset_imports=list(pieces.step.opset_import), ir_version=pieces.step.ir_version,
                               producer_name="edgepure.export.compose")
     onnx.checker.check_model(model)
     return model
+
+
+# the pieces of the last purifiers exported: one export writes up to three graphs around the same purifier
+# (the noise-input twin, the purifier and the pipeline with graph noise; float16 purifier and pipeline)
+_PIECES: "OrderedDict[tuple[Any, ...], Pieces]" = OrderedDict()
+_PIECES_KEPT = 2
+
+
+def _fingerprint(module: nn.Module, dtype: torch.dtype, x: torch.Tensor, noise: torch.Tensor) -> tuple[Any, ...]:
+    """Equal for purifiers that export to the same pieces: type, settings, weights, dtype and input shapes."""
+    h = hashlib.sha256()
+    for name, t in [*module.state_dict().items()]:
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    config = getattr(module, "config", None)
+    settings = repr(sorted(config().items())) if callable(config) else ""
+    settings += repr(getattr(module, "hyper", None))  # NAPPure's hyper-parameters while they are learned
+    return type(module).__qualname__, settings, h.hexdigest(), str(dtype), tuple(x.shape), tuple(noise.shape)
+
+
+def compose_steps(u: Any, x: torch.Tensor, noise: torch.Tensor, dtype: torch.dtype = torch.float32,
+                  progress: Optional[Progress] = None, purifier: Optional[nn.Module] = None) -> Any:
+    """The K-step purifier graph ``(image, noise) → purified`` of ``u`` (an ``Unrolled``) for inputs like ``x``
+    and ``noise`` (float32), computing in ``dtype``. With ``purifier`` (the module ``u`` came from) its pieces
+    are reused when the same purifier is composed again."""
+    key = _fingerprint(purifier, dtype, x, noise) if purifier is not None else None
+    pieces = _PIECES.get(key) if key is not None else None
+    if pieces is None:
+        pieces = export_pieces(u, x, noise[:, 0], dtype, progress)
+        if key is not None:
+            _PIECES[key] = pieces
+            while len(_PIECES) > _PIECES_KEPT:
+                _PIECES.popitem(last=False)
+    elif progress is not None:
+        progress("the start, step and finish exported a moment ago")
+    if progress is not None:
+        progress(f"composing {u.steps} steps")
+    return assemble(pieces, u.constants, x.shape, noise.shape)
 
 
 def _noise_in_graph(model: Any) -> Any:
@@ -225,7 +277,7 @@ def compose_module(module: nn.Module, example: Sequence[torch.Tensor], progress:
                       ["image_r", "noise_r"])
         x, nz = pipe.repeat(image.to(dtype), noise.to(dtype))
         x, nz = x.float(), nz.float()
-    model = compose_steps(purifier.unrolled(x.to(dtype)), x, nz, dtype, progress)  # type: ignore[operator]
+    model = compose_steps(purifier.unrolled(x.to(dtype)), x, nz, dtype, progress, purifier)  # type: ignore[operator]
     if pre is not None:
         from onnx import compose
 

@@ -384,3 +384,18 @@ def test_flops_benchmark_smoke(tmp_path: Path) -> None:
     row = rep["results"][0]
     assert rep["peak"]["gflops"] > 0 and row["mflops_per_crop"] > 0 and 0 < row["fraction_of_peak"]
     assert "| m | classifier |" in r.stdout
+
+
+def test_parity_counts_nan_as_a_miss() -> None:
+    """NaN compares false with any tolerance: a graph whose output is NaN must not pass (float16 NAPPure on an
+    untrained prior gives NaN everywhere)."""
+    from edgepure.export.checks import parity
+
+    x = helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3])
+    y = helper.make_tensor_value_info("purified", TensorProto.FLOAT, [1, 3])
+    model = helper.make_model(helper.make_graph([helper.make_node("Identity", ["image"], ["purified"])], "g", [x], [y]),
+                              opset_imports=[helper.make_opsetid("", 18)])
+    feed = {"image": np.array([[0.0, np.nan, 1.0]], dtype=np.float32)}
+    with pytest.raises(ParityError):
+        parity(model, lambda f: np.zeros((1, 3), np.float32), [feed], atol=float("inf"))
+    assert parity(model, lambda f: np.nan_to_num(f["image"]), [{"image": np.ones((1, 3), np.float32)}], atol=1e-6)

@@ -374,9 +374,13 @@ class NAPPure(Purifier):
     def purify(self, x: torch.Tensor, noise: Optional[torch.Tensor] = None, track: bool = False
                ) -> tuple[torch.Tensor, Params, list[float]]:
         """Purified images, the final θ and (with ``track``) the mean loss before each step and at the end."""
+        n, c, h, w = x.shape
         if noise is None:
             noise = torch.randn(self.noise_shape(x), dtype=x.dtype, device=x.device)  # type: ignore[arg-type]
-        ctx, state = self.start(x, noise)
+        expected = (n, self.cfg.steps, c * h * w + 1)
+        if tuple(noise.shape) != expected:
+            raise ConfigError(f"nappure: noise must have shape {expected}, got {tuple(noise.shape)}")
+        ctx, state = self.start(x, noise[:, 0])
         lr_x = self.step_sizes("x")
         lr_th = {k: self.step_sizes(self.step_group(k)) for k in ctx.learn}
         history: list[float] = []
@@ -393,13 +397,11 @@ class NAPPure(Purifier):
 
     # -- the three pieces of a purification: start, one step (K times), finish; the exporter composes the K-step
     # graph from one exported step (edgepure.export.compose, through ``unrolled``) ----------------------------
-    def start(self, x: torch.Tensor, noise: torch.Tensor) -> tuple[StepContext, StepState]:
-        """The optional denoising jump (step 1's noise image), θ's start and zeroed Adam moments."""
+    def start(self, x: torch.Tensor, noise_1: torch.Tensor) -> tuple[StepContext, StepState]:
+        """The optional denoising jump (on step 1's noise image; ``noise_1`` = noise[:, 0]), θ's start and zeroed
+        Adam moments."""
         cfg = self.cfg
         n, c, h, w = x.shape
-        expected = (n, cfg.steps, c * h * w + 1)
-        if tuple(noise.shape) != expected:
-            raise ConfigError(f"nappure: noise must have shape {expected}, got {tuple(noise.shape)}")
         # an adaptive attack differentiates through us, and so does the learning of the step sizes
         learning = torch.is_grad_enabled() and self._hyper_grad()
         create_graph = learning or (torch.is_grad_enabled() and x.requires_grad)
@@ -409,7 +411,7 @@ class NAPPure(Purifier):
         theta = self.family.identity(x)
         s0 = self._init_sigma()
         if s0 is not None:  # one diffusion-purification jump: noise to σ₀ (step 1's noise image), denoise
-            y = self.prior(y_adv + s0 * noise[:, 0, : c * h * w].reshape(n, c, h, w),
+            y = self.prior(y_adv + s0 * noise_1[:, : c * h * w].reshape(n, c, h, w),
                            s0 * torch.ones(n, dtype=x.dtype, device=x.device)).clamp(-1.0, 1.0)
             if not create_graph:
                 y = y.detach()

@@ -4,11 +4,12 @@ nodes are repeated K times in ONNX, its weights shared, instead of tracing and e
 
 The contract (:class:`Unrolled`):
 
-- ``start(image, noise) -> (*context, *state)``
+- ``start(image, noise_1) -> (*context, *state)`` — ``noise_1 = noise[:, 0]``, step 1's noise
 - ``step(*context, *state, noise_t, consts) -> state`` — ``noise_t = noise[:, t - 1]`` and ``consts`` =
   ``constants[t - 1]`` (1-D float32: the step's step sizes, bias corrections, …) for step t = 1 … K
 - ``finish(*context, *state) -> purified image``
 
+None of the three depends on K (the step's constants carry the schedule), so one export of each composes any K.
 Composed, they compute exactly what the purifier's forward computes (the export's parity check holds them to it).
 """
 
@@ -68,8 +69,8 @@ class _NAPPurePiece(nn.Module):
 
 
 class _NAPPureStart(_NAPPurePiece):
-    def forward(self, image: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, ...]:  # type: ignore[override]
-        ctx, state = self.pur.start(image, noise)  # type: ignore[operator]
+    def forward(self, image: torch.Tensor, noise_1: torch.Tensor) -> tuple[torch.Tensor, ...]:  # type: ignore[override]
+        ctx, state = self.pur.start(image, noise_1)  # type: ignore[operator]
         return (ctx.y_adv, *(ctx.fixed[k] for k in self.fixed), *_flat_state(state, ctx.learn))
 
 
@@ -96,7 +97,7 @@ def nappure_parts(pur: Any, x: torch.Tensor) -> Unrolled:
     """NAPPure's start / step / finish for batches like ``x``; each step's constants are
     ``[lr_x, lr_θ of each learned θ entry, 1 − β₁ᵗ, 1 − β₂ᵗ]``."""
     with torch.no_grad():  # the layout of context and state (one dry start, on zero noise)
-        ctx, state = pur.start(x, torch.zeros(pur.noise_shape(x), dtype=x.dtype, device=x.device))
+        ctx, state = pur.start(x, torch.zeros(pur.noise_shape(x)[0::2], dtype=x.dtype, device=x.device))
     learn = list(ctx.learn)
     lr_x = [float(v) for v in pur.step_sizes("x")]
     lr_th = [[float(v) for v in pur.step_sizes(pur.step_group(k))] for k in learn]
