@@ -99,6 +99,9 @@ class _Builder:
                                   "graphs only")
             new = type(node)()
             new.CopyFrom(node)
+            # the exporter's per-node provenance (torch stack traces, module paths): most of the file, K times over
+            del new.metadata_props[:]
+            new.doc_string = ""
             new.name = prefix + node.name if node.name else ""
             for o in node.output:
                 names[o] = prefix + o if o else ""

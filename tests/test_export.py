@@ -399,3 +399,22 @@ def test_parity_counts_nan_as_a_miss() -> None:
     with pytest.raises(ParityError):
         parity(model, lambda f: np.zeros((1, 3), np.float32), [feed], atol=float("inf"))
     assert parity(model, lambda f: np.nan_to_num(f["image"]), [{"image": np.ones((1, 3), np.float32)}], atol=1e-6)
+
+
+def test_simplify_keeps_the_noise_drawn_in_the_graph() -> None:
+    """onnxslim folds a RandomNormal into a constant (the same noise on every run); simplify holds draws out."""
+    from edgepure.export.checks import simplify
+
+    x = helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3])
+    y = helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 3])
+    one = numpy_helper.from_array(np.ones(3, np.float32), "one")
+    folds = [helper.make_node("Mul", [f"c{i}", "one"], [f"c{i + 1}"]) for i in range(20)]  # constant: folded away
+    nodes = [helper.make_node("RandomNormal", [], ["n"], shape=[1, 3], dtype=TensorProto.FLOAT),
+             helper.make_node("Identity", ["one"], ["c0"]), *folds, helper.make_node("Add", ["image", "n"], ["a"]),
+             helper.make_node("Add", ["a", "c20"], ["out"])]
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y], [one]), opset_imports=[helper.make_opsetid("", 18)])
+    slim, report = simplify(model)
+    assert "RandomNormal" in {n.op_type for n in slim.graph.node} and [i.name for i in slim.graph.input] == ["image"]
+    sess = ort_session(slim.SerializeToString())
+    a, b = (sess.run(None, {"image": np.zeros((1, 3), np.float32)})[0] for _ in range(2))
+    assert not np.array_equal(a, b)  # fresh noise on every run
