@@ -133,7 +133,8 @@ def export_pieces(u: Any, x: torch.Tensor, noise_1: torch.Tensor, dtype: torch.d
     say("exporting the start")
     m_start = to_onnx(start, [x, noise_1], ["image", "noise_1"], ctx + state, trace_autograd=True)
     with torch.no_grad():
-        first = [t.detach() for t in start(x, noise_1)]
+        out = start(x, noise_1)
+        first = [t.detach() for t in ((out,) if isinstance(out, torch.Tensor) else out)]  # one state tensor: COUP
     say(f"exporting one step (of {u.steps})")
     m_step = to_onnx(_Cast(u.step, dtype), [*first, noise_1, u.constants[0]], ctx + state + ["noise_t", "consts"],
                      [f"next{i}" for i in range(u.n_state)], trace_autograd=True)
