@@ -246,6 +246,13 @@ def test_cli_export_inspect_and_tamper(tmp_path: Path, tiny_run: Path) -> None:
     assert r.exit_code == 0, r.output
     manifest = json.loads(r.stdout)
     assert manifest["purifier"]["config"]["sigma"] == 0.7
+    assert "classifier: exporting" not in r.stderr  # --json: no progress lines
+    r = runner.invoke(app, ["export", "--classifier", str(run), "--purifier", "median", "--n", "4", "--out",
+                            str(tmp_path / "progress")])
+    assert r.exit_code == 0, r.output
+    for line in ("s] classifier: exporting", "s] purifier: onnxslim", "s] pipeline: parity against PyTorch on 4 batches",
+                 "s] pipeline: TensorRT 10.3 lint"):
+        assert line in r.stderr, r.stderr
     r = runner.invoke(app, ["inspect", str(out)])
     assert r.exit_code == 0 and "pipeline" in r.stdout and "0 errors" in r.stdout
     r = runner.invoke(app, ["export", "--classifier", str(run), "--n", "4", "--out", str(out)])
