@@ -60,8 +60,14 @@ def _count_draws(model: Any) -> int:
                for n in model.graph.node)
 
 
+def _size(model: Any) -> int:
+    """Bytes on disk without the shape annotations (value_info): check_model infers those afresh for either graph,
+    and onnxslim writes more of them than it saves in nodes."""
+    return int(model.ByteSize()) - sum(v.ByteSize() for v in model.graph.value_info)
+
+
 def simplify(model: Any) -> tuple[Any, dict[str, int]]:
-    """onnxslim pass; keeps whichever of the two graphs is smaller on disk. Random draws are held out of the pass
+    """onnxslim pass; keeps whichever of the two graphs is smaller (``_size``). Random draws are held out of the pass
     (onnxslim would fold them into constants: the same noise on every run); a slim graph that lost one is not kept."""
     import onnxslim
 
@@ -73,7 +79,7 @@ def simplify(model: Any) -> tuple[Any, dict[str, int]]:
         return model, {"nodes_before": before, "nodes_after": before, "slim_error": str(exc)[:200]}  # type: ignore[dict-item]
     if slim is not None and draws:
         slim = _inputs_as_draws(slim, draws)
-    if slim is None or slim.ByteSize() > model.ByteSize() or _count_draws(slim) < _count_draws(model):
+    if slim is None or _size(slim) > _size(model) or _count_draws(slim) < _count_draws(model):
         return model, {"nodes_before": before, "nodes_after": before}
     return slim, {"nodes_before": before, "nodes_after": len(slim.graph.node)}
 

@@ -26,7 +26,7 @@ from torch import nn
 
 from edgepure.export.errors import ExportError
 from edgepure.export.graph import to_onnx
-from edgepure.export.voting import FusedPipeline, Voting
+from edgepure.export.voting import FusedPipeline, Voting, repeat_draws, vote_logits
 from edgepure.export.wrappers import GraphNoise, HalfPrecision
 
 __all__ = ["Pieces", "assemble", "compose_module", "compose_steps", "export_pieces"]
@@ -227,25 +227,26 @@ def _noise_in_graph(model: Any) -> Any:
 
 
 class _VoteInputs(nn.Module):
-    def __init__(self, pipe: Voting) -> None:
+    """R copies of the batch and its R noise draws (holding no weights: an exported module keeps even unused ones)."""
+
+    def __init__(self, votes: int) -> None:
         super().__init__()
-        self.pipe = pipe
+        self.votes = votes
 
     def forward(self, image: torch.Tensor, noise: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
-        return self.pipe.repeat(image, noise)
+        return repeat_draws(image, noise, self.votes)
 
 
 class _Classify(nn.Module):
-    """The pipeline after its purifier: classify (and, voting, count the votes)."""
+    """The pipeline after its purifier: classify (and with R > 1 votes count them)."""
 
-    def __init__(self, pipe: nn.Module) -> None:
+    def __init__(self, classifier: nn.Module, votes: int) -> None:
         super().__init__()
-        self.pipe = pipe
+        self.classifier, self.votes = classifier, votes
 
     def forward(self, purified: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        if isinstance(self.pipe, Voting):
-            return self.pipe.vote(self.pipe.classifier(purified))
-        return self.pipe.classifier(purified)  # type: ignore[operator,no-any-return]
+        logits = self.classifier(purified)
+        return vote_logits(logits, self.votes) if self.votes > 1 else logits
 
 
 def _unwrap(module: nn.Module) -> tuple[torch.dtype, Optional[nn.Module], Optional[nn.Module], bool]:
@@ -277,10 +278,8 @@ def compose_module(module: nn.Module, example: Sequence[torch.Tensor], progress:
     x, nz = image, noise
     pre = None
     if isinstance(pipe, Voting):
-        pre = to_onnx(_Cast(_VoteInputs(pipe), torch.float32), [image, noise], ["image", "noise"],
-                      ["image_r", "noise_r"])
-        x, nz = pipe.repeat(image.to(dtype), noise.to(dtype))
-        x, nz = x.float(), nz.float()
+        pre = to_onnx(_VoteInputs(pipe.votes), [image, noise], ["image", "noise"], ["image_r", "noise_r"])
+        x, nz = repeat_draws(image, noise, pipe.votes)
     model = compose_steps(purifier.unrolled(x.to(dtype)), x, nz, dtype, progress, purifier)  # type: ignore[operator]
     if pre is not None:
         from onnx import compose
@@ -291,6 +290,7 @@ def compose_module(module: nn.Module, example: Sequence[torch.Tensor], progress:
         if progress is not None:
             progress("exporting the classifier")
         # the purified images' shape is the input's: the classifier is exported on the input itself
-        post = to_onnx(_Cast(_Classify(pipe), dtype, out_float=True), [x], ["purified"], ["logits"])
+        votes = pipe.votes if isinstance(pipe, Voting) else 1
+        post = to_onnx(_Cast(_Classify(pipe.classifier, votes), dtype, out_float=True), [x], ["purified"], ["logits"])
         model = merge_graphs(model, post)
     return _noise_in_graph(model) if graph_noise else model
