@@ -138,14 +138,19 @@ def _export_one(
         example.append(torch.from_numpy(noise_fn(image_batches[0], 0)))
     output = "logits" if min_top1 is not None else "purified"
     model = compose_module(module, example, say) if trace_autograd else None
+    composed = model is not None
     if model is None:
         say("exporting" + (" (gradient steps traced with make_fx)" if trace_autograd else ""))
         model = to_onnx(module, example, names, [output], trace_autograd=trace_autograd)
     say("ONNX checker and shape inference")
     model = check_model(model)
-    say(f"onnxslim ({len(model.graph.node)} nodes)")
-    model, slim_report = simplify(model)
-    model = check_model(model)
+    if composed:  # its pieces went through onnxslim before composing (edgepure.export.compose._slim)
+        nodes = len(model.graph.node)
+        slim_report: dict[str, Any] = {"nodes_before": nodes, "nodes_after": nodes, "pieces": "onnxslim"}
+    else:
+        say(f"onnxslim ({len(model.graph.node)} nodes)")
+        model, slim_report = simplify(model)
+        model = check_model(model)
     ref = _torch_reference(reference if reference is not None else module, names, trace_autograd)
     return _finish(role, model, ref, _feeds(image_batches, noise_fn), atol, min_top1, directory, lint_target,
                    slim_report, progress)
