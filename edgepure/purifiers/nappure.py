@@ -75,6 +75,9 @@ def _adam_direction(m_hat: torch.Tensor, v_hat: torch.Tensor, eps2: float, backw
     derivative is the one of m̂ / √max(v̂, ε_b²): where a coordinate's gradient is ~0 (ε = 1e-8) the exact
     derivative multiplies by up to 1e7 per step, and through K unrolled steps it overflows float32 (measured: joint
     K 8, gradients of 1e25–1e29 and NaN for 1 image in 16) — useless to an attacker and to learning."""
+    # in float16 ε² = 1e-16 rounds to 0, and a coordinate whose gradient is 0 divides 0 by 0: floor it at the
+    # dtype's smallest normal number (float32 and float64 keep ε² itself)
+    eps2 = max(eps2, torch.finfo(v_hat.dtype).tiny)
     exact = m_hat / v_hat.clamp_min(eps2).sqrt()
     if backward_eps2 is None:
         return exact
