@@ -2,11 +2,12 @@
 
 A purifier that unrolls K gradient steps (NAPPure, COUP) offers ``unrolled(x)``
 (:class:`edgepure.purifiers.unroll.Unrolled`): its start, one step and its finish as modules on flat tensors,
-and each step's constants. Each piece is traced (make_fx + ``decompositions``) and exported once; the K-step
-graph is then built in ONNX — the step's nodes repeated with the prefix ``step{t}/``, wired from one step's
-state outputs to the next step's state inputs, its weights shared (one initialiser each, whatever K), step t's
-constants an initialiser ``step{t}/consts`` and its noise ``Gather(noise, t − 1, axis=1)``. Tracing and
-exporting K steps took minutes to tens of minutes; the composition itself takes well under a second.
+and each step's constants. Each piece is traced (make_fx + ``decompositions``), exported and slimmed once; the
+K-step graph is then built in ONNX — the step's nodes repeated with the prefix ``step{t}/``, wired from one
+step's state outputs to the next step's state inputs, its weights shared (one initialiser each, whatever K),
+step t's constants an initialiser ``step{t}/consts`` and its noise ``Gather(noise, t − 1, axis=1)``. The cost
+of tracing and exporting grows with the graph, that of copying nodes barely: the export no longer grows with K
+at the exporter's rate (docs/export.md has the measurements).
 
 :func:`compose_module` recognises the wrappers the export pipeline puts around a purifier (float16,
 noise drawn in the graph, purify → classify and R-vote pipelines) and composes those too; for a module with no
@@ -146,8 +147,8 @@ def export_pieces(u: Any, x: torch.Tensor, noise_1: torch.Tensor, dtype: torch.d
 
 def _slim(model: Any) -> Any:
     """onnxslim on one piece, before it is repeated: subgraphs of weights alone fold into initialisers once (the
-    step's K copies share them). onnxslim on the composed graph instead folds each copy into its own constants
-    (measured: larger than the unslimmed composed graph, and about two minutes for joint NAPPure at K = 8)."""
+    step's K copies share them). onnxslim on the composed graph instead folds each copy into its own constants, a
+    larger graph than the composed one, at a cost that grows with K (docs/export.md)."""
     import onnxslim
 
     try:
