@@ -13,7 +13,7 @@ import datetime as _dt
 import json
 import shutil
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import numpy as np
 
@@ -75,13 +75,15 @@ def calibrate_directory(directory: str | Path, out: str | Path, images: np.ndarr
                         method: str = "entropy", scope: str = "forward", exclude: Sequence[str] = (),
                         purifier_n: int = 64,
                         data: str = "", trt_cache: bool = False, trt_version: str = "10.3.0", seed: int = 0,
-                        overwrite: bool = False) -> dict[str, Any]:
+                        overwrite: bool = False, progress: Optional[Callable[[str], None]] = None) -> dict[str, Any]:
     """Write the INT8 twin of the model directory ``directory`` to ``out``; return its manifest.
 
     ``images``: calibration images, float32 ``N×3×H×W`` in [0, 1] (see :func:`calibration.data.preprocess`);
     ``eval_images``/``eval_labels``: held-in images for the FP32-vs-INT8 report (disjoint from ``images``);
     ``purifier_n``: how many of ``images`` calibrate the purifier (scopes ``forward`` and ``all``): ONNX
-    Runtime's calibrator keeps every activation of every unrolled step of every image in memory."""
+    Runtime's calibrator keeps every activation of every unrolled step of every image in memory. ``progress`` is
+    told which model and which stage the calibration is at (one line each)."""
+    say = progress or (lambda m: None)
     if method not in METHODS:
         raise ConfigError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
     if scope not in SCOPES:
@@ -107,10 +109,12 @@ def calibrate_directory(directory: str | Path, out: str | Path, images: np.ndarr
         purifier = models.get("purifier")
         cls_images = images
         if purifier is not None:  # the classifier sees purified images: calibrate it on those
+            say(f"purifier: purifying the {len(images)} calibration images (FP32)")
             cls_images = _run(src / purifier["file"], images, purifier["inputs"], seed)
         work = tmp / ".work"
         work.mkdir()
         q_cls = tmp / models["classifier"]["file"]
+        say(f"classifier: calibrating ({method}) on {len(cls_images)} images")
         info = quantize_model(src / models["classifier"]["file"], q_cls,
                               FeedReader(cls_images, models["classifier"]["inputs"], seed), method, exclude=exclude)
         new_models["classifier"] = _entry(models["classifier"], q_cls, info, cls_images)
@@ -121,6 +125,7 @@ def calibrate_directory(directory: str | Path, out: str | Path, images: np.ndarr
                 pinfo = None
             else:
                 record["purifier_n"] = int(min(purifier_n, len(images)))
+                say(f"purifier: calibrating ({method}, scope {scope}) on {record['purifier_n']} images")
                 pinfo = quantize_model(src / purifier["file"], q_pur,
                                        FeedReader(images[:purifier_n], purifier["inputs"], seed), method,
                                        op_types=SCOPE_OPS[scope], exclude=exclude)
@@ -136,9 +141,11 @@ def calibrate_directory(directory: str | Path, out: str | Path, images: np.ndarr
                 new_models["pipeline"] = _entry(models["pipeline"], q_pipe, {"from": ["purifier", "classifier"]},
                                                 images)
         if trt_cache:
+            say("TensorRT calibration cache: activation ranges of the FP32 graph")
             record["trt_calibration_cache"] = _trt_cache(src, tmp, work, models, images, method, trt_version, seed)
         shutil.rmtree(work)
         if eval_images is not None:
+            say(f"report: FP32 against INT8 on {len(eval_images)} held-in images")
             record["report"] = _report(src, tmp, models, new_models, eval_images, eval_labels, seed)
         new = {**manifest, "precision": "int8", "models": new_models, "calibration": record,
                "derived_from": {"directory": str(src), "manifest_sha256": sha256_file(src / MANIFEST_NAME)},

@@ -9,7 +9,6 @@ nothing behind and never half-overwrites an earlier one.
 
 from __future__ import annotations
 
-import copy
 import datetime as _dt
 import json
 import shutil
@@ -21,9 +20,11 @@ import torch
 from torch import nn
 
 from edgepure.export.checks import check_model, parity, simplify
+from edgepure.export.compose import compose_module
 from edgepure.export.graph import OPSET, to_onnx
 from edgepure.export.lint import lint_model
 from edgepure.export.voting import FusedPipeline, pipeline_module
+from edgepure.export.wrappers import GraphNoise, HalfPrecision
 from edgepure.runtime.errors import ConfigError
 from edgepure.runtime.manifest import MANIFEST_NAME, SCHEMA_VERSION, sha256_file
 from edgepure.runtime.staging import check_replaceable, replace_dir, staging_dir
@@ -34,30 +35,7 @@ PRECISIONS = ("fp32", "fp16")
 # parity tolerance on any output when none is given: float32 graphs reproduce PyTorch to rounding,
 # float16 graphs are compared with the float32 PyTorch model
 DEFAULT_ATOL = {"fp32": 1e-3, "fp16": 5e-2}
-
-
-class GraphNoise(nn.Module):
-    """Draws the noise inside the graph (exported as RandomNormal): the model's only input is the image.
-    ONNX Runtime draws fresh noise on every run and TensorRT ignores the seed, so results vary run to run."""
-
-    def __init__(self, inner: nn.Module, noise_shape: Sequence[int]) -> None:
-        super().__init__()
-        self.inner = inner
-        self.noise_shape = tuple(noise_shape)
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        return self.inner(image, torch.randn(self.noise_shape, dtype=image.dtype))
-
-
-class HalfPrecision(nn.Module):
-    """A copy of ``inner`` computing in float16, with float32 inputs and outputs (casts at the edges)."""
-
-    def __init__(self, inner: nn.Module) -> None:
-        super().__init__()
-        self.inner = copy.deepcopy(inner).half()
-
-    def forward(self, *args: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        return self.inner(*(a.half() if a is not None else None for a in args)).float()
+Progress = Callable[[str], None]
 
 
 class _ImageOnly(nn.Module):
@@ -102,9 +80,12 @@ def _feeds(image_batches: list[np.ndarray], noise_fn: Optional[Callable[[np.ndar
 
 def _finish(role: str, model: Any, reference: Callable[[Mapping[str, np.ndarray]], np.ndarray],
             feeds: list[dict[str, np.ndarray]], atol: float, min_top1: Optional[float], directory: Path,
-            lint_target: str, slim_report: dict[str, Any]) -> dict[str, Any]:
+            lint_target: str, slim_report: dict[str, Any], progress: Optional[Progress] = None) -> dict[str, Any]:
     """Parity, lint and writing of one checked model; returns its manifest entry."""
+    say = _says(progress, role)
+    say(f"parity against PyTorch on {len(feeds)} batch{'es' if len(feeds) != 1 else ''}")
     report = parity(model, reference, feeds, atol=atol, min_top1=min_top1)
+    say(f"TensorRT {lint_target} lint")
     issues = [i.as_dict() for i in lint_model(model, lint_target)]
     path = directory / f"{role}.onnx"
     path.write_bytes(model.SerializeToString())
@@ -129,6 +110,10 @@ def _torch_reference(module: nn.Module, names: Sequence[str], trace_autograd: bo
     return run
 
 
+def _says(progress: Optional[Progress], role: str) -> Progress:
+    return (lambda m: progress(f"{role}: {m}")) if progress is not None else (lambda m: None)
+
+
 def _export_one(
     role: str,
     module: nn.Module,
@@ -140,26 +125,41 @@ def _export_one(
     directory: Path,
     lint_target: str,
     reference: Optional[nn.Module] = None,
+    progress: Optional[Progress] = None,
 ) -> dict[str, Any]:
     """Export one model into ``directory`` and return its manifest entry. Parity compares the graph with
-    ``reference`` (default: ``module`` itself; the float32 original of a float16 export)."""
+    ``reference`` (default: ``module`` itself; the float32 original of a float16 export). A module that unrolls
+    gradient steps through ``unrolled`` has its K-step graph composed from one exported step
+    (``edgepure.export.compose``); any other is exported whole."""
+    say = _says(progress, role)
     names = ["image"] + (["noise"] if noise_fn is not None else [])
     example = [torch.from_numpy(image_batches[0])]
     if noise_fn is not None:
         example.append(torch.from_numpy(noise_fn(image_batches[0], 0)))
     output = "logits" if min_top1 is not None else "purified"
-    model = check_model(to_onnx(module, example, names, [output], trace_autograd=trace_autograd))
-    model, slim_report = simplify(model)
+    model = compose_module(module, example, say) if trace_autograd else None
+    composed = model is not None
+    if model is None:
+        say("exporting" + (" (gradient steps traced with make_fx)" if trace_autograd else ""))
+        model = to_onnx(module, example, names, [output], trace_autograd=trace_autograd)
+    say("ONNX checker and shape inference")
     model = check_model(model)
+    if composed:  # its pieces went through onnxslim before composing (edgepure.export.compose._slim)
+        nodes = len(model.graph.node)
+        slim_report: dict[str, Any] = {"nodes_before": nodes, "nodes_after": nodes, "pieces": "onnxslim"}
+    else:
+        say(f"onnxslim ({len(model.graph.node)} nodes)")
+        model, slim_report = simplify(model)
+        model = check_model(model)
     ref = _torch_reference(reference if reference is not None else module, names, trace_autograd)
     return _finish(role, model, ref, _feeds(image_batches, noise_fn), atol, min_top1, directory, lint_target,
-                   slim_report)
+                   slim_report, progress)
 
 
 def _merged_pipeline(
     purifier: nn.Module, purifier_file: Path, classifier_model: Any, image_batches: list[np.ndarray],
     noise_fn: Optional[Callable[[np.ndarray, int], np.ndarray]], graph_noise: bool, atol: float, min_top1: float,
-    directory: Path, lint_target: str,
+    directory: Path, lint_target: str, progress: Optional[Progress] = None,
 ) -> dict[str, Any]:
     """The pipeline of an edgepure purifier graph and a user's ONNX classifier, merged into one graph; its
     parity reference is the classifier graph in ONNX Runtime on the PyTorch purifier's output."""
@@ -168,6 +168,7 @@ def _merged_pipeline(
     from edgepure.export.merge import merge_graphs
     from edgepure.runtime.backends import ort_session
 
+    _says(progress, "pipeline")("the purifier graph merged in front of the classifier graph")
     merged = check_model(merge_graphs(onnx.load(str(purifier_file)), classifier_model))
     sess = ort_session(classifier_model.SerializeToString())
     cls_input = sess.get_inputs()[0].name
@@ -184,7 +185,7 @@ def _merged_pipeline(
 
     tol, top1 = (float("inf"), 0.9) if graph_noise else (atol, min_top1)
     return _finish("pipeline", merged, reference, _feeds(image_batches, None if graph_noise else noise_fn), tol, top1,
-                   directory, lint_target, {"merged": True})
+                   directory, lint_target, {"merged": True}, progress)
 
 
 def _adopt_classifier(model: Any, directory: Path, lint_target: str) -> dict[str, Any]:
@@ -204,16 +205,19 @@ def _adopt_classifier(model: Any, directory: Path, lint_target: str) -> dict[str
 
 def _purifier_and_merged(purifier: nn.Module, classifier_model: Any, batches: list[np.ndarray],
                          noise_fn: Optional[Callable[[np.ndarray, int], np.ndarray]], graph_noise: bool, trace: bool,
-                         tol: float, min_top1: float, directory: Path, lint_target: str) -> dict[str, Any]:
+                         tol: float, min_top1: float, directory: Path, lint_target: str,
+                         progress: Optional[Progress] = None) -> dict[str, Any]:
     if graph_noise:
         shape = purifier.sample_noise(torch.from_numpy(batches[0]))  # type: ignore[operator]
-        _export_one("purifier", purifier, batches, noise_fn, trace, tol, None, directory, lint_target)  # exact twin
+        _export_one("purifier", purifier, batches, noise_fn, trace, tol, None, directory, lint_target,
+                    progress=progress)  # exact twin
         entry = _export_one("purifier", GraphNoise(purifier, shape.shape), batches, None, trace, float("inf"), None,
-                            directory, lint_target)
+                            directory, lint_target, progress=progress)
     else:
-        entry = _export_one("purifier", purifier, batches, noise_fn, trace, tol, None, directory, lint_target)
+        entry = _export_one("purifier", purifier, batches, noise_fn, trace, tol, None, directory, lint_target,
+                            progress=progress)
     pipeline = _merged_pipeline(purifier, directory / "purifier.onnx", classifier_model, batches, noise_fn, graph_noise,
-                                tol, min_top1, directory, lint_target)
+                                tol, min_top1, directory, lint_target, progress)
     return {"purifier": entry, "pipeline": pipeline}
 
 
@@ -259,6 +263,7 @@ def export_pipeline(
     parity_batches: int = 8,
     lint_target: str = "10.3",
     overwrite: bool = False,
+    progress: Optional[Progress] = None,
 ) -> dict[str, Any]:
     """Export ``classifier`` (and ``purifier`` and the fused pipeline) to the model directory ``out``.
 
@@ -269,6 +274,7 @@ def export_pipeline(
     [0, 1]) feed the parity check. ``noise='graph'`` draws a stochastic purifier's noise inside the graph
     (its parity is then checked on the noise-input twin, and by top-1 agreement on the graph itself).
     ``overwrite`` replaces an existing ``out`` that edgepure wrote (or an empty directory); any other is refused.
+    ``progress`` is told which model and which step or check the export is at (one line each).
     Returns the manifest, also written to ``out/manifest.json``.
     """
     if precision not in PRECISIONS:
@@ -300,7 +306,8 @@ def export_pipeline(
             models = {"classifier": _adopt_classifier(onnx_classifier, tmp, lint_target)}
         else:
             models = {"classifier": _export_one("classifier", cast(_ImageOnly(classifier)), batches, None, False, tol,
-                                                min_top1, tmp, lint_target, reference=_ImageOnly(classifier))}
+                                                min_top1, tmp, lint_target, reference=_ImageOnly(classifier),
+                                                progress=progress)}
         stochastic = bool(purifier is not None and getattr(purifier, "stochastic", False))
         noise_mode = (noise if stochastic else None)
         if purifier is not None:
@@ -314,7 +321,7 @@ def export_pipeline(
             noise_fn = _seeded_noise(purifier) if stochastic else None
             if onnx_classifier is not None:
                 models.update(_purifier_and_merged(purifier, onnx_classifier, batches, noise_fn, noise_mode == "graph",
-                                                   trace, tol, min_top1, tmp, lint_target))
+                                                   trace, tol, min_top1, tmp, lint_target, progress))
             elif precision == "fp32" and noise_mode != "graph" and votes == 1:
                 import onnx
 
@@ -322,27 +329,27 @@ def export_pipeline(
                 # operators as exporting the fused module again, at half the export time (NAPPure's graph
                 # dominates both); parity against the PyTorch purifier → classifier graph
                 models.update(_purifier_and_merged(purifier, onnx.load(str(tmp / "classifier.onnx")), batches, noise_fn,
-                                                   False, trace, tol, min_top1, tmp, lint_target))
+                                                   False, trace, tol, min_top1, tmp, lint_target, progress))
             else:
                 pipe = pipeline_module(purifier, classifier)  # type: ignore[arg-type]
                 pipe_noise_fn = _seeded_noise(pipe) if stochastic else None
                 if noise_mode == "graph":
                     # exact parity on the noise-input twin of the pipeline, then the graph-noise models themselves
                     twin = _export_one("pipeline", cast(pipe), batches, pipe_noise_fn, trace, tol, min_top1, tmp,
-                                       lint_target, reference=pipe)
+                                       lint_target, reference=pipe, progress=progress)
                     x0 = torch.from_numpy(batches[0])
                     shape, pipe_shape = purifier.noise_shape(x0), pipe.noise_shape(x0)  # type: ignore[operator]
                     assert shape is not None and pipe_shape is not None
                     models["purifier"] = _export_one("purifier", cast(GraphNoise(purifier, shape)), batches, None,
-                                                     trace, float("inf"), None, tmp, lint_target)
+                                                     trace, float("inf"), None, tmp, lint_target, progress=progress)
                     models["pipeline"] = _export_one("pipeline", cast(GraphNoise(pipe, pipe_shape)), batches, None,
-                                                     trace, float("inf"), 0.9, tmp, lint_target)
+                                                     trace, float("inf"), 0.9, tmp, lint_target, progress=progress)
                     models["pipeline"]["parity"]["noise_input_twin"] = twin["parity"]
                 else:
                     models["purifier"] = _export_one("purifier", cast(purifier), batches, noise_fn, trace, tol, None,
-                                                     tmp, lint_target, reference=purifier)
+                                                     tmp, lint_target, reference=purifier, progress=progress)
                     models["pipeline"] = _export_one("pipeline", cast(pipe), batches, pipe_noise_fn, trace, tol,
-                                                     min_top1, tmp, lint_target, reference=pipe)
+                                                     min_top1, tmp, lint_target, reference=pipe, progress=progress)
         manifest = {
             "schema": SCHEMA_VERSION,
             "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),

@@ -25,7 +25,7 @@ from torch import nn
 
 from edgepure.runtime.errors import ConfigError
 
-__all__ = ["FusedPipeline", "Voting", "pipeline_module", "vote_logits"]
+__all__ = ["FusedPipeline", "Voting", "pipeline_module", "repeat_draws", "vote_logits"]
 
 
 class _Pipeline(nn.Module):
@@ -48,6 +48,13 @@ class FusedPipeline(_Pipeline):
 
     def forward(self, image: torch.Tensor, noise: Optional[torch.Tensor] = None) -> torch.Tensor:  # type: ignore[override]
         return self.classifier(self.purifier(image, noise))
+
+
+def repeat_draws(image: torch.Tensor, noise: torch.Tensor, votes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The R·N images and noise draws (``noise``: ``(R, N, …)``) the purifier sees, draw-major."""
+    r, n = votes, image.shape[0]
+    xr = image.unsqueeze(0).expand(r, *image.shape).reshape(r * n, *image.shape[1:])
+    return xr, noise.reshape(r * n, *noise.shape[2:])
 
 
 def vote_logits(logits: torch.Tensor, votes: int) -> torch.Tensor:
@@ -83,10 +90,8 @@ class Voting(_Pipeline):
         if noise is None:
             noise = self.sample_noise(image)
         assert noise is not None
-        r, n = self.votes, image.shape[0]
-        xr = image.unsqueeze(0).expand(r, *image.shape).reshape(r * n, *image.shape[1:])
-        purified = self.purifier(xr, noise.reshape(r * n, *noise.shape[2:]))
-        return vote_logits(self.classifier(purified), r)
+        xr, nr = repeat_draws(image, noise, self.votes)
+        return vote_logits(self.classifier(self.purifier(xr, nr)), self.votes)
 
 
 def pipeline_module(purifier: nn.Module, classifier: nn.Module) -> nn.Module:

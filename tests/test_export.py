@@ -246,6 +246,13 @@ def test_cli_export_inspect_and_tamper(tmp_path: Path, tiny_run: Path) -> None:
     assert r.exit_code == 0, r.output
     manifest = json.loads(r.stdout)
     assert manifest["purifier"]["config"]["sigma"] == 0.7
+    assert "classifier: exporting" not in r.stderr  # --json: no progress lines
+    r = runner.invoke(app, ["export", "--classifier", str(run), "--purifier", "median", "--n", "4", "--out",
+                            str(tmp_path / "progress")])
+    assert r.exit_code == 0, r.output
+    for line in ("s] classifier: exporting", "s] purifier: onnxslim", "s] pipeline: parity against PyTorch on 4 batches",
+                 "s] pipeline: TensorRT 10.3 lint"):
+        assert line in r.stderr, r.stderr
     r = runner.invoke(app, ["inspect", str(out)])
     assert r.exit_code == 0 and "pipeline" in r.stdout and "0 errors" in r.stdout
     r = runner.invoke(app, ["export", "--classifier", str(run), "--n", "4", "--out", str(out)])
@@ -384,3 +391,37 @@ def test_flops_benchmark_smoke(tmp_path: Path) -> None:
     row = rep["results"][0]
     assert rep["peak"]["gflops"] > 0 and row["mflops_per_crop"] > 0 and 0 < row["fraction_of_peak"]
     assert "| m | classifier |" in r.stdout
+
+
+def test_parity_counts_nan_as_a_miss() -> None:
+    """NaN compares false with any tolerance: a graph whose output is NaN must not pass (float16 NAPPure on an
+    untrained prior gives NaN everywhere)."""
+    from edgepure.export.checks import parity
+
+    x = helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3])
+    y = helper.make_tensor_value_info("purified", TensorProto.FLOAT, [1, 3])
+    model = helper.make_model(helper.make_graph([helper.make_node("Identity", ["image"], ["purified"])], "g", [x], [y]),
+                              opset_imports=[helper.make_opsetid("", 18)])
+    feed = {"image": np.array([[0.0, np.nan, 1.0]], dtype=np.float32)}
+    with pytest.raises(ParityError):
+        parity(model, lambda f: np.zeros((1, 3), np.float32), [feed], atol=float("inf"))
+    assert parity(model, lambda f: np.nan_to_num(f["image"]), [{"image": np.ones((1, 3), np.float32)}], atol=1e-6)
+
+
+def test_simplify_keeps_the_noise_drawn_in_the_graph() -> None:
+    """onnxslim folds a RandomNormal into a constant (the same noise on every run); simplify holds draws out."""
+    from edgepure.export.checks import simplify
+
+    x = helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3])
+    y = helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 3])
+    one = numpy_helper.from_array(np.ones(3, np.float32), "one")
+    folds = [helper.make_node("Mul", [f"c{i}", "one"], [f"c{i + 1}"]) for i in range(20)]  # constant: folded away
+    nodes = [helper.make_node("RandomNormal", [], ["n"], shape=[1, 3], dtype=TensorProto.FLOAT),
+             helper.make_node("Identity", ["one"], ["c0"]), *folds, helper.make_node("Add", ["image", "n"], ["a"]),
+             helper.make_node("Add", ["a", "c20"], ["out"])]
+    model = helper.make_model(helper.make_graph(nodes, "g", [x], [y], [one]), opset_imports=[helper.make_opsetid("", 18)])
+    slim, report = simplify(model)
+    assert "RandomNormal" in {n.op_type for n in slim.graph.node} and [i.name for i in slim.graph.input] == ["image"]
+    sess = ort_session(slim.SerializeToString())
+    a, b = (sess.run(None, {"image": np.zeros((1, 3), np.float32)})[0] for _ in range(2))
+    assert not np.array_equal(a, b)  # fresh noise on every run

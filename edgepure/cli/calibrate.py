@@ -8,7 +8,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from edgepure.cli.common import echo_json, user_errors
+from edgepure.cli.common import echo_json, progress_lines, user_errors
 
 
 class Method(str, Enum):
@@ -82,7 +82,7 @@ def calibrate(
     new = calibrate_directory(directory, target, x, x_eval, y_eval, method=method.value, scope=scope.value,
                               exclude=exclude or [], purifier_n=purifier_n, data=data, trt_cache=trt_cache,
                               trt_version=trt_version,
-                              seed=seed, overwrite=force)
+                              seed=seed, overwrite=force, progress=progress_lines(as_json))
     if as_json:
         echo_json(new)
         return

@@ -15,7 +15,7 @@ from edgepure.runtime.errors import EdgepureError, MissingDependencyError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-__all__ = ["echo_json", "missing_extra", "parse_settings", "user_errors", "warnings_as_lines"]
+__all__ = ["echo_json", "missing_extra", "parse_settings", "progress_lines", "user_errors", "warnings_as_lines"]
 
 # the optional packages commands import, and the extra of pyproject.toml that installs each
 _EXTRAS = {"torch": "torch", "onnx": "torch", "onnxscript": "torch", "onnxslim": "torch", "safetensors": "torch",
@@ -75,6 +75,17 @@ def echo_json(obj: Any) -> None:
     """One JSON object on stdout (progress bars and logs go to stderr)."""
     sys.stdout.write(json.dumps(obj, indent=2) + "\n")
     sys.stdout.flush()
+
+
+def progress_lines(quiet: bool, prefix: str = "") -> Callable[[str], None] | None:
+    """Progress as lines on stderr (as ``edgepure train`` logs), each with the seconds since the command started;
+    None (silence) when ``quiet`` (``--json``: stdout carries the result, stderr stays clean for scripts)."""
+    if quiet:
+        return None
+    import time
+
+    t0 = time.monotonic()
+    return lambda m: typer.echo(f"[{time.monotonic() - t0:6.1f} s] {prefix}{m}", err=True)
 
 
 def parse_settings(items: list[str], option: str) -> dict[str, Any]:

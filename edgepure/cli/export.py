@@ -8,7 +8,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from edgepure.cli.common import echo_json, parse_settings, user_errors
+from edgepure.cli.common import echo_json, parse_settings, progress_lines, user_errors
 
 
 class Precision(str, Enum):
@@ -60,6 +60,7 @@ def export(
     size = 32 if isinstance(net, Path) else int(getattr(net, "input_size", 32))
     images = open_dataset(data, "val", n=max(n, batch), size=size).as_float_nchw()
     cfg = getattr(net, "pretrained_cfg", {})
+    variants = len(step_list) > 1
 
     def one(target: Path, extra: dict[str, Any], overwrite: bool) -> dict[str, Any]:
         pur = create_purifier(purifier, **settings, **extra) if purifier else None
@@ -67,7 +68,7 @@ def export(
             pur, net, target, images, batch=batch, noise=noise.value, precision=precision.value,
             class_names=cfg.get("class_names", GTSRB_CLASSES), preprocessing=cfg.get("preprocessing"),
             classifier_info=info, purifier_info={"name": purifier, "config": pur.config()} if pur is not None else None,
-            atol=atol, overwrite=overwrite,
+            atol=atol, overwrite=overwrite, progress=progress_lines(as_json, f"k{extra['steps']}: " if variants else ""),
         )
 
     if len(step_list) <= 1:

@@ -31,6 +31,7 @@ from torch import nn
 from edgepure.models.loading import prior_label
 from edgepure.purifiers.base import Purifier, check_steps
 from edgepure.purifiers.registry import register_purifier
+from edgepure.purifiers.unroll import Unrolled
 from edgepure.runtime.errors import ConfigError
 
 __all__ = ["COUP"]
@@ -69,9 +70,11 @@ class COUP(Purifier):
     def score(self, x: torch.Tensor, t: float) -> torch.Tensor:
         """∇ₓ log p_t(x) of the VP process at time ``t``, from the denoiser (``x`` in [−1, 1] units)."""
         a = self._alpha_bar(t)
-        sigma = math.sqrt((1.0 - a) / a)
-        x0 = self.prior(x / math.sqrt(a), sigma)
-        return -(x - math.sqrt(a) * x0) / (1.0 - a)
+        return self._score(x, math.sqrt(a), math.sqrt((1.0 - a) / a), 1.0 - a)
+
+    def _score(self, x: torch.Tensor, sqrt_a: Any, sigma: Any, one_minus_a: Any) -> torch.Tensor:
+        x0 = self.prior(x / sqrt_a, sigma)
+        return -(x - sqrt_a * x0) / one_minus_a
 
     def guidance(self, x: torch.Tensor, create_graph: bool) -> torch.Tensor:
         """∇ₓ log max_y softmax(classifier((x + 1)/2))."""
@@ -81,22 +84,35 @@ class COUP(Purifier):
             (g,) = torch.autograd.grad(logp.sum(), xg, create_graph=create_graph)
         return g
 
+    def step_constants(self, i: int) -> list[float]:
+        """Step ``i``'s (from 0) [β, √ᾱ, σ, 1 − ᾱ, h, √(βh) (0 at the last step: no noise)]."""
+        h = (self.t_star - T_END) / self.steps
+        t = self.t_star - i * h
+        beta, a = self._beta(t), self._alpha_bar(t)
+        return [beta, math.sqrt(a), math.sqrt((1.0 - a) / a), 1.0 - a, h,
+                math.sqrt(beta * h) if i < self.steps - 1 else 0.0]
+
+    def step(self, y: torch.Tensor, noise_i: torch.Tensor, c: Any, create_graph: bool = False) -> torch.Tensor:
+        """One Euler–Maruyama step of the guided reverse SDE; ``c``: its ``step_constants`` (floats or a tensor)."""
+        beta, sqrt_a, sigma, one_minus_a, h, noise_scale = (c[j] for j in range(6))
+        drift = 0.5 * beta * y + beta * (self._score(y, sqrt_a, sigma, one_minus_a) + self.lam * self.guidance(y, create_graph))
+        return y + drift * h + noise_scale * noise_i
+
     def forward(self, x: torch.Tensor, noise: Optional[torch.Tensor] = None) -> torch.Tensor:  # type: ignore[override]
         if noise is None:
             noise = self.sample_noise(x)
         assert noise is not None
         create_graph = torch.is_grad_enabled() and x.requires_grad  # an adaptive attack differentiates through us
-        h = (self.t_star - T_END) / self.steps
         y = 2.0 * x - 1.0
         for i in range(self.steps):
-            t = self.t_star - i * h
-            beta = self._beta(t)
-            drift = 0.5 * beta * y + beta * (self.score(y, t) + self.lam * self.guidance(y, create_graph))
-            y = y + drift * h
-            if i < self.steps - 1:
-                y = y + math.sqrt(beta * h) * noise[:, i]
+            y = self.step(y, noise[:, i], self.step_constants(i), create_graph)
         out = ((y.clamp(-1.0, 1.0) + 1.0) / 2.0)
         return out if create_graph else out.detach()
+
+    def unrolled(self, x: torch.Tensor) -> Unrolled:
+        """Start (y = 2x − 1), one step and finish, for ``edgepure.export.compose`` (see :class:`Unrolled`)."""
+        consts = [torch.tensor(self.step_constants(i), dtype=torch.float32) for i in range(self.steps)]
+        return Unrolled(_COUPStart(), _COUPStep(self), _COUPFinish(), n_context=0, n_state=1, constants=consts)
 
     def config(self) -> dict[str, object]:
         return {"steps": self.steps, "t_star": self.t_star, "lam": self.lam, "beta_min": self.beta_min,
@@ -105,6 +121,25 @@ class COUP(Purifier):
     def calls_per_image(self) -> dict[str, int]:
         """Network evaluations per purified image: denoiser forwards, classifier forward + input-gradient."""
         return {"denoiser": self.steps, "classifier_with_gradient": self.steps}
+
+
+class _COUPStart(nn.Module):
+    def forward(self, image: torch.Tensor, noise_1: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return 2.0 * image - 1.0
+
+
+class _COUPStep(nn.Module):
+    def __init__(self, pur: COUP) -> None:
+        super().__init__()
+        self.pur = pur
+
+    def forward(self, y: torch.Tensor, noise_t: torch.Tensor, consts: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return self.pur.step(y, noise_t, consts)
+
+
+class _COUPFinish(nn.Module):
+    def forward(self, y: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        return (y.clamp(-1.0, 1.0) + 1.0) / 2.0
 
 
 @register_purifier("coup", has_weights=True)

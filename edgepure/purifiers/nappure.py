@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Dict, Optional
 
@@ -36,135 +36,19 @@ import torch
 from torch import nn
 
 from edgepure.models.loading import prior_label
-from edgepure.models.registry import DEFAULT_PRIOR, list_priors
+from edgepure.models.registry import DEFAULT_PRIOR
 from edgepure.perturb import Additive, Composite, ConvBlur, Flow, Params, Perturbation, SoftMask
 from edgepure.purifiers.base import Purifier, check_steps, voted_calls
 from edgepure.purifiers.registry import register_purifier
+from edgepure.purifiers.unroll import Unrolled
 from edgepure.runtime.errors import ConfigError
 
 __all__ = ["KINDS", "NAPPure", "NAPPureConfig", "load_tuned", "paper_config", "shipped_tuned"]
 
-KINDS = ("blur", "occlusion", "distortion", "additive", "joint")
-_FAMILY = {"blur": "conv", "occlusion": "mask", "distortion": "flow", "additive": "additive"}
-
-
-@dataclass
-class NAPPureConfig:
-    """Hyper-parameters of one NAPPure purifier. ``lam1`` maps a family name to its λ1."""
-
-    kind: str
-    steps: int
-    lam1: Dict[str, float]
-    lam2: float
-    lr_x: float = 0.1
-    lr_theta: Dict[str, float] = field(default_factory=dict)
-    sigma_range: tuple[float, float] = (0.4, 0.6)
-    prior_grad: str = "full"
-    betas: tuple[float, float] = (0.9, 0.999)
-    adam_eps: float = 1e-8
-    flow_eps: Optional[float] = None  # box on the flow (pixels) while purifying; None: unconstrained
-    lr_schedule: str = "constant"  # or "cosine": both step sizes decay as ½(1 + cos(π(t − 1)/K)) over the K steps
-    mask_init: float = -4.0  # occlusion: initial mask logit (any mask is an identity at x = x_adv, see SoftMask)
-    # where the image estimate starts: None = the observation (the paper); σ > 0 = one diffusion-purification jump,
-    # D(y_adv + σn; σ) (Tweedie's estimate; one more prior forward, n = step 1's noise image), the same objective
-    init_sigma: Optional[float] = None
-    # blur: keep the kernel a blur — non-negative and summing to one, projected after every θ step. Off by default:
-    # the attack protocol's kernels are any kernel within 0.025 of the Dirac, brightness changes included; on, a
-    # genuine blur is recovered (tests/test_nappure.py; without it the kernel and the image trade scale)
-    kernel_simplex: bool = False
-    # R: the deployed pipeline purifies each crop R times (R noise draws on the batch axis) and takes the majority
-    # of the R classifications (edgepure.export.voting); 1 = a single draw
-    votes: int = 1
-    # per-step multipliers of the step sizes, on top of lr_schedule: {"x": [K floats], θ group: [K floats]} with
-    # θ groups "mask", "flow", "conv", "additive" and (joint) "w"; a group left out keeps 1. Learned by
-    # ``edgepure train nappure`` (edgepure.training.nappure), which also learns λ1, λ2 and init_sigma
-    step_scale: Optional[Dict[str, list]] = None
-
-
-def paper_config(kind: str) -> NAPPureConfig:
-    """The paper's GTSRB settings (papers note §1.4): iterations, λ1, λ2; lr 0.1 (x) and 0.05 (θ)."""
-    table = {  # family: (iterations, λ1, λ2)
-        "additive": (100, 0.1, 3.0),
-        "conv": (500, 0.001, 3.0),
-        "flow": (500, 0.01, 1.0),
-        "mask": (500, 0.01, 5.0),
-    }
-    if kind == "joint":
-        fams = ("mask", "flow", "conv", "additive")
-        return NAPPureConfig("joint", 500, {f: table[f][1] for f in fams}, 3.0,
-                             lr_theta={f: 0.05 for f in fams} | {"w": 0.05})
-    if kind not in _FAMILY:
-        raise ConfigError(f"nappure: unknown kind {kind!r} (expected one of {', '.join(KINDS)})")
-    fam = _FAMILY[kind]
-    iters, lam1, lam2 = table[fam]
-    return NAPPureConfig(kind, iters, {fam: lam1}, lam2, lr_theta={fam: 0.05})
-
-
-# Fixed-K settings, chosen at K = 8 on 96 validation-track images disjoint from the 512 evaluation images
-# (docs/nappure.md has the sweep). Adam's first steps are sign steps of size lr on every coordinate, so a
-# short run needs a smaller lr_x than the paper's 0.1 (the image drifts and clean accuracy falls), a larger
-# θ step for the flow (0.05 px per step cannot undo a 1.2 px warp), a mask that starts half open and is
-# pruned by λ1, and — for additive noise — a large ε, which turns Adam into clipped gradient descent, so
-# pixels with a small prior gradient move little. Occlusion and joint start at one denoising jump
-# (``init_sigma``, chosen on the same tuning images: joint K 8 σ₀ 0.5, occlusion K 16 σ₀ 1.2); for blur,
-# distortion and additive noise the jump did not help and they start at the observation. Distortion's λ2 was
-# raised from 1 to 3 later, chosen on 512 other validation-track images at K 4 / 8 / 16 (clean accuracy through
-# the purifier 90.8 / 96.3 / 96.9 → 98.8 / 99.0 / 98.0 %, flow 60.9 / 65.4 / 71.5 → 61.7 / 67.2 / 75.2 %).
-_FIXED = {
-    "additive": dict(lam1={"additive": 0.1}, lam2=3.0, lr_x=0.3, lr_theta={"additive": 0.05}, adam_eps=3.0),
-    "blur": dict(lam1={"conv": 0.001}, lam2=3.0, lr_x=0.05, lr_theta={"conv": 0.005}),
-    "distortion": dict(lam1={"flow": 0.01}, lam2=3.0, lr_x=0.05, lr_theta={"flow": 0.5}),
-    "occlusion": dict(lam1={"mask": 0.05}, lam2=5.0, lr_x=0.05, lr_theta={"mask": 0.5}, mask_init=0.0, init_sigma=1.2),
-    "joint": dict(lam1={"mask": 0.1, "flow": 0.01, "conv": 0.001, "additive": 3.0}, lam2=3.0, lr_x=0.03,
-                  lr_theta={"mask": 0.5, "flow": 0.5, "conv": 0.005, "additive": 0.05, "w": 0.1}, mask_init=0.0,
-                  init_sigma=0.5),
-}
-
-
-# The restoration prior (``edm_unet_s_restore``: edm_unet_s fine-tuned to return the clean sign from inputs that
-# carry stickers or additive patterns under the noise, edgepure.training.prior ``corrupt``) removes a sticker in
-# the first jump already, at a small σ₀; the steps then only refine (a small image step), because the
-# likelihood pulls the image back to the observation wherever the mask stays shut. Chosen on the 96 tuning
-# images (docs/nappure.md, "A restoration prior").
-RESTORE_PRIOR = "edm_unet_s_restore"
-_FIXED_RESTORE = {
-    "occlusion": dict(lam1={"mask": 0.05}, lam2=5.0, lr_x=0.003, lr_theta={"mask": 0.5}, mask_init=0.0, init_sigma=0.02),
-}
-# The guided prior (``edm_unet_s_guided``: the restoration prior fine-tuned on PGD examples of the shipped classifier
-# with a loss on the classifier's features, edgepure.training.prior ``adversarial`` / ``feature_weight``) also
-# removes adversarial additive noise in its jump. Chosen on the 96 tuning images (docs/nappure.md, "A guided prior").
-GUIDED_PRIOR = "edm_unet_s_guided"
-_FIXED_GUIDED = {
-    "occlusion": dict(_FIXED_RESTORE["occlusion"]),
-    # Adam's ε 1e-3, not 1e-8: at pixels whose gradient is ≈ 0 a 1e-8 ε turns rounding noise into a full ±lr step,
-    # and the exported graph then differs from PyTorch by one step there (found by the export's parity check)
-    "additive": dict(lam1={"additive": 0.1}, lam2=3.0, lr_x=0.005, lr_theta={"additive": 0.05}, init_sigma=0.02,
-                     adam_eps=1e-3),
-}
-_PRIOR_TABLES: Dict[str, Dict[str, Dict[str, Any]]] = {RESTORE_PRIOR: _FIXED_RESTORE, GUIDED_PRIOR: _FIXED_GUIDED}
-# the prior a fixed-mode purifier of each kind uses unless told otherwise
-_KIND_PRIOR = {"occlusion": GUIDED_PRIOR, "additive": GUIDED_PRIOR}
-
-
-def default_prior(kind: str, mode: str = "fixed") -> str:
-    """The registered prior a purifier of ``kind`` uses by default (``_KIND_PRIOR``: the guided prior for occlusion and
-    additive noise where it ships, edm_unet_s otherwise and in reference mode)."""
-    name = _KIND_PRIOR.get(kind, DEFAULT_PRIOR) if mode == "fixed" else DEFAULT_PRIOR
-    return name if name == DEFAULT_PRIOR or name in list_priors(pretrained=True) else DEFAULT_PRIOR
-
-
-def fixed_config(kind: str, steps: int, prior: Optional[str] = None) -> NAPPureConfig:
-    """Settings for a short run: ``_FIXED`` (``_FIXED_RESTORE`` / ``_FIXED_GUIDED`` with those priors) plus a cosine decay of
-    both step sizes over the K steps (with a constant step the image keeps drifting as K grows; the decay makes
-    the result settle whatever K is)."""
-    if kind not in _FIXED:
-        raise ConfigError(f"nappure: unknown kind {kind!r} (expected one of {', '.join(KINDS)})")
-    return NAPPureConfig(kind, steps, lr_schedule="cosine", **_fixed_table(kind, prior)[kind])  # type: ignore[arg-type]
-
-
-def _fixed_table(kind: str, prior: Optional[str]) -> Dict[str, Dict[str, Any]]:
-    table = _PRIOR_TABLES.get(prior or "", _FIXED)
-    return table if kind in table else _FIXED
+from edgepure.purifiers.nappure_settings import (  # noqa: F401 - re-exported: nappure.<name> is their public home
+    _FAMILY, _FIXED, _FIXED_GUIDED, _FIXED_RESTORE, _KIND_PRIOR, _PRIOR_TABLES, GUIDED_PRIOR, KINDS, RESTORE_PRIOR,
+    NAPPureConfig, _fixed_table, default_prior, fixed_config, paper_config,
+)
 
 
 def build_family(kind: str, image_size: int = 32, flow_eps: Optional[float] = None, mask_init: float = -4.0) -> Perturbation:
@@ -191,6 +75,9 @@ def _adam_direction(m_hat: torch.Tensor, v_hat: torch.Tensor, eps2: float, backw
     derivative is the one of m̂ / √max(v̂, ε_b²): where a coordinate's gradient is ~0 (ε = 1e-8) the exact
     derivative multiplies by up to 1e7 per step, and through K unrolled steps it overflows float32 (measured: joint
     K 8, gradients of 1e25–1e29 and NaN for 1 image in 16) — useless to an attacker and to learning."""
+    # in float16 ε² = 1e-16 rounds to 0, and a coordinate whose gradient is 0 divides 0 by 0: floor it at the
+    # dtype's smallest normal number (float32 and float64 keep ε² itself)
+    eps2 = max(eps2, torch.finfo(v_hat.dtype).tiny)
     exact = m_hat / v_hat.clamp_min(eps2).sqrt()
     if backward_eps2 is None:
         return exact
@@ -206,6 +93,37 @@ def _lookup(table: Dict[str, float], key: str, what: str) -> float:
         if k in table:
             return float(table[k])
     raise ConfigError(f"nappure: no {what} for parameter {key!r} (given for {', '.join(table)})")
+
+
+@dataclass
+class StepContext:
+    """What every step of one purification shares: the observation y_adv (in [−1, 1]), θ's fixed entries (the
+    occlusion's content), the learned θ keys (``learn``, in θ's order ``keys``) and how a step differentiates."""
+
+    y_adv: torch.Tensor
+    fixed: Dict[str, torch.Tensor]
+    learn: list[str]
+    keys: list[str]
+    create_graph: bool
+    eps2: float
+    soft2: Optional[float]
+    lam2: float | torch.Tensor
+
+    def full_theta(self, learned: Params) -> Params:
+        """θ with its fixed entries, in the family's order."""
+        return {k: (learned[k] if k in learned else self.fixed[k]) for k in self.keys}
+
+
+@dataclass
+class StepState:
+    """What one step hands the next: the image y, θ's learned entries and both Adam moments of each."""
+
+    y: torch.Tensor
+    theta: Params
+    m_y: torch.Tensor
+    v_y: torch.Tensor
+    m_t: Params
+    v_t: Params
 
 
 class NAPPure(Purifier):
@@ -342,30 +260,44 @@ class NAPPure(Purifier):
     def purify(self, x: torch.Tensor, noise: Optional[torch.Tensor] = None, track: bool = False
                ) -> tuple[torch.Tensor, Params, list[float]]:
         """Purified images, the final θ and (with ``track``) the mean loss before each step and at the end."""
-        cfg = self.cfg
-        k_steps = cfg.steps
         n, c, h, w = x.shape
         if noise is None:
             noise = torch.randn(self.noise_shape(x), dtype=x.dtype, device=x.device)  # type: ignore[arg-type]
-        expected = (n, k_steps, c * h * w + 1)
+        expected = (n, self.cfg.steps, c * h * w + 1)
         if tuple(noise.shape) != expected:
             raise ConfigError(f"nappure: noise must have shape {expected}, got {tuple(noise.shape)}")
+        ctx, state = self.start(x, noise[:, 0])
+        lr_x = self.step_sizes("x")
+        lr_th = {k: self.step_sizes(self.step_group(k)) for k in ctx.learn}
+        history: list[float] = []
+        with torch.enable_grad():
+            for t in range(1, self.cfg.steps + 1):
+                bc1, bc2 = self.bias_corrections(t)
+                state = self.step(ctx, state, noise[:, t - 1], lr_x[t - 1], {k: v[t - 1] for k, v in lr_th.items()},
+                                  bc1, bc2, history if track else None)
+        theta = ctx.full_theta(state.theta)
+        if track:
+            with torch.no_grad():
+                history.append(float(self._final_loss(state.y, ctx.y_adv, theta, noise)))
+        return self.finish(ctx, state), {k: v.detach() for k, v in theta.items()}, history
+
+    # -- the three pieces of a purification: start, one step (K times), finish; the exporter composes the K-step
+    # graph from one exported step (edgepure.export.compose, through ``unrolled``) ----------------------------
+    def start(self, x: torch.Tensor, noise_1: torch.Tensor) -> tuple[StepContext, StepState]:
+        """The optional denoising jump (on step 1's noise image; ``noise_1`` = noise[:, 0]), θ's start and zeroed
+        Adam moments."""
+        cfg = self.cfg
+        n, c, h, w = x.shape
         # an adaptive attack differentiates through us, and so does the learning of the step sizes
         learning = torch.is_grad_enabled() and self._hyper_grad()
         create_graph = learning or (torch.is_grad_enabled() and x.requires_grad)
         eps_b = LEARN_BACKWARD_EPS if learning and self.backward_eps is None else self.backward_eps
-        soft2 = eps_b**2 if create_graph and eps_b is not None else None
-        b1, b2 = cfg.betas
-        # Adam's ε as a floor under the second moment, √max(v̂, ε²): the step stays differentiable where a
-        # gradient is exactly 0 (√ has an infinite slope at 0), and the floor survives export (the ONNX
-        # exporter drops an Add of a constant ≤ 1e-8 as if it were zero)
-        eps2 = cfg.adam_eps**2
         y_adv = x * 2 - 1
         y = y_adv
         theta = self.family.identity(x)
         s0 = self._init_sigma()
         if s0 is not None:  # one diffusion-purification jump: noise to σ₀ (step 1's noise image), denoise
-            y = self.prior(y_adv + s0 * noise[:, 0, : c * h * w].reshape(n, c, h, w),
+            y = self.prior(y_adv + s0 * noise_1[:, : c * h * w].reshape(n, c, h, w),
                            s0 * torch.ones(n, dtype=x.dtype, device=x.device)).clamp(-1.0, 1.0)
             if not create_graph:
                 y = y.detach()
@@ -374,60 +306,81 @@ class NAPPure(Purifier):
         if "content" in theta or any(k.endswith(".content") for k in theta):
             theta = {k: (x if k in fixed else v) for k, v in theta.items()}  # the observation, in the graph
         learn = [k for k in theta if k not in fixed]
-        lr_x = self.step_sizes("x")
-        lr_th = {k: self.step_sizes(self.step_group(k)) for k in learn}
-        lam2 = self.lambda2()
-        m_y = v_y = torch.zeros_like(y)
-        m_t = {k: torch.zeros_like(theta[k]) for k in learn}
-        v_t = {k: torch.zeros_like(theta[k]) for k in learn}
-        history: list[float] = []
-        with torch.enable_grad():
-            for t in range(1, k_steps + 1):
-                step_noise = noise[:, t - 1, : c * h * w].reshape(n, c, h, w)
-                z = noise[:, t - 1, c * h * w]
-                bc1, bc2 = 1 - b1**t, 1 - b2**t
-                # x step
-                # the x step's gradient is the partial one, θ held fixed (and the θ step's, y held fixed): without a
-                # graph that is detach; with one (adaptive attacks, learned step sizes) a fresh node per variable, so
-                # the paths through the earlier steps (θ depends on the earlier y, y on θ) stay out of the step
-                if not create_graph:
-                    y = y.detach().requires_grad_(True)
-                    theta = {k: (v.detach() if k in learn else v) for k, v in theta.items()}
-                else:
-                    y = y.clone()
-                    if not y.requires_grad:
-                        y.requires_grad_(True)
-                loss_x = self._prior_term(y, step_noise, z) + lam2 * self._likelihood(y, y_adv, theta)
-                if track:
-                    history.append(float((loss_x + self._phi(theta)).mean().detach()))
-                (g,) = torch.autograd.grad(loss_x.sum(), y, create_graph=create_graph)
-                m_y = b1 * m_y + (1 - b1) * g
-                v_y = b2 * v_y + (1 - b2) * g * g
-                y = (y - lr_x[t - 1] * _adam_direction(m_y / bc1, v_y / bc2, eps2, soft2)).clamp(-1.0, 1.0)
-                # θ step, at the updated image
-                if not create_graph:
-                    y = y.detach()
-                    theta = {k: (v.detach().requires_grad_(True) if k in learn else v) for k, v in theta.items()}
-                else:
-                    theta = {k: (v.clone() if k in learn else v) for k, v in theta.items()}
-                    for k in learn:
-                        if not theta[k].requires_grad:
-                            theta[k].requires_grad_(True)
-                loss_t = self._phi(theta) + lam2 * self._likelihood(y, y_adv, theta)
-                grads = torch.autograd.grad(loss_t.sum(), [theta[k] for k in learn], create_graph=create_graph)
-                new = dict(theta)
-                for k, gk in zip(learn, grads):
-                    m_t[k] = b1 * m_t[k] + (1 - b1) * gk
-                    v_t[k] = b2 * v_t[k] + (1 - b2) * gk * gk
-                    new[k] = theta[k] - lr_th[k][t - 1] * _adam_direction(m_t[k] / bc1, v_t[k] / bc2, eps2, soft2)
-                theta = self._constrain(new)
-        if track:
-            with torch.no_grad():
-                history.append(float(self._final_loss(y, y_adv, theta, noise)))
-        out = ((y + 1) * 0.5).clamp(0.0, 1.0)
+        # Adam's ε as a floor under the second moment, √max(v̂, ε²): the step stays differentiable where a
+        # gradient is exactly 0 (√ has an infinite slope at 0), and the floor survives export (the ONNX
+        # exporter drops an Add of a constant ≤ 1e-8 as if it were zero)
+        ctx = StepContext(y_adv=y_adv, fixed={k: v for k, v in theta.items() if k not in learn}, learn=learn,
+                          keys=list(theta),
+                          create_graph=create_graph, eps2=cfg.adam_eps**2,
+                          soft2=eps_b**2 if create_graph and eps_b is not None else None, lam2=self.lambda2())
+        state = StepState(y=y, theta={k: theta[k] for k in learn}, m_y=torch.zeros_like(y), v_y=torch.zeros_like(y),
+                          m_t={k: torch.zeros_like(theta[k]) for k in learn},
+                          v_t={k: torch.zeros_like(theta[k]) for k in learn})
+        return ctx, state
+
+    def bias_corrections(self, t: int) -> tuple[float, float]:
+        """Adam's bias corrections 1 − β₁ᵗ and 1 − β₂ᵗ of step ``t`` (from 1)."""
+        b1, b2 = self.cfg.betas
+        return 1 - b1**t, 1 - b2**t
+
+    def step(self, ctx: StepContext, state: StepState, noise_t: torch.Tensor, lr_x: Any, lr_th: Dict[str, Any],
+             bc1: Any, bc2: Any, history: Optional[list[float]] = None) -> StepState:
+        """One step: the x step, then the θ step at the updated image. ``noise_t``: this step's (N, 3·H·W + 1)
+        noise; ``lr_x``, ``lr_th`` (by θ key), ``bc1``, ``bc2``: its step sizes and bias corrections (floats or
+        tensors). With ``history``, the mean loss before the step is appended."""
+        b1, b2 = self.cfg.betas
+        learn, create_graph = ctx.learn, ctx.create_graph
+        n, c, h, w = state.y.shape
+        step_noise, z = noise_t[:, : c * h * w].reshape(n, c, h, w), noise_t[:, c * h * w]
+        y = state.y
+        theta = ctx.full_theta(state.theta)
+        # the x step's gradient is the partial one, θ held fixed (and the θ step's, y held fixed): without a
+        # graph that is detach; with one (adaptive attacks, learned step sizes) a fresh node per variable, so
+        # the paths through the earlier steps (θ depends on the earlier y, y on θ) stay out of the step
         if not create_graph:
-            out = out.detach()
-        return out, {k: v.detach() for k, v in theta.items()}, history
+            y = y.detach().requires_grad_(True)
+            theta = {k: (v.detach() if k in learn else v) for k, v in theta.items()}
+        else:
+            y = y.clone()
+            if not y.requires_grad:
+                y.requires_grad_(True)
+        loss_x = self._prior_term(y, step_noise, z) + ctx.lam2 * self._likelihood(y, ctx.y_adv, theta)
+        if history is not None:
+            history.append(float((loss_x + self._phi(theta)).mean().detach()))
+        (g,) = torch.autograd.grad(loss_x.sum(), y, create_graph=create_graph)
+        m_y = b1 * state.m_y + (1 - b1) * g
+        v_y = b2 * state.v_y + (1 - b2) * g * g
+        y = (y - lr_x * _adam_direction(m_y / bc1, v_y / bc2, ctx.eps2, ctx.soft2)).clamp(-1.0, 1.0)
+        # θ step, at the updated image
+        if not create_graph:
+            y = y.detach()
+            theta = {k: (v.detach().requires_grad_(True) if k in learn else v) for k, v in theta.items()}
+        else:
+            theta = {k: (v.clone() if k in learn else v) for k, v in theta.items()}
+            for k in learn:
+                if not theta[k].requires_grad:
+                    theta[k].requires_grad_(True)
+        loss_t = self._phi(theta) + ctx.lam2 * self._likelihood(y, ctx.y_adv, theta)
+        grads = torch.autograd.grad(loss_t.sum(), [theta[k] for k in learn], create_graph=create_graph)
+        new, m_t, v_t = dict(theta), dict(state.m_t), dict(state.v_t)
+        for k, gk in zip(learn, grads):
+            m_t[k] = b1 * m_t[k] + (1 - b1) * gk
+            v_t[k] = b2 * v_t[k] + (1 - b2) * gk * gk
+            new[k] = theta[k] - lr_th[k] * _adam_direction(m_t[k] / bc1, v_t[k] / bc2, ctx.eps2, ctx.soft2)
+        new = self._constrain(new)
+        return StepState(y=y, theta={k: new[k] for k in learn}, m_y=m_y, v_y=v_y, m_t=m_t, v_t=v_t)
+
+    def finish(self, ctx: StepContext, state: StepState) -> torch.Tensor:
+        """The purified image in [0, 1] (detached unless a gradient flows through the purification)."""
+        out = ((state.y + 1) * 0.5).clamp(0.0, 1.0)
+        return out if ctx.create_graph else out.detach()
+
+    def unrolled(self, x: torch.Tensor) -> Unrolled:
+        """The start, one step and the finish as modules on flat tensors, and each step's constants, from which
+        ``edgepure.export.compose`` builds the K-step graph (see :class:`Unrolled`)."""
+        from edgepure.purifiers.unroll import nappure_parts
+
+        return nappure_parts(self, x)
 
     def _fit_theta(self, theta: Params, y: torch.Tensor, y_adv: torch.Tensor) -> Params:
         """θ at its conditional optimum given the image estimate ``y`` where that has a closed form — additive:
