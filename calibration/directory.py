@@ -84,10 +84,7 @@ def calibrate_directory(directory: str | Path, out: str | Path, images: np.ndarr
     Runtime's calibrator keeps every activation of every unrolled step of every image in memory. ``progress`` is
     told which model and which stage the calibration is at (one line each)."""
     say = progress or (lambda m: None)
-    if method not in METHODS:
-        raise ConfigError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
-    if scope not in SCOPES:
-        raise ConfigError(f"--scope must be one of {', '.join(SCOPES)}, got {scope!r}")
+    _check_settings(method, scope, purifier_n)
     src = Path(directory)
     manifest = load_manifest(src)
     if manifest.get("precision") != "fp32":
@@ -102,8 +99,6 @@ def calibrate_directory(directory: str | Path, out: str | Path, images: np.ndarr
     tmp = staging_dir(out)
     try:
         new_models: dict[str, Any] = {}
-        if purifier_n < 1:
-            raise ConfigError(f"purifier_n must be ≥ 1, got {purifier_n}")
         record: dict[str, Any] = {"data": data, "n": int(len(images)), "method": method, "scope": scope,
                                   "exclude": list(exclude), "seed": seed, "per_channel_axis": 0, "symmetric": True}
         purifier = models.get("purifier")
@@ -131,15 +126,7 @@ def calibrate_directory(directory: str | Path, out: str | Path, images: np.ndarr
                                        op_types=SCOPE_OPS[scope], exclude=exclude)
             new_models["purifier"] = _entry(purifier, q_pur, pinfo, images)
             if "pipeline" in models:
-                import onnx
-
-                from edgepure.calibration.merge import merge_graphs
-
-                merged = merge_graphs(onnx.load(str(q_pur)), onnx.load(str(q_cls)))
-                q_pipe = tmp / models["pipeline"]["file"]
-                onnx.save(merged, str(q_pipe))
-                new_models["pipeline"] = _entry(models["pipeline"], q_pipe, {"from": ["purifier", "classifier"]},
-                                                images)
+                new_models["pipeline"] = _merged_pipeline(models["pipeline"], q_pur, q_cls, tmp, images)
         if trt_cache:
             say("TensorRT calibration cache: activation ranges of the FP32 graph")
             record["trt_calibration_cache"] = _trt_cache(src, tmp, work, models, images, method, trt_version, seed)
@@ -157,6 +144,26 @@ def calibrate_directory(directory: str | Path, out: str | Path, images: np.ndarr
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return new
+
+
+def _check_settings(method: str, scope: str, purifier_n: int) -> None:
+    if method not in METHODS:
+        raise ConfigError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
+    if scope not in SCOPES:
+        raise ConfigError(f"--scope must be one of {', '.join(SCOPES)}, got {scope!r}")
+    if purifier_n < 1:
+        raise ConfigError(f"purifier_n must be ≥ 1, got {purifier_n}")
+
+
+def _merged_pipeline(entry: dict[str, Any], q_pur: Path, q_cls: Path, tmp: Path, images: np.ndarray) -> dict[str, Any]:
+    """The INT8 pipeline: the quantized purifier graph merged in front of the quantized classifier."""
+    import onnx
+
+    from edgepure.calibration.merge import merge_graphs
+
+    q_pipe = tmp / entry["file"]
+    onnx.save(merge_graphs(onnx.load(str(q_pur)), onnx.load(str(q_cls))), str(q_pipe))
+    return _entry(entry, q_pipe, {"from": ["purifier", "classifier"]}, images)
 
 
 def _trt_cache(src: Path, tmp: Path, work: Path, models: dict[str, Any], images: np.ndarray, method: str,
