@@ -105,6 +105,13 @@ def signnet_s_cutmix(num_classes: int = 43, **kw: object) -> SignNet:
     return signnet_s(num_classes, **kw)  # the architecture of signnet_s; only the weights differ
 
 
+@register_classifier("signnet_s_at", pretrained_tag="signnet_s_at_gtsrb")
+def signnet_s_at(num_classes: int = 43, **kw: object) -> SignNet:
+    """SignNet-S with the shipped CutMix weights adversarially fine-tuned against the four perturbation families of
+    the NAPPure protocol (blur kernel, patch, flow, additive noise); GTSRB 32×32."""
+    return signnet_s(num_classes, **kw)  # the architecture of signnet_s; only the weights differ
+
+
 @register_classifier("signnet_xs")
 def signnet_xs(num_classes: int = 43, **kw: object) -> SignNet:
     """SignNet-XS: 16/32/64 channels, ~0.13 M parameters; for the slowest devices and for tests."""
