@@ -246,6 +246,79 @@ def _versions() -> dict[str, str]:
     return out
 
 
+def _fused_pipeline(purifier: nn.Module, classifier: nn.Module, cast: Callable[[nn.Module], nn.Module],
+                    batches: list[np.ndarray], noise_mode: Optional[str], trace: bool, tol: float, min_top1: float,
+                    tmp: Path, lint_target: str, progress: Optional[Callable[[str], None]]) -> dict[str, Any]:
+    """The purifier and the fused purifier → classifier module exported each as a whole (fp16, graph noise, votes)."""
+    stochastic = noise_mode is not None
+    noise_fn = _seeded_noise(purifier) if stochastic else None
+    models: dict[str, Any] = {}
+    pipe = pipeline_module(purifier, classifier)  # type: ignore[arg-type]
+    pipe_noise_fn = _seeded_noise(pipe) if stochastic else None
+    if noise_mode == "graph":
+        # exact parity on the noise-input twin of the pipeline, then the graph-noise models themselves
+        twin = _export_one("pipeline", cast(pipe), batches, pipe_noise_fn, trace, tol, min_top1, tmp,
+                           lint_target, reference=pipe, progress=progress)
+        x0 = torch.from_numpy(batches[0])
+        shape, pipe_shape = purifier.noise_shape(x0), pipe.noise_shape(x0)  # type: ignore[operator]
+        assert shape is not None and pipe_shape is not None
+        models["purifier"] = _export_one("purifier", cast(GraphNoise(purifier, shape)), batches, None,
+                                         trace, float("inf"), None, tmp, lint_target, progress=progress)
+        models["pipeline"] = _export_one("pipeline", cast(GraphNoise(pipe, pipe_shape)), batches, None,
+                                         trace, float("inf"), 0.9, tmp, lint_target, progress=progress)
+        models["pipeline"]["parity"]["noise_input_twin"] = twin["parity"]
+    else:
+        models["purifier"] = _export_one("purifier", cast(purifier), batches, noise_fn, trace, tol, None,
+                                         tmp, lint_target, reference=purifier, progress=progress)
+        models["pipeline"] = _export_one("pipeline", cast(pipe), batches, pipe_noise_fn, trace, tol,
+                                         min_top1, tmp, lint_target, reference=pipe, progress=progress)
+    return models
+
+
+def _manifest(models: dict[str, Any], batch: int, precision: str, preprocessing: Optional[dict[str, Any]],
+              size: Sequence[int], class_names: Sequence[str], classifier_info: dict[str, Any],
+              purifier: Optional[nn.Module], purifier_info: Optional[dict[str, Any]], stochastic: bool,
+              noise_mode: Optional[str]) -> dict[str, Any]:
+    return {
+        "schema": SCHEMA_VERSION,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "opset": OPSET,
+        "batch": batch,
+        "precision": precision,
+        "models": models,
+        "preprocessing": preprocessing or {"input": "float32 RGB NCHW in [0, 1]", "size": list(size)},
+        "class_names": list(class_names),
+        "classifier": classifier_info,
+        "purifier": ({"name": getattr(purifier, "edgepure_name", type(purifier).__name__),
+                      "config": purifier.config() if callable(getattr(purifier, "config", None)) else {},
+                      **(purifier_info or {}), "stochastic": stochastic, "noise": noise_mode}
+                     if purifier is not None else None),
+        "versions": _versions(),
+    }
+
+
+def _checked_images(precision: str, noise: str, batch: int, images: np.ndarray) -> np.ndarray:
+    """``images`` as contiguous float32 after checking the export settings; a bad one is a ConfigError."""
+    if precision not in PRECISIONS:
+        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if noise not in ("input", "graph"):
+        raise ConfigError(f"noise must be 'input' or 'graph', got {noise!r}")
+    if batch < 1:
+        raise ConfigError(f"batch must be ≥ 1, got {batch}")
+    images = np.ascontiguousarray(images, dtype=np.float32)
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ConfigError(f"parity images must be N×3×H×W float32 in [0, 1], got shape {images.shape}")
+    return images
+
+
+def _onnx_classifier(path: str | Path, precision: str, batch: int, images: np.ndarray) -> Any:
+    from edgepure.export.merge import load_onnx_classifier
+
+    if precision != "fp32":
+        raise ConfigError("a classifier given as ONNX is used as it is: export it in the precision you want")
+    return load_onnx_classifier(path, batch, (images.shape[2], images.shape[3]))
+
+
 def export_pipeline(
     purifier: Optional[nn.Module],
     classifier: nn.Module | str | Path,
@@ -267,35 +340,19 @@ def export_pipeline(
 ) -> dict[str, Any]:
     """Export ``classifier`` (and ``purifier`` and the fused pipeline) to the model directory ``out``.
 
-    ``classifier`` is any torch module mapping float RGB NCHW in [0, 1] to logits, or the path of such a
-    classifier as an ONNX file (static input ``[batch, 3, H, W]``; the purifier graph is then merged in front
-    of it, and the pipeline's parity reference is that file in ONNX Runtime); ``purifier`` any
-    module ``(image, noise=None) -> image`` (an edgepure Purifier, or None). ``images`` (float32 NCHW in
-    [0, 1]) feed the parity check. ``noise='graph'`` draws a stochastic purifier's noise inside the graph
-    (its parity is then checked on the noise-input twin, and by top-1 agreement on the graph itself).
-    ``overwrite`` replaces an existing ``out`` that edgepure wrote (or an empty directory); any other is refused.
-    ``progress`` is told which model and which step or check the export is at (one line each).
-    Returns the manifest, also written to ``out/manifest.json``.
-    """
-    if precision not in PRECISIONS:
-        raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if noise not in ("input", "graph"):
-        raise ConfigError(f"noise must be 'input' or 'graph', got {noise!r}")
-    if batch < 1:
-        raise ConfigError(f"batch must be ≥ 1, got {batch}")
-    images = np.ascontiguousarray(images, dtype=np.float32)
-    if images.ndim != 4 or images.shape[1] != 3:
-        raise ConfigError(f"parity images must be N×3×H×W float32 in [0, 1], got shape {images.shape}")
+    ``classifier``: a torch module (float RGB NCHW in [0, 1] → logits) or an ONNX file of one (static input; the
+    purifier graph is merged in front of it, parity against that file in ONNX Runtime); ``purifier``: a module
+    ``(image, noise=None) -> image`` or None. ``images`` (float32 NCHW in [0, 1]) feed the parity check.
+    ``noise='graph'`` draws a stochastic purifier's noise inside the graph (parity on the noise-input twin, then
+    top-1 agreement). ``overwrite`` replaces an ``out`` edgepure wrote (or an empty one); ``progress`` is told
+    which model and step or check the export is at. Returns the manifest, also written to ``out/manifest.json``."""
+    images = _checked_images(precision, noise, batch, images)
     out = Path(out)
     check_replaceable(out, overwrite)
     batches = _batches(images, batch, parity_batches)
     onnx_classifier = None
     if isinstance(classifier, (str, Path)):
-        from edgepure.export.merge import load_onnx_classifier
-
-        if precision != "fp32":
-            raise ConfigError("a classifier given as ONNX is used as it is: export it in the precision you want")
-        onnx_classifier = load_onnx_classifier(classifier, batch, (images.shape[2], images.shape[3]))
+        onnx_classifier = _onnx_classifier(classifier, precision, batch, images)
     else:
         classifier = classifier.eval()
     tol = atol if atol is not None else DEFAULT_ATOL[precision]
@@ -331,41 +388,11 @@ def export_pipeline(
                 models.update(_purifier_and_merged(purifier, onnx.load(str(tmp / "classifier.onnx")), batches, noise_fn,
                                                    False, trace, tol, min_top1, tmp, lint_target, progress))
             else:
-                pipe = pipeline_module(purifier, classifier)  # type: ignore[arg-type]
-                pipe_noise_fn = _seeded_noise(pipe) if stochastic else None
-                if noise_mode == "graph":
-                    # exact parity on the noise-input twin of the pipeline, then the graph-noise models themselves
-                    twin = _export_one("pipeline", cast(pipe), batches, pipe_noise_fn, trace, tol, min_top1, tmp,
-                                       lint_target, reference=pipe, progress=progress)
-                    x0 = torch.from_numpy(batches[0])
-                    shape, pipe_shape = purifier.noise_shape(x0), pipe.noise_shape(x0)  # type: ignore[operator]
-                    assert shape is not None and pipe_shape is not None
-                    models["purifier"] = _export_one("purifier", cast(GraphNoise(purifier, shape)), batches, None,
-                                                     trace, float("inf"), None, tmp, lint_target, progress=progress)
-                    models["pipeline"] = _export_one("pipeline", cast(GraphNoise(pipe, pipe_shape)), batches, None,
-                                                     trace, float("inf"), 0.9, tmp, lint_target, progress=progress)
-                    models["pipeline"]["parity"]["noise_input_twin"] = twin["parity"]
-                else:
-                    models["purifier"] = _export_one("purifier", cast(purifier), batches, noise_fn, trace, tol, None,
-                                                     tmp, lint_target, reference=purifier, progress=progress)
-                    models["pipeline"] = _export_one("pipeline", cast(pipe), batches, pipe_noise_fn, trace, tol,
-                                                     min_top1, tmp, lint_target, reference=pipe, progress=progress)
-        manifest = {
-            "schema": SCHEMA_VERSION,
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "opset": OPSET,
-            "batch": batch,
-            "precision": precision,
-            "models": models,
-            "preprocessing": preprocessing or {"input": "float32 RGB NCHW in [0, 1]", "size": list(images.shape[2:])},
-            "class_names": list(class_names),
-            "classifier": classifier_info or {"name": type(classifier).__name__},
-            "purifier": ({"name": getattr(purifier, "edgepure_name", type(purifier).__name__),
-                          "config": purifier.config() if callable(getattr(purifier, "config", None)) else {},
-                          **(purifier_info or {}), "stochastic": stochastic, "noise": noise_mode}
-                         if purifier is not None else None),
-            "versions": _versions(),
-        }
+                models.update(_fused_pipeline(purifier, classifier, cast, batches, noise_mode, trace, tol, min_top1,  # type: ignore[arg-type]
+                                              tmp, lint_target, progress))
+        manifest = _manifest(models, batch, precision, preprocessing, images.shape[2:], class_names,
+                             classifier_info or {"name": type(classifier).__name__}, purifier, purifier_info,
+                             stochastic, noise_mode)
         (tmp / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n")
         replace_dir(tmp, out, overwrite)
     except BaseException:
